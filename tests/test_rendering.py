@@ -170,12 +170,27 @@ def test_torch_splatter_matches_gsplat_on_cuda():
     # off-screen or behind the near plane.
     means = (torch.rand(n, 3) - 0.5) * 1.2
     log_scales = torch.log(torch.rand(n, 3) ** 3 * 0.08 + 0.002)
-    g = Gaussians(means, log_scales, torch.randn(n, 4), torch.randn(n) * 3, torch.randn(n, 3)).to(device)
+    params = [t.to(device).requires_grad_() for t in (means, log_scales, torch.randn(n, 4), torch.randn(n) * 3, torch.randn(n, 3) * 0.5)]
     cams = orbit_cameras(torch.tensor([0.0, 90.0, 180.0, 270.0, 33.0]), torch.tensor([0.0, 0.0, 30.0, -10.0, 5.0]), 200, 152)
     cams = cams.to(device)
-    fast = render(g, cams, backend="gsplat")
-    ref = render(g, cams, backend="torch")
-    assert (fast.rgb - ref.rgb).abs().max() <= 1e-3
-    assert (fast.alpha - ref.alpha).abs().max() <= 1e-3
-    covered = (ref.alpha > 0.5)
-    assert ((fast.depth - ref.depth).abs()[covered]).max() <= 1e-3
+    outputs, grads = [], []
+    for backend in ("gsplat", "torch"):
+        out = render(Gaussians(*params), cams, backend=backend)
+        (out.rgb * torch.linspace(0, 1, 200, device=device)).sum().backward()
+        outputs.append(out)
+        grads.append([p.grad.clone() for p in params])
+        for p in params:
+            p.grad = None
+    fast, ref = outputs
+    worst = torch.maximum((fast.rgb - ref.rgb).abs().amax(-3), (fast.alpha - ref.alpha).abs()[..., 0, :, :])
+    # Pixels agree to float rounding, except where a fragment sits within rounding of a cut-off (alpha
+    # 1/255, transmittance 1e-4): gsplat's fast __expf then keeps what we drop, or the reverse, which moves
+    # that pixel by up to one fragment's worth (~1/255). benchmarks/render.py shows such pixels are 1 in 1e6.
+    assert worst.mean() < 1e-6
+    assert (worst > 1e-4).float().mean() < 1e-4
+    assert worst.max() <= 2.0 / 255
+    covered = ref.alpha > 0.5
+    assert ((fast.depth - ref.depth).abs()[covered]).quantile(0.999) <= 1e-3
+    for fast_grad, ref_grad in zip(*grads):
+        cosine = torch.nn.functional.cosine_similarity(fast_grad.flatten(), ref_grad.flatten(), dim=0)
+        assert cosine > 0.99
