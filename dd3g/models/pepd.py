@@ -1,0 +1,240 @@
+"""PEPD: Pattern Extraction + Progressive Decoding, the feed-forward student (DESIGN.md sections 1 and 4).
+
+Phase 1 (pattern extraction) is the teacher's multi-view UNet run *once*, at the sampler's first timestep,
+on the same noise N and cameras C the teacher's ODE started from, with the input image as the clean 5th
+frame. Its last decoder feature map holds per-view "patterns": the input view copied, the others imagined.
+
+Phase 2 (progressive decoding) patchifies the 4 output views' patterns into tokens, concatenates the frozen
+tokenizer's image tokens, and runs transformer blocks over all of them. Heads tap the stack at increasing
+depth: positions first, then scale + rotation, then opacity + colour. After the position head, Fourier
+features of the decoded positions are added to the view tokens, so later blocks attend with geometry known.
+Every view token emits `gaussians_per_token` Gaussians.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Dict, Optional
+
+import torch
+import torch.nn.functional as F
+from diffusers import ConfigMixin, ModelMixin
+from diffusers.configuration_utils import register_to_config
+from diffusers.utils import BaseOutput
+from torch import Tensor, nn
+
+from ..cameras import Cameras
+from ..gaussians import Gaussians
+from .mv_unet import MultiViewUNet
+
+
+@dataclass
+class PEPDOutput(BaseOutput):
+    gaussians: Gaussians  # batch [B], N = views * tokens_per_view * gaussians_per_token
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm self-attention + MLP over a token set (the point-transformer block of phase 2)."""
+
+    def __init__(self, width: int, num_heads: int, mlp_ratio: float = 4.0):
+        super().__init__()
+        self.num_heads = num_heads
+        self.norm1 = nn.LayerNorm(width)
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+        self.norm2 = nn.LayerNorm(width)
+        hidden = int(width * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, width))
+
+    def forward(self, x: Tensor) -> Tensor:  # x [B, L, D]
+        b, length, width = x.shape
+        q, k, v = self.qkv(self.norm1(x)).reshape(b, length, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        attended = F.scaled_dot_product_attention(q, k, v)  # [B, heads, L, D / heads]
+        x = x + self.proj(attended.transpose(1, 2).reshape(b, length, width))
+        return x + self.mlp(self.norm2(x))
+
+
+def fourier_features(x: Tensor, num_frequencies: int) -> Tensor:
+    """sin/cos of x at octave frequencies.  x [..., C] -> [..., C * 2 * num_frequencies]"""
+    freqs = (2.0 ** torch.arange(num_frequencies, device=x.device, dtype=x.dtype)) * math.pi  # [F]
+    angles = x[..., None] * freqs  # [..., C, F]
+    return torch.cat([angles.sin(), angles.cos()], dim=-1).flatten(-2)
+
+
+class PEPD(ModelMixin, ConfigMixin):
+    """Noise + cameras + image -> 3D Gaussians in one pass."""
+
+    PRESETS: Dict[str, Dict[str, Any]] = {
+        # 4 views x 16 x 16 tokens x 16 Gaussians = 16,384 Gaussians; phase 1 is the tiny teacher's UNet.
+        "tiny": dict(unet_preset="tiny", patch_size=4, width=256, num_heads=4, blocks_before_means=2,
+                     blocks_before_shape=2, blocks_before_appearance=2, image_token_dim=112),
+        # 4 views x 32 x 32 latent tokens x 16 = 65,536 Gaussians; phase 1 mirrors ImageDream's UNet.
+        "base": dict(unet_preset="base", patch_size=1, width=768, num_heads=12, blocks_before_means=4,
+                     blocks_before_shape=2, blocks_before_appearance=2, image_token_dim=112),
+        # base's structure at toy widths, for CPU tests.
+        "base-small": dict(unet_preset="base-small", patch_size=1, width=64, num_heads=2, blocks_before_means=1,
+                           blocks_before_shape=1, blocks_before_appearance=1, image_token_dim=112),
+    }
+
+    @register_to_config
+    def __init__(
+        self,
+        unet_preset: Optional[str] = "tiny",
+        unet_config: Optional[Dict[str, Any]] = None,
+        num_views: int = 4,
+        patch_size: int = 4,
+        gaussians_per_token: int = 16,
+        width: int = 256,
+        num_heads: int = 4,
+        blocks_before_means: int = 2,
+        blocks_before_shape: int = 2,
+        blocks_before_appearance: int = 2,
+        image_token_dim: int = 112,
+        fourier_frequencies: int = 6,
+        position_bound: float = 0.6,
+        min_scale: float = 1e-3,
+        max_scale: float = 0.1,
+        initial_scale: float = 0.02,
+        initial_opacity: float = 0.1,
+        phase1_timestep: int = 999,
+    ):
+        super().__init__()
+        if unet_config is None:
+            if unet_preset is None:
+                raise ValueError("PEPD needs unet_preset or unet_config")
+            unet_config = dict(MultiViewUNet.PRESETS[unet_preset])
+            self.register_to_config(unet_config=unet_config)
+        self.unet = MultiViewUNet(**unet_config)
+        if self.unet.config.num_frames != num_views + 1:
+            raise ValueError(f"the UNet has {self.unet.config.num_frames} frames; PEPD needs {num_views} views + the input frame")
+        sample_size = self.unet.config.sample_size
+        if sample_size % patch_size:
+            raise ValueError(f"patch_size {patch_size} must divide the UNet's sample size {sample_size}")
+        self.grid = sample_size // patch_size
+        patch_dim = self.unet.feature_channels * patch_size * patch_size
+
+        self.patch_embed = nn.Linear(patch_dim, width)
+        self.ray_embed = nn.Linear(6, width)  # the patch centre's Plücker ray: where this token looks from
+        self.view_embed = nn.Parameter(torch.zeros(num_views, width))
+        self.image_embed = nn.Linear(image_token_dim, width)
+        # Phase 1 cross-attends to the image tokens; a teacher with another context width (base: 1024) gets a
+        # learned projection (ImageDream's own CLIP encoder is not reachable here).
+        context_dim = self.unet.config.context_dim
+        self.context_projection = nn.Identity() if context_dim == image_token_dim else nn.Linear(image_token_dim, context_dim)
+        self.image_type = nn.Parameter(torch.zeros(width))
+
+        def blocks(n):
+            return nn.ModuleList([TransformerBlock(width, num_heads) for _ in range(n)])
+
+        self.blocks_means = blocks(blocks_before_means)
+        self.blocks_shape = blocks(blocks_before_shape)
+        self.blocks_appearance = blocks(blocks_before_appearance)
+        self.norm_means, self.norm_shape, self.norm_appearance = nn.LayerNorm(width), nn.LayerNorm(width), nn.LayerNorm(width)
+        k = gaussians_per_token
+        self.head_means = nn.Linear(width, k * 3)
+        self.means_encoding = nn.Linear(k * 3 * 2 * fourier_frequencies, width)
+        self.head_shape = nn.Linear(width, k * (3 + 4))  # log-scale logits + quaternion
+        self.head_appearance = nn.Linear(width, k * (1 + 3))  # opacity logit + SH DC
+        self._init_heads()
+
+    def _init_heads(self):
+        cfg = self.config
+        k = cfg.gaussians_per_token
+        for head in (self.head_means, self.head_shape, self.head_appearance):
+            nn.init.normal_(head.weight, std=1e-3)
+            nn.init.zeros_(head.bias)
+        # Start as small, faint, grey, axis-aligned splats spread through the volume.
+        scale_fraction = (math.log(cfg.initial_scale) - math.log(cfg.min_scale)) / (math.log(cfg.max_scale) - math.log(cfg.min_scale))
+        shape_bias = self.head_shape.bias.view(k, 7)
+        shape_bias.data[:, :3] = math.log(scale_fraction / (1 - scale_fraction))
+        shape_bias.data[:, 3] = 1.0
+        appearance_bias = self.head_appearance.bias.view(k, 4)
+        appearance_bias.data[:, 0] = math.log(cfg.initial_opacity / (1 - cfg.initial_opacity))
+        with torch.no_grad():
+            self.head_means.bias.normal_(std=0.5)  # distinct positions for the k Gaussians of a token
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> "PEPD":
+        if name not in cls.PRESETS:
+            raise ValueError(f"unknown PEPD preset {name!r}; choose from {sorted(cls.PRESETS)}")
+        return cls(**{**cls.PRESETS[name], **overrides})
+
+    @property
+    def noise_shape(self) -> tuple:
+        """Shape of one sample's noise N: [views, channels, H, W] (the teacher's x_T for the output views)."""
+        unet = self.unet.config
+        return (self.config.num_views, unet.in_channels, unet.sample_size, unet.sample_size)
+
+    @property
+    def num_gaussians(self) -> int:
+        return self.config.num_views * self.grid * self.grid * self.config.gaussians_per_token
+
+    def load_phase1_from_teacher(self, teacher_unet: MultiViewUNet) -> None:
+        """Initialise phase 1 from the teacher's weights (the architectures must match)."""
+        if dict(teacher_unet.config) != dict(self.unet.config):
+            raise ValueError("the teacher UNet's config differs from PEPD's phase 1; build PEPD with unet_config=teacher.config")
+        self.unet.load_state_dict(teacher_unet.state_dict())
+
+    def forward(
+        self,
+        noise: Tensor,  # [B, V, C, H, W] the teacher's initial noise for the output views
+        input_frame: Tensor,  # [B, C, H, W] the input image in the teacher's sample space (clean)
+        cameras: Cameras,  # [B, V + 1]: the output views, then the input view
+        image_tokens: Tensor,  # [B, L, image_token_dim] from the frozen tokenizer
+        return_dict: bool = True,
+    ):
+        cfg = self.config
+        b, v = noise.shape[:2]
+        if v != cfg.num_views or tuple(noise.shape[1:]) != self.noise_shape:
+            raise ValueError(f"noise must be [B, {', '.join(map(str, self.noise_shape))}], got {tuple(noise.shape)}")
+        if cameras.shape != (b, v + 1):
+            raise ValueError(f"cameras must be [B, {v + 1}] (output views + input view), got {tuple(cameras.shape)}")
+
+        # Phase 1: the UNet once, output views at the first sampler timestep, the input frame clean (t = 0).
+        frames = torch.cat([noise, input_frame[:, None]], dim=1)  # [B, V+1, C, H, W]
+        timesteps = torch.full((b, v + 1), float(cfg.phase1_timestep), device=noise.device)
+        timesteps[:, -1] = 0
+        camera = self.unet.camera_condition(cameras).to(noise.dtype)
+        context = self.context_projection(image_tokens.to(noise.dtype))  # [B, L, context_dim]
+        features = self.unet(frames, timesteps, camera, context, return_features=True).features
+        features = features[:, :v]  # [B, V, Cf, H, W]: the output views' patterns
+
+        # Tokens: patchified patterns + the ray through each patch centre + which view it belongs to.
+        p, g = cfg.patch_size, self.grid
+        patches = features.reshape(b, v, -1, g, p, g, p).permute(0, 1, 3, 5, 2, 4, 6).flatten(4)  # [B, V, g, g, Cf*p*p]
+        rays = cameras[:, :v].resized(g, g).plucker_rays().to(noise.dtype).permute(0, 1, 3, 4, 2)  # [B, V, g, g, 6]
+        view_tokens = self.patch_embed(patches) + self.ray_embed(rays) + self.view_embed[None, :, None, None]
+        view_tokens = view_tokens.reshape(b, v * g * g, -1)  # [B, T, D]
+        image = self.image_embed(image_tokens.to(noise.dtype)) + self.image_type  # [B, L, D]
+        num_view_tokens = view_tokens.shape[1]
+        tokens = torch.cat([view_tokens, image], dim=1)  # [B, T + L, D]
+
+        # Phase 2: geometry first, then shape, then appearance.
+        k = cfg.gaussians_per_token
+        for block in self.blocks_means:
+            tokens = block(tokens)
+        raw_means = self.head_means(self.norm_means(tokens[:, :num_view_tokens])).reshape(b, -1, k, 3)
+        radius = raw_means.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+        means = raw_means * (cfg.position_bound * torch.tanh(radius) / radius)  # [B, T, k, 3] inside the ball
+        encoding = self.means_encoding(fourier_features(means.flatten(2) / cfg.position_bound, cfg.fourier_frequencies))
+        tokens = torch.cat([tokens[:, :num_view_tokens] + encoding, tokens[:, num_view_tokens:]], dim=1)
+        for block in self.blocks_shape:
+            tokens = block(tokens)
+        shape = self.head_shape(self.norm_shape(tokens[:, :num_view_tokens])).reshape(b, -1, k, 7)
+        for block in self.blocks_appearance:
+            tokens = block(tokens)
+        appearance = self.head_appearance(self.norm_appearance(tokens[:, :num_view_tokens])).reshape(b, -1, k, 4)
+
+        log_min, log_max = math.log(cfg.min_scale), math.log(cfg.max_scale)
+        log_scales = log_min + (log_max - log_min) * torch.sigmoid(shape[..., :3])  # clamped scales
+        gaussians = Gaussians(
+            means=means.reshape(b, -1, 3),
+            log_scales=log_scales.reshape(b, -1, 3),
+            quats=shape[..., 3:].reshape(b, -1, 4),
+            opacity_logits=appearance[..., 0].reshape(b, -1),
+            sh_dc=appearance[..., 1:].reshape(b, -1, 3),
+        )
+        if not return_dict:
+            return (gaussians,)
+        return PEPDOutput(gaussians=gaussians)
