@@ -309,6 +309,11 @@ class Gaussians:
 
     def save_ply(self, path: PathLike) -> str:
         """Write the standard 3DGS PLY (binary little-endian float32, raw values). Atomic."""
+        _write_atomically(path, [self.to_ply_bytes()])
+        return os.fspath(path)
+
+    def to_ply_bytes(self) -> bytes:
+        """The standard 3DGS PLY file as bytes (what save_ply writes)."""
         self._require_unbatched("save_ply")
         self.validate()  # before anything touches the disk
         cols = self._ply_columns()
@@ -320,8 +325,7 @@ class Gaussians:
             + [f"property float {name}" for name in cols]
             + ["end_header", ""]
         )
-        _write_atomically(path, [header.encode("ascii"), vertex.tobytes()])
-        return os.fspath(path)
+        return header.encode("ascii") + vertex.tobytes()
 
     @classmethod
     def load_ply(cls, path: PathLike, device=None) -> "Gaussians":

@@ -1,0 +1,254 @@
+"""DD3GPipeline: image -> 3D Gaussians with a distilled PEPD student (diffusers-style, holds no weights itself).
+
+Components: `student` (PEPD), `image_encoder` (the frozen tokenizer) and `scheduler` (the teacher's DDIM
+settings, which fix the timestep phase 1 runs at). Preprocessing and view-layout settings live in the
+pipeline config, so a saved folder is everything needed to reproduce a result.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from diffusers import DDIMScheduler, DiffusionPipeline
+from diffusers.utils import BaseOutput
+from torch import Tensor
+
+from .cameras import ViewLayout
+from .gaussians import Gaussians
+from .models.image_tokenizer import EfficientNetLite0Tokenizer
+from .models.pepd import PEPD
+from .preprocess import PreprocessConfig, PreprocessedImage, preprocess
+
+OUTPUT_TYPES = ("gaussians", "ply", "np")
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "hub" / "dd3g-tiny"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder that is missing, incomplete, corrupt or holds non-finite weights."""
+
+
+@dataclass
+class DD3GPipelineOutput(BaseOutput):
+    """`gaussians`: a Gaussians batch [num_images * num_samples] (image-major), a list of PLY files as bytes,
+    or a list of dicts of numpy arrays of the activated parameters, following `output_type`."""
+
+    gaussians: Union[Gaussians, List[bytes], List[dict]]
+    seeds: Optional[List[int]] = None  # the seed of each sample's noise, when the pipeline drew it from seeds
+
+
+def slerp(a: Tensor, b: Tensor, weight: float) -> Tensor:
+    """Spherical interpolation between two noise tensors: keeps the norm a Gaussian sample has."""
+    a_flat, b_flat = a.flatten().double(), b.flatten().double()
+    cos = torch.dot(a_flat, b_flat) / (a_flat.norm() * b_flat.norm())
+    angle = torch.arccos(cos.clamp(-1, 1))
+    if angle.abs() < 1e-4:  # nearly parallel: linear is exact enough
+        return ((1 - weight) * a + weight * b).to(a.dtype)
+    out = (torch.sin((1 - weight) * angle) * a.double() + torch.sin(weight * angle) * b.double()) / torch.sin(angle)
+    return out.to(a.dtype)
+
+
+class DD3GPipeline(DiffusionPipeline):
+    """Single image -> 3D Gaussians in one forward pass of a distilled student."""
+
+    model_cpu_offload_seq = "image_encoder->student"
+
+    def __init__(
+        self,
+        student: PEPD,
+        image_encoder: EfficientNetLite0Tokenizer,
+        scheduler: DDIMScheduler,
+        image_size: int = 256,
+        foreground_ratio: float = 0.85,
+        elevation_deg: float = 0.0,
+        radius: float = 2.0,
+        fov_deg: float = 40.0,
+    ):
+        super().__init__()
+        self.register_modules(student=student, image_encoder=image_encoder, scheduler=scheduler)
+        self.register_to_config(
+            image_size=image_size, foreground_ratio=foreground_ratio, elevation_deg=elevation_deg, radius=radius, fov_deg=fov_deg
+        )
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path=None, **kwargs) -> "DD3GPipeline":
+        """Load a saved pipeline folder (safetensors only, never pickles). Defaults to the shipped dd3g-tiny."""
+        path = DEFAULT_CHECKPOINT if pretrained_model_name_or_path is None else pretrained_model_name_or_path
+        local = Path(path)
+        if local.exists() or os.sep in str(path) or str(path).startswith("."):
+            _check_checkpoint_folder(local)
+        kwargs.setdefault("use_safetensors", True)
+        try:
+            pipe = super().from_pretrained(path, **kwargs)
+        except CheckpointError:
+            raise
+        except (OSError, ValueError, KeyError, RuntimeError, json.JSONDecodeError) as error:
+            raise CheckpointError(f"could not load a DD3G checkpoint from {path}: {error}") from error
+        for component in ("student", "image_encoder"):
+            _check_finite(getattr(pipe, component), component, path)
+        return pipe
+
+    # ------------------------------------------------------------------ inputs
+    @property
+    def view_layout(self) -> ViewLayout:
+        return ViewLayout(num_views=self.student.config.num_views, radius=self.config.radius, fov_deg=self.config.fov_deg)
+
+    @property
+    def preprocess_config(self) -> PreprocessConfig:
+        return PreprocessConfig(size=self.config.image_size, foreground_ratio=self.config.foreground_ratio)
+
+    def prepare_image(self, image) -> PreprocessedImage:
+        """Validate and recentre one input (path, bytes, PIL, numpy, or an already preprocessed image)."""
+        if isinstance(image, PreprocessedImage):
+            return image
+        return preprocess(image, self.preprocess_config)
+
+    def draw_noise(self, count: int, generator=None, seeds: Optional[Sequence[int]] = None) -> Tensor:
+        """`count` noises N [count, V, C, H, W], drawn on the CPU (the same values on every device).
+
+        With `seeds`, sample i's noise comes from its own generator seeded with seeds[i], so a sample does not
+        depend on its batch position; with a generator (or a list of them), samples are drawn in order.
+        """
+        shape = self.student.noise_shape
+        if seeds is not None:
+            gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        elif isinstance(generator, (list, tuple)):
+            if len(generator) != count:
+                raise ValueError(f"got {len(generator)} generators for {count} samples")
+            gens = list(generator)
+        else:
+            gens = [generator] * count
+        for gen in gens:
+            if gen is not None and gen.device.type != "cpu":
+                raise ValueError("pass a CPU torch.Generator: noise is drawn on the CPU so results match across devices")
+        return torch.stack([torch.randn(shape, generator=gen) for gen in gens])
+
+    # ------------------------------------------------------------------ the forward pass
+    @torch.no_grad()
+    def generate(self, images: Sequence[PreprocessedImage], noise: Tensor, sample_images: Sequence[int]) -> Gaussians:
+        """Run the student for noise[i] with image images[sample_images[i]].  noise [S, V, C, H, W]."""
+        device, dtype = self._execution_device, self.student.dtype
+        count = noise.shape[0]
+        unet_size = self.student.unet.config.sample_size
+        rgba = torch.stack([img.rgba for img in images])  # [I, 4, S, S]
+        rgb_white = rgba[:, :3] * rgba[:, 3:] + (1 - rgba[:, 3:])  # [I, 3, S, S] composited on white
+        tokens = self.image_encoder(rgb_white.to(device, self.image_encoder.dtype))  # [I, L, D]
+        frame = torch.nn.functional.interpolate(rgba, size=(unet_size, unet_size), mode="bilinear", antialias=True, align_corners=False)
+        frame = self.encode_frame(frame)  # [I, C, H, W] the input in the teacher's sample space
+        index = torch.as_tensor(list(sample_images), dtype=torch.long)
+        cameras = self.view_layout.cameras(
+            unet_size, unet_size, elevation_deg=torch.full((count,), float(self.config.elevation_deg)), include_input=True
+        ).to(device)
+        out = self.student(
+            noise.to(device, dtype), frame[index].to(device, dtype), cameras, tokens[index.to(device)].to(dtype)
+        )
+        return out.gaussians
+
+    def encode_frame(self, rgba: Tensor) -> Tensor:
+        """The input image in the teacher's sample space.  rgba [I, 4, H, W] in [0, 1] -> [I, C, H, W].
+
+        The tiny teacher is pixel-space RGBA scaled to [-1, 1] (as diffusion models expect); with fewer UNet
+        input channels (a latent teacher) the pipeline cannot encode the frame without the teacher's VAE.
+        """
+        channels = self.student.unet.config.in_channels
+        if channels != 4:
+            raise NotImplementedError("encoding the input frame for a latent-space teacher needs its VAE")
+        return rgba * 2 - 1
+
+    def __call__(
+        self,
+        image: Union[Any, Sequence[Any]],
+        generator: Union[torch.Generator, List[torch.Generator], None] = None,
+        num_samples: int = 1,
+        seeds: Optional[Sequence[int]] = None,
+        output_type: str = "gaussians",
+        return_dict: bool = True,
+    ):
+        """Image(s) -> Gaussians. `image`: a path, bytes, PIL image, numpy array (or a list of them).
+
+        num_samples noises per image (several plausible objects). `seeds` (one per output) or `generator`
+        fixes the noise; both draw on the CPU. Output order is image-major.
+        """
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        inputs = list(image) if isinstance(image, (list, tuple)) else [image]
+        if not inputs:
+            raise ValueError("no image given")
+        prepared = [self.prepare_image(item) for item in inputs]
+        count = len(prepared) * num_samples
+        if seeds is not None and len(seeds) != count:
+            raise ValueError(f"got {len(seeds)} seeds for {count} outputs ({len(prepared)} images x {num_samples} samples)")
+        noise = self.draw_noise(count, generator, seeds)
+        sample_images = [i for i in range(len(prepared)) for _ in range(num_samples)]
+        gaussians = self.generate(prepared, noise, sample_images).to(dtype=torch.float32)
+        result = self._format(gaussians, output_type)
+        seeds_out = [int(s) for s in seeds] if seeds is not None else None
+        if not return_dict:
+            return (result,)
+        return DD3GPipelineOutput(gaussians=result, seeds=seeds_out)
+
+    def interpolate(self, image, seed_a: int, seed_b: int, weights: Sequence[float], output_type: str = "gaussians", return_dict: bool = True):
+        """Objects along the slerp path between the noises of seed_a and seed_b (weights in [0, 1])."""
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+        weights = [float(w) for w in weights]
+        if not weights or any(not (0.0 <= w <= 1.0) for w in weights):
+            raise ValueError("weights must be a non-empty list of numbers in [0, 1]")
+        prepared = self.prepare_image(image)
+        noise_a, noise_b = self.draw_noise(2, seeds=[seed_a, seed_b])
+        noise = torch.stack([slerp(noise_a, noise_b, w) for w in weights])
+        gaussians = self.generate([prepared], noise, [0] * len(weights)).to(dtype=torch.float32)
+        result = self._format(gaussians, output_type)
+        return DD3GPipelineOutput(gaussians=result) if return_dict else (result,)
+
+    @staticmethod
+    def _format(gaussians: Gaussians, output_type: str):
+        if output_type == "gaussians":
+            return gaussians.detach().to("cpu")
+        singles = [gaussians[i].detach().to("cpu") for i in range(gaussians.batch_shape[0])]
+        if output_type == "np":
+            return [g.to_numpy() for g in singles]
+        return [g.to_ply_bytes() for g in singles]
+
+
+def _check_checkpoint_folder(path: Path) -> None:
+    if not path.exists():
+        hint = " (no trained dd3g-tiny ships yet: pass a checkpoint folder)" if path == DEFAULT_CHECKPOINT else ""
+        raise CheckpointError(f"checkpoint folder {path} does not exist{hint}")
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is not a folder (expected a save_pretrained folder with model_index.json)")
+    index = path / "model_index.json"
+    if not index.is_file():
+        raise CheckpointError(f"{path} is not a DD3G checkpoint: model_index.json is missing")
+    try:
+        config = json.loads(index.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"{index} is not valid JSON: {error}") from error
+    if config.get("_class_name") != DD3GPipeline.__name__:
+        raise CheckpointError(f"{path} holds a {config.get('_class_name')!r} pipeline, not a DD3GPipeline")
+    for component in ("student", "image_encoder", "scheduler"):
+        folder = path / component
+        if not folder.is_dir():
+            raise CheckpointError(f"{path} is incomplete: the {component}/ folder is missing")
+        if component != "scheduler" and not any(folder.glob("*.safetensors")):
+            raise CheckpointError(f"{folder} has no .safetensors weights (pickled weights are never loaded)")
+
+
+def _check_finite(model: torch.nn.Module, name: str, path) -> None:
+    tensors = {k: t for k, t in model.state_dict().items() if t.is_floating_point()}
+    # One float64 sum per tensor is finite iff every entry is (and cannot overflow for real weights).
+    if torch.isfinite(torch.stack([t.double().sum() for t in tensors.values()])).all():
+        return
+    for param_name, tensor in tensors.items():
+        if not torch.isfinite(tensor).all():
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise CheckpointError(f"checkpoint {path}: {name}.{param_name} has {bad} non-finite values (NaN/inf)")
