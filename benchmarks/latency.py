@@ -1,0 +1,168 @@
+"""Student latency as DESIGN.md section 6 defines it (random weights: the compute is the same as trained ones).
+
+    python benchmarks/latency.py --scale tiny                  # CPU: warm process, RGBA file -> PLY file, median of 10
+    python benchmarks/latency.py --scale base --device cuda    # GPU: image tensor -> Gaussians, bf16, eager + compiled
+    python benchmarks/latency.py --scale base --device cuda --profile   # + where the time goes
+
+On a GPU the figure covers the image tokenizer and the student (preprocessing and file writing excluded),
+batch 1 and 8, steady state; "compiled" is torch.compile with CUDA graphs (mode="reduce-overhead").
+On the CPU the figure is the whole pipeline call from an RGBA image file to a written PLY file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import DDIMScheduler
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from dd3g.cameras import ViewLayout  # noqa: E402
+from dd3g.models.image_tokenizer import EfficientNetLite0Tokenizer  # noqa: E402
+from dd3g.models.pepd import PEPD  # noqa: E402
+from dd3g.pipeline import DD3GPipeline  # noqa: E402
+
+
+def example_rgba(size: int = 512) -> Image.Image:
+    yy, xx = np.mgrid[:size, :size] / size
+    alpha = ((xx - 0.5) ** 2 + (yy - 0.5) ** 2 < 0.12).astype(np.uint8) * 255
+    rgb = np.stack([xx * 255, yy * 255, np.full_like(xx, 128)], -1).astype(np.uint8)
+    return Image.fromarray(np.dstack([rgb, alpha]), "RGBA")
+
+
+def random_pipeline(scale: str) -> DD3GPipeline:
+    scheduler = DDIMScheduler(num_train_timesteps=1000, prediction_type="v_prediction", timestep_spacing="trailing", clip_sample=False)
+    return DD3GPipeline(PEPD.preset(scale).eval(), EfficientNetLite0Tokenizer.from_imagenet(), scheduler)
+
+
+def cpu_pipeline_latency(scale: str, repeats: int) -> dict:
+    """Warm process, RGBA file in, PLY file out (rembg, video and GLB excluded by construction)."""
+    pipe = random_pipeline(scale)
+    pipe.set_progress_bar_config(disable=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        image_path = Path(tmp) / "input.png"
+        example_rgba().save(image_path)
+
+        def once():
+            g = pipe(str(image_path), seeds=[0]).gaussians
+            g[0].save_ply(Path(tmp) / "out.ply")
+
+        once()
+        samples = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            once()
+            samples.append((time.perf_counter() - t0) * 1e3)
+    return {"scale": scale, "device": f"cpu ({torch.get_num_threads()} threads)", "case": "RGBA file -> PLY file", "median_ms": statistics.median(samples), "samples_ms": samples}
+
+
+def gpu_student(scale: str, device: torch.device, dtype: torch.dtype):
+    """tokenizer + student as one callable: images [B, 3, S, S] on white, noise, frame -> Gaussian tensors."""
+    with torch.device(device):
+        student = PEPD.preset(scale).eval().to(dtype)
+    tokenizer = EfficientNetLite0Tokenizer.from_imagenet().to(device, dtype)
+    size = student.unet.config.sample_size
+
+    def run(images, noise, frame, cameras):
+        tokens = tokenizer(images)
+        g = student(noise, frame, cameras, tokens).gaussians
+        return g.means, g.log_scales, g.quats, g.opacity_logits, g.sh_dc
+
+    return student, run, size
+
+
+def time_cuda(fn, repeats: int) -> list:
+    for _ in range(5):
+        fn()
+    torch.cuda.synchronize()
+    samples = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        samples.append(start.elapsed_time(end))
+    return samples
+
+
+def gpu_latency(scale: str, device: torch.device, batches, repeats: int, compile_modes, profile: bool) -> list:
+    dtype = torch.bfloat16
+    student, run, size = gpu_student(scale, device, dtype)
+    params = sum(p.numel() for p in student.parameters())
+    rows = []
+    for batch in batches:
+        gen = torch.Generator().manual_seed(0)
+        images = torch.rand(batch, 3, 256, 256, generator=gen).to(device, dtype)
+        noise = torch.randn((batch,) + student.noise_shape, generator=gen).to(device, dtype)
+        frame = torch.randn(batch, student.unet.config.in_channels, size, size, generator=gen).to(device, dtype)
+        cameras = ViewLayout().cameras(size, size, elevation_deg=torch.zeros(batch), include_input=True).to(device)
+        for mode in compile_modes:
+            fn = run if mode == "eager" else torch.compile(run, mode=mode, fullgraph=False)
+            t0 = time.perf_counter()
+            with torch.inference_mode():
+                fn(images, noise, frame, cameras)  # compile / warm up
+                torch.cuda.synchronize()
+                warmup_s = time.perf_counter() - t0
+                samples = time_cuda(lambda: fn(images, noise, frame, cameras), repeats)
+            rows.append({
+                "scale": scale, "device": torch.cuda.get_device_name(device), "dtype": "bf16", "batch": batch, "mode": mode,
+                "median_ms": statistics.median(samples), "ms_per_image": statistics.median(samples) / batch,
+                "first_call_s": warmup_s, "params_M": params / 1e6, "gaussians": student.num_gaussians,
+            })
+            print(json.dumps(rows[-1]), flush=True)
+        if profile and batch == batches[0]:
+            rows.append({"profile": profile_table(run, (images, noise, frame, cameras))})
+    return rows
+
+
+def profile_table(fn, args, top: int = 25) -> str:
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.inference_mode():
+        for _ in range(3):
+            fn(*args)
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            for _ in range(5):
+                fn(*args)
+            torch.cuda.synchronize()
+    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=top)
+    print(table)
+    return table
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scale", choices=sorted(PEPD.PRESETS), default="tiny")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--batches", default="1,8")
+    parser.add_argument("--modes", default="eager,reduce-overhead", help="eager and/or torch.compile modes")
+    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--json", help="write results here")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        rows = gpu_latency(args.scale, device, [int(b) for b in args.batches.split(",")], args.repeats, args.modes.split(","), args.profile)
+    else:
+        rows = [cpu_pipeline_latency(args.scale, args.repeats)]
+    print("| scale | device | case | batch | mode | median ms | ms / image |\n|---|---|---|---|---|---|---|")
+    for r in rows:
+        if "median_ms" in r:
+            print(f"| {r['scale']} | {r['device']} | {r.get('case', 'tokenizer + student, ' + r.get('dtype', ''))} | {r.get('batch', 1)} | {r.get('mode', 'eager')} | {r['median_ms']:.2f} | {r.get('ms_per_image', r['median_ms']):.2f} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
