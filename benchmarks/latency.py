@@ -65,11 +65,14 @@ def cpu_pipeline_latency(scale: str, repeats: int) -> dict:
     return {"scale": scale, "device": f"cpu ({torch.get_num_threads()} threads)", "case": "RGBA file -> PLY file", "median_ms": statistics.median(samples), "samples_ms": samples}
 
 
-def gpu_student(scale: str, device: torch.device, dtype: torch.dtype):
+def gpu_student(scale: str, device: torch.device, dtype: torch.dtype, channels_last: bool = False):
     """tokenizer + student as one callable: images [B, 3, S, S] on white, noise, frame -> Gaussian tensors."""
     with torch.device(device):
         student = PEPD.preset(scale).eval().to(dtype)
     tokenizer = EfficientNetLite0Tokenizer.from_imagenet().to(device, dtype)
+    if channels_last:  # cuDNN's native layout: saves the NCHW<->NHWC transposes around every conv
+        student.to(memory_format=torch.channels_last)
+        tokenizer.to(memory_format=torch.channels_last)
     size = student.unet.config.sample_size
 
     def run(images, noise, frame, cameras):
@@ -95,9 +98,9 @@ def time_cuda(fn, repeats: int) -> list:
     return samples
 
 
-def gpu_latency(scale: str, device: torch.device, batches, repeats: int, compile_modes, profile: bool) -> list:
+def gpu_latency(scale: str, device: torch.device, batches, repeats: int, compile_modes, profile: bool, channels_last: bool = False) -> list:
     dtype = torch.bfloat16
-    student, run, size = gpu_student(scale, device, dtype)
+    student, run, size = gpu_student(scale, device, dtype, channels_last)
     params = sum(p.numel() for p in student.parameters())
     rows = []
     for batch in batches:
@@ -115,7 +118,8 @@ def gpu_latency(scale: str, device: torch.device, batches, repeats: int, compile
                 warmup_s = time.perf_counter() - t0
                 samples = time_cuda(lambda: fn(images, noise, frame, cameras), repeats)
             rows.append({
-                "scale": scale, "device": torch.cuda.get_device_name(device), "dtype": "bf16", "batch": batch, "mode": mode,
+                "scale": scale, "device": torch.cuda.get_device_name(device), "dtype": "bf16", "batch": batch,
+                "mode": mode + (" channels_last" if channels_last else ""),
                 "median_ms": statistics.median(samples), "ms_per_image": statistics.median(samples) / batch,
                 "first_call_s": warmup_s, "params_M": params / 1e6, "gaussians": student.num_gaussians,
             })
@@ -149,11 +153,12 @@ def main(argv=None):
     parser.add_argument("--batches", default="1,8")
     parser.add_argument("--modes", default="eager,reduce-overhead", help="eager and/or torch.compile modes")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--channels-last", action="store_true", help="convolution weights in NHWC (cuDNN's native layout)")
     parser.add_argument("--json", help="write results here")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda":
-        rows = gpu_latency(args.scale, device, [int(b) for b in args.batches.split(",")], args.repeats, args.modes.split(","), args.profile)
+        rows = gpu_latency(args.scale, device, [int(b) for b in args.batches.split(",")], args.repeats, args.modes.split(","), args.profile, args.channels_last)
     else:
         rows = [cpu_pipeline_latency(args.scale, args.repeats)]
     print("| scale | device | case | batch | mode | median ms | ms / image |\n|---|---|---|---|---|---|---|")

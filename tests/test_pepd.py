@@ -83,6 +83,21 @@ def test_phase1_initialises_from_the_teacher():
         student.load_phase1_from_teacher(other)
 
 
+def test_from_teacher_checkpoint(tmp_path):
+    teacher = MultiViewUNet(**TOY_UNET)
+    with torch.no_grad():
+        for p in teacher.parameters():
+            p.normal_(std=0.05)
+    teacher.save_pretrained(tmp_path / "teacher")
+    student = PEPD.from_teacher(tmp_path / "teacher", patch_size=4, gaussians_per_token=4, width=32, num_heads=2)
+    assert torch.equal(student.unet.conv_in.weight, teacher.conv_in.weight)
+    assert student.num_gaussians == 4 * 4 * 4 * 4
+    # The student round-trips through save_pretrained with its phase-1 config inside.
+    student.save_pretrained(tmp_path / "student")
+    again = PEPD.from_pretrained(tmp_path / "student")
+    assert torch.equal(again.unet.conv_in.weight, teacher.conv_in.weight)
+
+
 def test_gradients_reach_phase1_and_phase2():
     student = toy_student().train()
     g = student(*_inputs(student)).gaussians

@@ -85,6 +85,17 @@ def test_save_load_round_trip(pipe, saved):
     assert torch.equal(a.means, b.means) and torch.equal(a.opacity_logits, b.opacity_logits)
 
 
+def test_torch_dtype_and_to(saved):
+    full = DD3GPipeline.from_pretrained(saved)
+    half = DD3GPipeline.from_pretrained(saved, dtype=torch.bfloat16)  # diffusers 0.42 name (torch_dtype is deprecated)
+    assert half.student.dtype == torch.bfloat16 and full.student.dtype == torch.float32
+    image = rgba_image()
+    a, b = full(image, seeds=[2]).gaussians, half(image, seeds=[2]).gaussians
+    assert b.means.dtype == torch.float32  # outputs are always float32
+    assert (a.means - b.means).abs().max() < 0.05
+    assert full.to("cpu") is full and full.device.type == "cpu"
+
+
 def test_bad_checkpoints_get_specific_errors(saved, tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
         DD3GPipeline.from_pretrained(tmp_path / "nowhere")

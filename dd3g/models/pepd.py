@@ -62,6 +62,11 @@ def fourier_features(x: Tensor, num_frequencies: int) -> Tensor:
     return torch.cat([angles.sin(), angles.cos()], dim=-1).flatten(-2)
 
 
+def _init_config(model: ConfigMixin) -> Dict[str, Any]:
+    """The constructor arguments of a diffusers model (its config without the bookkeeping keys)."""
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in model.config.items() if not k.startswith("_")}
+
+
 class PEPD(ModelMixin, ConfigMixin):
     """Noise + cameras + image -> 3D Gaussians in one pass."""
 
@@ -172,9 +177,20 @@ class PEPD(ModelMixin, ConfigMixin):
 
     def load_phase1_from_teacher(self, teacher_unet: MultiViewUNet) -> None:
         """Initialise phase 1 from the teacher's weights (the architectures must match)."""
-        if dict(teacher_unet.config) != dict(self.unet.config):
-            raise ValueError("the teacher UNet's config differs from PEPD's phase 1; build PEPD with unet_config=teacher.config")
+        if _init_config(teacher_unet) != _init_config(self.unet):
+            raise ValueError("the teacher UNet's config differs from PEPD's phase 1; build it with PEPD.from_teacher(...)")
         self.unet.load_state_dict(teacher_unet.state_dict())
+
+    @classmethod
+    def from_teacher(cls, teacher_unet, preset: Optional[str] = None, **config) -> "PEPD":
+        """A PEPD whose phase 1 is a copy of the teacher's UNet (an instance or a save_pretrained folder)."""
+        if not isinstance(teacher_unet, MultiViewUNet):
+            teacher_unet = MultiViewUNet.from_pretrained(teacher_unet, use_safetensors=True)
+        settings = dict(cls.PRESETS[preset]) if preset else {}
+        settings.update(config, unet_preset=None, unet_config=_init_config(teacher_unet))
+        student = cls(**settings)
+        student.load_phase1_from_teacher(teacher_unet)
+        return student.to(teacher_unet.dtype)
 
     def forward(
         self,
