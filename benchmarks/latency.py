@@ -25,11 +25,13 @@ from diffusers import DDIMScheduler
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from dd3g.cameras import ViewLayout  # noqa: E402
 from dd3g.models.image_tokenizer import EfficientNetLite0Tokenizer  # noqa: E402
 from dd3g.models.pepd import PEPD  # noqa: E402
 from dd3g.pipeline import DD3GPipeline  # noqa: E402
+from timing import time_samples  # noqa: E402
 
 
 def example_rgba(size: int = 512) -> Image.Image:
@@ -56,12 +58,7 @@ def cpu_pipeline_latency(scale: str, repeats: int) -> dict:
             g = pipe(str(image_path), seeds=[0]).gaussians
             g[0].save_ply(Path(tmp) / "out.ply")
 
-        once()
-        samples = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            once()
-            samples.append((time.perf_counter() - t0) * 1e3)
+        samples = time_samples(once, repeats, torch.device("cpu"), warmup=1)
     return {"scale": scale, "device": f"cpu ({torch.get_num_threads()} threads)", "case": "RGBA file -> PLY file", "median_ms": statistics.median(samples), "samples_ms": samples}
 
 
@@ -83,21 +80,6 @@ def gpu_student(scale: str, device: torch.device, dtype: torch.dtype, channels_l
     return student, run, size
 
 
-def time_cuda(fn, repeats: int) -> list:
-    for _ in range(5):
-        fn()
-    torch.cuda.synchronize()
-    samples = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        samples.append(start.elapsed_time(end))
-    return samples
-
-
 def gpu_latency(scale: str, device: torch.device, batches, repeats: int, compile_modes, profile: bool, channels_last: bool = False) -> list:
     dtype = torch.bfloat16
     student, run, size = gpu_student(scale, device, dtype, channels_last)
@@ -116,7 +98,7 @@ def gpu_latency(scale: str, device: torch.device, batches, repeats: int, compile
                 fn(images, noise, frame, cameras)  # compile / warm up
                 torch.cuda.synchronize()
                 warmup_s = time.perf_counter() - t0
-                samples = time_cuda(lambda: fn(images, noise, frame, cameras), repeats)
+                samples = time_samples(lambda: fn(images, noise, frame, cameras), repeats, device, warmup=5)
             rows.append({
                 "scale": scale, "device": torch.cuda.get_device_name(device), "dtype": "bf16", "batch": batch,
                 "mode": mode + (" channels_last" if channels_last else ""),

@@ -13,13 +13,17 @@ import argparse
 import json
 import platform
 import statistics
-import time
+import sys
+from pathlib import Path
 
 import torch
 
-from dd3g.cameras import ViewLayout
-from dd3g.gaussians import Gaussians
-from dd3g.rendering import render
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from dd3g.cameras import ViewLayout  # noqa: E402
+from dd3g.gaussians import Gaussians  # noqa: E402
+from dd3g.rendering import render  # noqa: E402
+from timing import time_samples  # noqa: E402
 
 
 def object_like_gaussians(num: int, seed: int = 0, device="cpu") -> Gaussians:
@@ -37,23 +41,8 @@ def object_like_gaussians(num: int, seed: int = 0, device="cpu") -> Gaussians:
 
 
 def time_it(fn, repeats: int, device: torch.device) -> float:
-    """Median wall time of fn() in milliseconds."""
-    for _ in range(2):
-        fn()
-    samples = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            samples.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            samples.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(samples)
+    """Median time of fn() in milliseconds."""
+    return statistics.median(time_samples(fn, repeats, device))
 
 
 def bench(num: int, views: int, size: int, backend: str, device: torch.device, repeats: int, backward: bool) -> float:

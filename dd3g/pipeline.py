@@ -24,7 +24,7 @@ from .cameras import ViewLayout
 from .gaussians import Gaussians
 from .models.image_tokenizer import EfficientNetLite0Tokenizer
 from .models.pepd import PEPD
-from .preprocess import PreprocessConfig, PreprocessedImage, preprocess
+from .preprocess import PreprocessConfig, PreprocessedImage, composite_on, preprocess
 
 OUTPUT_TYPES = ("gaussians", "ply", "np")
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "hub" / "dd3g-tiny"
@@ -138,7 +138,7 @@ class DD3GPipeline(DiffusionPipeline):
         count = noise.shape[0]
         unet_size = self.student.unet.config.sample_size
         rgba = torch.stack([img.rgba for img in images])  # [I, 4, S, S]
-        rgb_white = rgba[:, :3] * rgba[:, 3:] + (1 - rgba[:, 3:])  # [I, 3, S, S] composited on white
+        rgb_white = composite_on(rgba)  # [I, 3, S, S] on white
         tokens = self.image_encoder(rgb_white.to(device, self.image_encoder.dtype))  # [I, L, D]
         frame = torch.nn.functional.interpolate(rgba, size=(unet_size, unet_size), mode="bilinear", antialias=True, align_corners=False)
         frame = self.encode_frame(frame)  # [I, C, H, W] the input in the teacher's sample space

@@ -59,7 +59,7 @@ DEFAULT_REFERENCE = REPO_ROOT / "tests" / "data" / "efficientnet_lite0_reference
 
 
 # ---------------------------------------------------------------------------------------------------
-# Synthetic images. tests/test_image_tokenizer.py has an identical copy of this function; the npz
+# Synthetic images. tests/test_image_tokenizer.py imports this function from here; the npz
 # stores the sha256 of the uint8 pixels so the test notices if the two ever drift apart. Integer
 # arithmetic and the frozen legacy RandomState stream keep the pixels bit-exact across platforms
 # and numpy versions.

@@ -31,17 +31,18 @@ SHAPES_224 = {
 }
 
 
-def reference_images() -> np.ndarray:
-    """Identical copy of scripts/convert_efficientnet_lite0.py:reference_images (checked by sha256)."""
-    y, x = np.mgrid[0:224, 0:224].astype(np.int64)
-    gradient_rings = np.stack(
-        [x * 255 // 223, y * 255 // 223, (((x - 112) ** 2 + (y - 112) ** 2) // 40) % 256], axis=-1
-    )
-    cells = ((x // 28 + y // 28) % 2)[..., None]
-    checkerboard = np.where(cells == 1, np.array([200, 30, 30]), np.array([250, 250, 250]))
-    noise = np.random.RandomState(20250401).randint(0, 256, size=(28, 28, 3))
-    blocky_noise = noise.repeat(8, axis=0).repeat(8, axis=1)
-    return np.stack([gradient_rings, checkerboard, blocky_noise]).astype(np.uint8)
+def _conversion_script():
+    """scripts/convert_efficientnet_lite0.py as a module: the test uses its exact reference images."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "convert_efficientnet_lite0.py"
+    spec = importlib.util.spec_from_file_location("convert_efficientnet_lite0", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+reference_images = _conversion_script().reference_images
 
 
 @pytest.fixture(scope="module")
