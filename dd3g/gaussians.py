@@ -215,6 +215,22 @@ class Gaussians:
         nb = len(self.batch_shape)
         return self._map(lambda t: t.reshape(-1, *t.shape[nb:]))
 
+    def rotated_about_y(self, angles: Tensor) -> "Gaussians":
+        """The same Gaussians turned by `angles` radians about +Y (counter-clockwise seen from above).
+
+        angles: a scalar or [*batch_shape] tensor, one angle per object.
+        """
+        angles = torch.as_tensor(angles, dtype=self.means.dtype, device=self.device)
+        angles = angles.expand(self.batch_shape)[..., None]  # [..., 1]
+        cos, sin = torch.cos(angles), torch.sin(angles)
+        x, y, z = self.means.unbind(-1)
+        means = torch.stack([cos * x + sin * z, y.expand_as(x), -sin * x + cos * z], dim=-1)  # [..., N, 3]
+        half = angles / 2
+        qw, qy = torch.cos(half), torch.sin(half)  # rotation quaternion (qw, 0, qy, 0)
+        w, a, b, c = self.quats.unbind(-1)  # q_yaw * q (Hamilton product)
+        quats = torch.stack([qw * w - qy * b, qw * a + qy * c, qw * b + qy * w, qw * c - qy * a], dim=-1)
+        return Gaussians(means, self.log_scales, quats, self.opacity_logits, self.sh_dc, self.sh_rest)
+
     def select(self, index: Tensor) -> "Gaussians":
         """Pick Gaussians of an unbatched container by an index ``[M]`` or a mask ``[N]``."""
         self._require_unbatched("select")

@@ -24,6 +24,7 @@ from .cameras import ViewLayout
 from .gaussians import Gaussians
 from .models.image_tokenizer import EfficientNetLite0Tokenizer
 from .models.pepd import PEPD
+from .randomness import noise_from_seeds
 from .preprocess import PreprocessConfig, PreprocessedImage, composite_on, preprocess
 
 OUTPUT_TYPES = ("gaussians", "ply", "np")
@@ -118,8 +119,8 @@ class DD3GPipeline(DiffusionPipeline):
         """
         shape = self.student.noise_shape
         if seeds is not None:
-            gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
-        elif isinstance(generator, (list, tuple)):
+            return noise_from_seeds(shape, seeds)
+        if isinstance(generator, (list, tuple)):
             if len(generator) != count:
                 raise ValueError(f"got {len(generator)} generators for {count} samples")
             gens = list(generator)

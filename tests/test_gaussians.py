@@ -307,3 +307,21 @@ def test_to_and_detach():
     log_scales = g.log_scales.clone().requires_grad_(True)
     Gaussians(g.means, log_scales, g.quats, g.opacity_logits, g.sh_dc).scales.sum().backward()
     torch.testing.assert_close(log_scales.grad, torch.exp(g.log_scales))
+
+
+def test_rotation_about_y_moves_means_and_turns_splats():
+    import math
+
+    from dd3g.splatter import covariances
+
+    g = Gaussians.from_activated(
+        torch.tensor([[[0.3, 0.1, 0.0]], [[0.3, 0.1, 0.0]]]), torch.tensor([[[0.2, 0.01, 0.01]]]).expand(2, 1, 3),
+        torch.tensor([[[1.0, 0.0, 0.0, 0.0]]]).expand(2, 1, 4), torch.full((2, 1), 0.5), torch.full((2, 1, 3), 0.5),
+    )
+    turned = g.rotated_about_y(torch.tensor([math.pi / 2, 0.0]))
+    # +X turns to -Z for a quarter turn counter-clockwise seen from above (right-handed, about +Y).
+    assert torch.allclose(turned.means[0, 0], torch.tensor([0.0, 0.1, -0.3]), atol=1e-6)
+    assert torch.equal(turned.means[1], g.means[1])
+    # The long axis of the splat turns with it: covariance R S S^T R^T with the same rotation.
+    cov = covariances(turned.quats[0, 0], turned.scales[0, 0])
+    assert torch.allclose(torch.diagonal(cov), torch.tensor([1e-4, 1e-4, 0.04]), atol=1e-6)

@@ -1,0 +1,114 @@
+"""The tiny teacher: our own pixel-space RGBA multi-view diffusion model (DESIGN.md section 4, "Tiny teacher").
+
+Frames are the 4 output views (noisy) plus the clean input image as a 5th frame, RGBA at 64 px scaled to
+[-1, 1]; cameras enter as per-pixel Plücker rays; the input image also enters through cross-attention to its
+frozen EfficientNet-Lite0 tokens. v-prediction, 1000 training steps; sampled with DDIM (eta = 0, trailing).
+The unconditional branch of classifier-free guidance sees zero tokens and a zero input frame.
+
+Stored as `TinyMVDMPipeline` (save_pretrained layout: unet/, image_encoder/, scheduler/); `TinyTeacher` adapts
+it to the `MultiViewTeacher` interface.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler, DiffusionPipeline
+from torch import Tensor
+
+from ..cameras import Cameras, ViewLayout
+from ..models.image_tokenizer import EfficientNetLite0Tokenizer
+from ..models.mv_unet import MultiViewUNet
+from ..preprocess import composite_on
+from .base import MultiViewTeacher, SimulationResult, TeacherCondition
+
+
+def training_scheduler() -> DDPMScheduler:
+    """The tiny teacher's noise schedule: cosine (better than linear at 64 px), v-prediction, 1000 steps."""
+    return DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction", clip_sample=False)
+
+
+class TinyMVDMPipeline(DiffusionPipeline):
+    """Storage and one-call sampling for the tiny teacher: image -> 4 RGBA views."""
+
+    def __init__(
+        self,
+        unet: MultiViewUNet,
+        image_encoder: EfficientNetLite0Tokenizer,
+        scheduler: DDPMScheduler,
+        radius: float = 2.0,
+        fov_deg: float = 40.0,
+        guidance_scale: float = 3.0,
+    ):
+        super().__init__()
+        self.register_modules(unet=unet, image_encoder=image_encoder, scheduler=scheduler)
+        self.register_to_config(radius=radius, fov_deg=fov_deg, guidance_scale=guidance_scale)
+
+    @torch.no_grad()
+    def __call__(self, images: Tensor, seeds: Sequence[int], num_inference_steps: int = 30, guidance_scale: Optional[float] = None, elevation_deg=0.0) -> SimulationResult:
+        """images [B, 4, S, S] straight-alpha RGBA -> the deterministic DDIM views (see MultiViewTeacher.simulate)."""
+        return TinyTeacher(self).simulate(images, seeds, num_inference_steps, guidance_scale, elevation_deg)
+
+
+class TinyTeacher(MultiViewTeacher):
+    teacher_id = "mvdm-tiny"
+
+    def __init__(self, pipe: TinyMVDMPipeline):
+        self.pipe = pipe
+        self.default_guidance_scale = float(pipe.config.guidance_scale)
+
+    @classmethod
+    def from_pretrained(cls, path, device="cpu", dtype=torch.float32) -> "TinyTeacher":
+        pipe = TinyMVDMPipeline.from_pretrained(path, use_safetensors=True, dtype=dtype)
+        pipe.set_progress_bar_config(disable=True)
+        return cls(pipe.to(device))
+
+    # ------------------------------------------------------------------ hooks
+    @property
+    def unet(self) -> MultiViewUNet:
+        return self.pipe.unet
+
+    @property
+    def layout(self) -> ViewLayout:
+        return ViewLayout(num_views=self.unet.config.num_frames - 1, radius=self.pipe.config.radius, fov_deg=self.pipe.config.fov_deg)
+
+    @property
+    def noise_shape(self) -> tuple:
+        size = self.unet.config.sample_size
+        return (self.unet.config.num_frames - 1, self.unet.config.in_channels, size, size)
+
+    @property
+    def image_size(self) -> int:
+        return self.unet.config.sample_size
+
+    @property
+    def scheduler_config(self) -> dict:
+        return dict(self.pipe.scheduler.config)
+
+    @property
+    def device(self) -> torch.device:
+        return self.unet.device
+
+    def condition(self, images: Tensor) -> TeacherCondition:
+        images = images.to(self.device)  # [B, 4, S, S]
+        tokens = self.pipe.image_encoder(composite_on(images).to(self.pipe.image_encoder.dtype))  # [B, L, D]
+        frame = self.encode(images)  # [B, 4, h, w]
+        return TeacherCondition(tokens, frame, torch.zeros_like(tokens), torch.zeros_like(frame))
+
+    def encode(self, images: Tensor) -> Tensor:
+        size = self.image_size
+        if images.shape[-1] != size or images.shape[-2] != size:
+            lead = images.shape[:-3]
+            images = F.interpolate(images.reshape(-1, *images.shape[-3:]), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+            images = images.reshape(*lead, *images.shape[-3:])
+        return images * 2 - 1
+
+    def decode(self, samples: Tensor) -> Tensor:
+        return ((samples + 1) / 2).clamp(0, 1)
+
+    def denoise(self, frames: Tensor, timesteps: Tensor, cameras: Cameras, context: Tensor) -> Tensor:
+        dtype = self.unet.dtype
+        camera = self.unet.camera_condition(cameras).to(dtype)
+        return self.unet(frames.to(dtype), timesteps, camera, context.to(dtype)).sample.float()

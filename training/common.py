@@ -1,0 +1,120 @@
+"""Pieces every training script shares: resumable checkpoints, the LR schedule, logging, image grids.
+
+Checkpoints are accelerate states (model, optimizer, LR schedule, EMA, RNG) plus `trainer_state.json`, written
+to a temporary folder and renamed into place, so a run killed mid-save leaves the previous checkpoint intact.
+Resume reads only this run's own folder (`torch.load(weights_only=True)` inside accelerate).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from PIL import Image
+
+CHECKPOINT_PATTERN = re.compile(r"^step-(\d+)$")
+
+
+def checkpoint_dir(output_dir: Path) -> Path:
+    return Path(output_dir) / "checkpoints"
+
+
+def list_checkpoints(output_dir: Path) -> list[tuple[int, Path]]:
+    folder = checkpoint_dir(output_dir)
+    if not folder.is_dir():
+        return []
+    found = []
+    for path in folder.iterdir():
+        match = CHECKPOINT_PATTERN.match(path.name)
+        if match and (path / "trainer_state.json").is_file():  # complete checkpoints only
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def resolve_resume(output_dir: Path, resume: Optional[str]) -> Optional[Path]:
+    """`--resume latest` -> the newest complete checkpoint of this run (or None for a fresh run); a path -> itself."""
+    if not resume:
+        return None
+    if resume == "latest":
+        found = list_checkpoints(output_dir)
+        return found[-1][1] if found else None
+    path = Path(resume)
+    if not (path / "trainer_state.json").is_file():
+        raise SystemExit(f"--resume {resume}: not a complete checkpoint folder (no trainer_state.json)")
+    return path
+
+
+def save_checkpoint(accelerator, output_dir: Path, step: int, state: dict, keep: int = 2) -> Path:
+    """Atomically write checkpoints/step-N (all processes must call; the main process writes the json)."""
+    final = checkpoint_dir(output_dir) / f"step-{step:07d}"
+    staging = checkpoint_dir(output_dir) / f".tmp-step-{step:07d}"
+    if accelerator.is_main_process:
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(staging))
+    if accelerator.is_main_process:
+        (staging / "trainer_state.json").write_text(json.dumps({**state, "step": step}, indent=1))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(staging, final)
+        for _, old in list_checkpoints(output_dir)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def load_checkpoint(accelerator, path: Path) -> dict:
+    accelerator.load_state(str(path))
+    return json.loads((Path(path) / "trainer_state.json").read_text())
+
+
+def warmup_cosine(optimizer, warmup_steps: int, total_steps: int, final_fraction: float = 0.1):
+    """Linear warm-up, then cosine decay to final_fraction of the peak LR."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / max(1, warmup_steps)
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return final_fraction + (1 - final_fraction) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+class JsonlLog:
+    """Appends one JSON object a line (losses, LR, throughput): easy to tail, plot and resume."""
+
+    def __init__(self, path: Path, enabled: bool = True):
+        self.path, self.enabled = Path(path), enabled
+        if enabled:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, **record):
+        if self.enabled:
+            with self.path.open("a") as f:
+                f.write(json.dumps({"time": time.time(), **record}) + "\n")
+
+
+def image_grid(rows: list[torch.Tensor], path: Path, background=(1.0, 1.0, 1.0)) -> Path:
+    """Save rows of RGBA/RGB images ([K, C, H, W] each, values in [0, 1]) as one PNG, RGBA composited on white."""
+    tiles = []
+    for row in rows:
+        row = row.detach().float().cpu()
+        if row.shape[1] == 4:
+            rgb, alpha = row[:, :3], row[:, 3:]
+            row = rgb * alpha + torch.tensor(background).view(1, 3, 1, 1) * (1 - alpha)
+        tiles.append(torch.cat(list(row.clamp(0, 1)), dim=-1))  # [3, H, K*W]
+    width = max(t.shape[-1] for t in tiles)
+    tiles = [torch.nn.functional.pad(t, (0, width - t.shape[-1]), value=1.0) for t in tiles]
+    grid = torch.cat(tiles, dim=-2)  # [3, R*H, W]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray((grid.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)).save(path)
+    return path
