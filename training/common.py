@@ -76,14 +76,20 @@ def load_checkpoint(accelerator, path: Path) -> dict:
     return json.loads((Path(path) / "trainer_state.json").read_text())
 
 
-def warmup_cosine(optimizer, warmup_steps: int, total_steps: int, final_fraction: float = 0.1):
-    """Linear warm-up, then cosine decay to final_fraction of the peak LR."""
+def warmup_cosine(optimizer, warmup_steps: int, total_steps: int, final_fraction: float = 0.1, restart_step: int = 0):
+    """Linear warm-up, then cosine decay to final_fraction of the peak LR.
 
-    def factor(step: int) -> float:
+    restart_step: a run continued from weights alone (fresh optimizer moments) warms up again from there.
+    The scheduler's own counter starts at 0; factors are computed at restart_step + counter.
+    """
+
+    def factor(counter: int) -> float:
+        step = restart_step + counter
+        ramp = min(1.0, (counter + 1) / max(1, warmup_steps))
         if step < warmup_steps:
-            return (step + 1) / max(1, warmup_steps)
+            return ramp
         progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-        return final_fraction + (1 - final_fraction) * 0.5 * (1 + math.cos(math.pi * progress))
+        return ramp * (final_fraction + (1 - final_fraction) * 0.5 * (1 + math.cos(math.pi * progress)))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 

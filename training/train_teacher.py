@@ -1,0 +1,285 @@
+"""Train the tiny multi-view diffusion teacher on procedural objects (DESIGN.md sections 2 and 4).
+
+    accelerate launch training/train_teacher.py --output-dir runs/mvdm-tiny --max-steps 20000 --resume latest
+    python training/train_teacher.py --tiny-test --output-dir /tmp/t    # the CPU smoke configuration
+
+Each step renders a batch of objects from a pool (random yaw, input elevation in [-10, 30], a random azimuth
+offset of the output views, so the teacher can also verify views outside the canonical layout): the 4 output
+views at the teacher's resolution and the input view (for the clean 5th frame and the image tokens). The UNet
+learns v-prediction on the 4 views; image tokens and the input frame are dropped together with probability
+`--cond-dropout` (classifier-free guidance). bf16 on CUDA, EMA, AdamW with warm-up and cosine decay.
+
+Every per-sample draw comes from a generator keyed by (run seed, global sample index), so a resumed run
+draws exactly what the uninterrupted one would have, and 1 or K processes see the same samples.
+`--time-limit` stops cleanly (with a checkpoint) before a wall-clock budget runs out; `--resume latest` goes on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from dd3g.cameras import ViewLayout  # noqa: E402
+from dd3g.gaussians import Gaussians  # noqa: E402
+from dd3g.models.image_tokenizer import EfficientNetLite0Tokenizer  # noqa: E402
+from dd3g.models.mv_unet import MultiViewUNet  # noqa: E402
+from dd3g.preprocess import composite_on  # noqa: E402
+from dd3g.randomness import generator, sample_seed  # noqa: E402
+from dd3g.rendering import render  # noqa: E402
+from dd3g.teachers.tiny import TinyMVDMPipeline, TinyTeacher, training_scheduler  # noqa: E402
+from training import synthetic  # noqa: E402
+from training.common import (  # noqa: E402
+    JsonlLog, image_grid, load_checkpoint, resolve_resume, save_checkpoint, warmup_cosine,
+)
+
+# A UNet of the tiny structure at toy width, for --tiny-test on the CPU.
+TINY_TEST_UNET = dict(
+    sample_size=16, in_channels=4, out_channels=4, num_frames=5, block_out_channels=(16, 32), layers_per_block=1,
+    attention_levels=(False, True), mid_block_attention=True, attention_head_dim=8, context_dim=112,
+    transformer_depth=1, camera_conditioning="plucker", norm_num_groups=8, dropout=0.0,
+)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--output-dir", required=True)
+    p.add_argument("--resume", default=None, help="'latest' (this run's newest checkpoint, if any) or a checkpoint folder")
+    p.add_argument("--tiny-test", action="store_true", help="toy sizes that run in seconds on a CPU (tests)")
+    p.add_argument("--unet-preset", default="tiny")
+    p.add_argument("--max-steps", type=int, default=20000, help="length of the LR schedule")
+    p.add_argument("--stop-after", type=int, default=None, help="stop (with a checkpoint) after this step, e.g. to chunk a run")
+    p.add_argument("--time-limit", type=float, default=None, help="seconds; checkpoint and stop before this wall time")
+    p.add_argument("--batch-size", type=int, default=64, help="per process")
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--warmup-steps", type=int, default=500)
+    p.add_argument("--ema-decay", type=float, default=0.999)
+    p.add_argument("--cond-dropout", type=float, default=0.1)
+    p.add_argument("--guidance-scale", type=float, default=3.0, help="stored in the exported pipeline")
+    p.add_argument("--pool-size", type=int, default=4096, help="procedural training objects built at the start")
+    p.add_argument("--num-gaussians", type=int, default=8192, help="per procedural object")
+    p.add_argument("--input-size", type=int, default=128, help="render size of the input view (tokens)")
+    p.add_argument("--elevation-range", type=float, nargs=2, default=(-10.0, 30.0))
+    p.add_argument("--checkpoint-every", type=int, default=1000)
+    p.add_argument("--sample-every", type=int, default=2000)
+    p.add_argument("--sample-steps", type=int, default=30)
+    p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--export", default=None, help="write the EMA teacher (fp16 safetensors) here at the end")
+    p.add_argument("--handoff", default=None, help="at the end, write what --init-from needs here (weights, EMA teacher, step)")
+    p.add_argument("--init-from", default=None, help="continue from weights alone (a checkpoint's model.safetensors folder "
+                   "plus an exported teacher for the EMA), e.g. across machines; fresh optimizer, warm-up again")
+    args = p.parse_args(argv)
+    if args.tiny_test:
+        args.unet_preset = None
+        args.pool_size = min(args.pool_size, 4)
+        args.num_gaussians = min(args.num_gaussians, 512)
+        args.batch_size = min(args.batch_size, 2)
+        args.input_size = 32
+        args.warmup_steps = min(args.warmup_steps, 2)
+        args.sample_steps = min(args.sample_steps, 2)
+    return args
+
+
+def build_unet(args) -> MultiViewUNet:
+    if args.unet_preset is None:
+        return MultiViewUNet(**TINY_TEST_UNET)
+    return MultiViewUNet.preset(args.unet_preset)
+
+
+def build_pool(args, device) -> Gaussians:
+    """The training objects, built once on the CPU (deterministic by seed) and kept on the device.  [P, N]"""
+    seeds = [synthetic.split_seed("train", i) for i in range(args.pool_size)]
+    return synthetic.batch_objects(seeds, args.num_gaussians).to(device)
+
+
+def sample_batch(args, pool: Gaussians, layout: ViewLayout, global_indices, step_seed: int, size: int, device):
+    """Render one batch. Everything random is keyed by the sample's global index."""
+    pool_ids, yaws, elevations, offsets, timesteps, dropped, noises = [], [], [], [], [], [], []
+    low, high = args.elevation_range
+    for index in global_indices:
+        gen = generator(sample_seed(step_seed, index))
+        pool_ids.append(int(torch.randint(pool.batch_shape[0], (1,), generator=gen)))
+        yaws.append(float(torch.rand(1, generator=gen)) * 2 * math.pi)
+        elevations.append(low + (high - low) * float(torch.rand(1, generator=gen)))
+        offsets.append(float(torch.rand(1, generator=gen)) * 360.0)
+        timesteps.append(int(torch.randint(1000, (1,), generator=gen)))
+        dropped.append(float(torch.rand(1, generator=gen)) < args.cond_dropout)
+        noises.append(torch.randn((layout.num_views, 4, size, size), generator=gen))
+    objects = pool[torch.tensor(pool_ids, device=device)].rotated_about_y(torch.tensor(yaws, device=device))
+    elevation = torch.tensor(elevations)
+    cameras = layout.cameras(size, size, elevation_deg=elevation, azimuth_offset_deg=torch.tensor(offsets), include_input=True).to(device)
+    with torch.no_grad():
+        views = render(objects, cameras[:, : layout.num_views], background=None).rgba()  # [B, V, 4, s, s]
+        input_view = render(objects, layout.input_camera(args.input_size, args.input_size, elevation).to(device), background=None).rgba()[:, 0]
+    return {
+        "views": views, "input_view": input_view, "cameras": cameras,
+        "timesteps": torch.tensor(timesteps, device=device), "dropped": torch.tensor(dropped, device=device),
+        "noise": torch.stack(noises).to(device),
+    }
+
+
+def training_loss(unet, tokenizer, scheduler, batch) -> torch.Tensor:
+    views, size = batch["views"], batch["views"].shape[-1]
+    b, v = views.shape[:2]
+    x0 = views * 2 - 1  # [B, V, 4, s, s]
+    noise, t = batch["noise"], batch["timesteps"]
+    x_t = scheduler.add_noise(x0, noise, t)
+    target = scheduler.get_velocity(x0, noise, t)
+    input_view = batch["input_view"]  # [B, 4, S, S]
+    with torch.no_grad():
+        tokens = tokenizer(composite_on(input_view).to(tokenizer.dtype))  # [B, L, D]
+    frame = F.interpolate(input_view, size=(size, size), mode="bilinear", antialias=True, align_corners=False) * 2 - 1
+    keep = (~batch["dropped"]).to(x0.dtype)
+    tokens = tokens * keep.view(b, 1, 1).to(tokens.dtype)
+    frame = frame * keep.view(b, 1, 1, 1)
+    frames = torch.cat([x_t, frame[:, None]], dim=1)  # [B, V+1, 4, s, s]
+    timesteps = torch.cat([t[:, None].expand(b, v), torch.zeros_like(t)[:, None]], dim=1).float()
+    model = unet.module if hasattr(unet, "module") else unet
+    camera = model.camera_condition(batch["cameras"])
+    prediction = unet(frames, timesteps, camera, tokens).sample[:, :v]
+    return F.mse_loss(prediction.float(), target.float())
+
+
+def init_from_weights(unet: MultiViewUNet, ema, folder: Path) -> int:
+    """Load model weights (fp32 model.safetensors) and the EMA (an exported teacher's unet/); return the step."""
+    from safetensors.torch import load_file
+
+    state = json.loads((folder / "trainer_state.json").read_text())
+    unet.load_state_dict(load_file(folder / "model.safetensors"))
+    exported = MultiViewUNet.from_pretrained(folder / "teacher" / "unet", use_safetensors=True).float()
+    ema.shadow_params = [p.detach().clone() for p in exported.parameters()]
+    ema.optimization_step = state["step"]
+    return int(state["step"])
+
+
+def export_teacher(unet, ema, tokenizer, args, path: Path, dtype=torch.float16) -> TinyMVDMPipeline:
+    """The EMA weights as a TinyMVDMPipeline folder (fp16 safetensors, sharded under 15 MiB a file)."""
+    export_unet = MultiViewUNet.from_config(unet.config)
+    ema.copy_to(export_unet.parameters())
+    pipe = TinyMVDMPipeline(export_unet.to(dtype), tokenizer.to(dtype), training_scheduler(), guidance_scale=args.guidance_scale)
+    pipe.save_pretrained(path, safe_serialization=True, max_shard_size="12MB")
+    return pipe
+
+
+@torch.no_grad()
+def sample_grid(unet, ema, tokenizer, args, layout, path: Path, device, num_objects: int = 4):
+    """Validation objects: input | teacher's 4 views (EMA weights, DDIM) | the true 4 renders."""
+    size = unet.config.sample_size if not hasattr(unet, "module") else unet.module.config.sample_size
+    model = unet.module if hasattr(unet, "module") else unet
+    seeds = [synthetic.split_seed("val", i) for i in range(num_objects)]
+    objects = synthetic.batch_objects(seeds, args.num_gaussians).to(device)
+    elevation = torch.full((num_objects,), 10.0)
+    cams = layout.cameras(size, size, elevation_deg=elevation, include_input=True).to(device)
+    truth = render(objects, cams[:, : layout.num_views], background=None).rgba()
+    inputs = render(objects, layout.input_camera(args.input_size, args.input_size, elevation).to(device), background=None).rgba()[:, 0]
+    ema.store(model.parameters())
+    ema.copy_to(model.parameters())
+    try:
+        pipe = TinyMVDMPipeline(model, tokenizer, training_scheduler(), guidance_scale=args.guidance_scale)
+        result = TinyTeacher(pipe).simulate(inputs, seeds=list(range(num_objects)), num_steps=args.sample_steps, elevation_deg=elevation)
+    finally:
+        ema.restore(model.parameters())
+    small_inputs = F.interpolate(inputs, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    rows = [torch.cat([small_inputs[i : i + 1], result.views[i].to(device), truth[i]]) for i in range(num_objects)]
+    image_grid(rows, path)
+    psnr = -10 * torch.log10(F.mse_loss(composite_on(result.views.to(device)), composite_on(truth)).clamp_min(1e-10))
+    return float(psnr)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from accelerate import Accelerator
+    from diffusers.training_utils import EMAModel
+    from tqdm.auto import tqdm
+
+    accelerator = Accelerator(mixed_precision="bf16" if torch.cuda.is_available() else "no")
+    device = accelerator.device
+    output_dir = Path(args.output_dir)
+    log = JsonlLog(output_dir / "log.jsonl", enabled=accelerator.is_main_process)
+
+    torch.manual_seed(args.seed)  # initial weights only; data randomness is keyed per sample
+    unet = build_unet(args)
+    tokenizer = EfficientNetLite0Tokenizer.from_imagenet().to(device)
+    scheduler = training_scheduler()
+    layout = ViewLayout()
+    ema = EMAModel(unet.parameters(), decay=args.ema_decay, model_cls=MultiViewUNet, model_config=unet.config)
+    resume_from = resolve_resume(output_dir, args.resume)
+    step = restart_step = 0
+    if args.init_from and resume_from is None:
+        restart_step = init_from_weights(unet, ema, Path(args.init_from))
+        step = restart_step
+        accelerator.print(f"initialised from weights in {args.init_from} at step {step}")
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=args.weight_decay, betas=(0.9, 0.99))
+    lr_schedule = warmup_cosine(optimizer, args.warmup_steps, args.max_steps, restart_step=restart_step)
+    unet, optimizer, lr_schedule = accelerator.prepare(unet, optimizer, lr_schedule)
+    ema.to(device)
+    accelerator.register_for_checkpointing(ema)
+
+    if resume_from is not None:
+        state = load_checkpoint(accelerator, resume_from)
+        step = state["step"]
+        accelerator.print(f"resumed from {resume_from} at step {step}")
+    pool = build_pool(args, device)
+    size = (unet.module if hasattr(unet, "module") else unet).config.sample_size
+    stop_at = min(args.max_steps, args.stop_after or args.max_steps)
+    global_batch = args.batch_size * accelerator.num_processes
+    start_time = time.time()
+    progress = tqdm(total=stop_at, initial=step, desc="teacher", disable=not accelerator.is_local_main_process)
+    while step < stop_at:
+        first = step * global_batch + accelerator.process_index * args.batch_size
+        batch = sample_batch(args, pool, layout, range(first, first + args.batch_size), args.seed, size, device)
+        with accelerator.autocast():
+            loss = training_loss(unet, tokenizer, scheduler, batch)
+        accelerator.backward(loss)
+        grad_norm = accelerator.clip_grad_norm_(unet.parameters(), 1.0)
+        optimizer.step()
+        lr_schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        ema.step(unet.parameters())
+        step += 1
+        progress.update(1)
+        loss_value = accelerator.reduce(loss.detach(), reduction="mean").item()
+        if step % args.log_every == 0 or step == stop_at:
+            elapsed = time.time() - start_time
+            log.write(step=step, loss=loss_value, lr=lr_schedule.get_last_lr()[0], grad_norm=float(grad_norm), elapsed_s=elapsed)
+            progress.set_postfix(loss=f"{loss_value:.4f}")
+        out_of_time = args.time_limit is not None and time.time() - start_time > args.time_limit
+        if step % args.checkpoint_every == 0 or step == stop_at or out_of_time:
+            save_checkpoint(accelerator, output_dir, step, {"args": vars(args), "loss": loss_value})
+        if accelerator.is_main_process and (step % args.sample_every == 0 or step == stop_at):
+            psnr = sample_grid(unet, ema, tokenizer, args, layout, output_dir / "samples" / f"step-{step:07d}.png", device)
+            log.write(step=step, sample_psnr_white=psnr)
+        if out_of_time:
+            accelerator.print(f"time limit reached at step {step}; resume with --resume latest")
+            break
+    progress.close()
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process and args.export:
+        export_teacher(accelerator.unwrap_model(unet), ema, tokenizer, args, Path(args.export))
+    if accelerator.is_main_process and args.handoff:
+        write_handoff(accelerator.unwrap_model(unet), ema, tokenizer, args, Path(args.handoff), step)
+    return step
+
+
+def write_handoff(unet, ema, tokenizer, args, folder: Path, step: int) -> None:
+    """Weights-only state small enough to carry between machines (no optimizer moments)."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().float().cpu().contiguous() for k, v in unet.state_dict().items()}, folder / "model.safetensors")
+    export_teacher(unet, ema, tokenizer, args, folder / "teacher")
+    (folder / "trainer_state.json").write_text(json.dumps({"step": step, "args": vars(args)}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
