@@ -63,19 +63,21 @@ def evaluate_split(teacher, split: str, count: int, args, device, out_dir: Path)
             results[key].append(value.cpu())
         # Consistency: fit to 3 of the teacher's views, score the 4th; every view left out once.
         held_out = []
-        for leave in range(layout.num_views):
+        for leave in range(layout.num_views if args.fit_steps > 0 else 0):
             keep = [v for v in range(layout.num_views) if v != leave]
             with torch.enable_grad():
                 fit = fit_gaussians(views[:, keep], cams[:, keep], num_gaussians=args.fit_gaussians, steps=args.fit_steps)
             pred = render(fit, cams[:, leave : leave + 1]).rgb[:, 0]
             held_out.append(psnr(pred, composite_on(views[:, leave])).cpu())
-        results["consistency_psnr"].append(torch.stack(held_out, dim=1))
+        if held_out:
+            results["consistency_psnr"].append(torch.stack(held_out, dim=1))
         if start == 0:
             rows = [torch.cat([torch.nn.functional.interpolate(inputs[i : i + 1], size=(size, size), mode="bilinear", antialias=True), views[i], truth[i]]) for i in range(min(4, len(chunk)))]
             image_grid(rows, out_dir / f"grid-{split}.png")
-    merged = {k: torch.cat(v) for k, v in results.items()}
+    merged = {k: torch.cat(v) for k, v in results.items() if v}
     report = {k: summarise(v) for k, v in merged.items() if k != "consistency_psnr"}
-    report["consistency_psnr_leave_one_out"] = float(merged["consistency_psnr"].mean())
+    if "consistency_psnr" in merged:
+        report["consistency_psnr_leave_one_out"] = float(merged["consistency_psnr"].mean())
     report["objects"] = count
     return report
 
@@ -98,7 +100,7 @@ def main(argv=None):
     p.add_argument("--num-gaussians", type=int, default=8192)
     p.add_argument("--input-size", type=int, default=128)
     p.add_argument("--fit-gaussians", type=int, default=4096)
-    p.add_argument("--fit-steps", type=int, default=400)
+    p.add_argument("--fit-steps", type=int, default=400, help="0 skips the consistency fit (slow on a CPU)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)

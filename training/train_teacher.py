@@ -227,6 +227,7 @@ def main(argv=None):
 
     if resume_from is not None:
         state = load_checkpoint(accelerator, resume_from)
+        ema.to(device)  # accelerate restores registered objects' tensors on the CPU
         step = state["step"]
         accelerator.print(f"resumed from {resume_from} at step {step}")
     pool = build_pool(args, device)
