@@ -53,3 +53,5 @@ def test_weights_only_handoff_continues_the_step_count(tmp_path):
     first = load_file(tmp_path / "handoff" / "model.safetensors")
     continued = _weights(tmp_path / "second", 4)
     assert any(not torch.equal(first[k], continued[k]) for k in first)  # it trained on from there
+    # A shipped teacher folder (EMA weights only) continues too, once told its step.
+    assert _run(tmp_path / "third", "--max-steps", "3", "--init-from", str(tmp_path / "handoff" / "teacher"), "--init-step", "2") == 3

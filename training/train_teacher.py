@@ -22,6 +22,7 @@ import math
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -68,6 +69,7 @@ def parse_args(argv=None):
     p.add_argument("--pool-size", type=int, default=4096, help="procedural training objects built at the start")
     p.add_argument("--num-gaussians", type=int, default=8192, help="per procedural object")
     p.add_argument("--input-size", type=int, default=128, help="render size of the input view (tokens)")
+    p.add_argument("--tokenizer-size", type=int, default=224, help="resolution the frozen tokenizer sees")
     p.add_argument("--elevation-range", type=float, nargs=2, default=(-10.0, 30.0))
     p.add_argument("--checkpoint-every", type=int, default=1000)
     p.add_argument("--sample-every", type=int, default=2000)
@@ -76,6 +78,7 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--export", default=None, help="write the EMA teacher (fp16 safetensors) here at the end")
     p.add_argument("--handoff", default=None, help="at the end, write what --init-from needs here (weights, EMA teacher, step)")
+    p.add_argument("--init-step", type=int, default=None, help="with --init-from a teacher folder: its training step")
     p.add_argument("--init-from", default=None, help="continue from weights alone (a checkpoint's model.safetensors folder "
                    "plus an exported teacher for the EMA), e.g. across machines; fresh optimizer, warm-up again")
     args = p.parse_args(argv)
@@ -85,6 +88,7 @@ def parse_args(argv=None):
         args.num_gaussians = min(args.num_gaussians, 512)
         args.batch_size = min(args.batch_size, 2)
         args.input_size = 32
+        args.tokenizer_size = 64
         args.warmup_steps = min(args.warmup_steps, 2)
         args.sample_steps = min(args.sample_steps, 2)
     return args
@@ -150,16 +154,28 @@ def training_loss(unet, tokenizer, scheduler, batch) -> torch.Tensor:
     return F.mse_loss(prediction.float(), target.float())
 
 
-def init_from_weights(unet: MultiViewUNet, ema, folder: Path) -> int:
-    """Load model weights (fp32 model.safetensors) and the EMA (an exported teacher's unet/); return the step."""
+def init_from_weights(unet: MultiViewUNet, ema, folder: Path, step: Optional[int] = None) -> int:
+    """Continue from weights alone; returns the step to continue at.
+
+    `folder` is a --handoff folder (fp32 model.safetensors, the EMA as teacher/, trainer_state.json) or an
+    exported teacher folder such as hub/mvdm-tiny (its EMA weights then start both the model and the EMA,
+    and --init-step says where the schedule stands).
+    """
     from safetensors.torch import load_file
 
-    state = json.loads((folder / "trainer_state.json").read_text())
-    unet.load_state_dict(load_file(folder / "model.safetensors"))
-    exported = MultiViewUNet.from_pretrained(folder / "teacher" / "unet", use_safetensors=True).float()
+    teacher_dir = folder / "teacher" if (folder / "teacher").is_dir() else folder
+    exported = MultiViewUNet.from_pretrained(teacher_dir / "unet", use_safetensors=True).float()
+    if (folder / "model.safetensors").is_file():
+        unet.load_state_dict(load_file(folder / "model.safetensors"))
+    else:
+        unet.load_state_dict(exported.state_dict())
     ema.shadow_params = [p.detach().clone() for p in exported.parameters()]
-    ema.optimization_step = state["step"]
-    return int(state["step"])
+    if (folder / "trainer_state.json").is_file():
+        step = int(json.loads((folder / "trainer_state.json").read_text())["step"])
+    if step is None:
+        raise SystemExit(f"--init-from {folder}: no trainer_state.json there, so pass --init-step")
+    ema.optimization_step = step
+    return step
 
 
 def export_teacher(unet, ema, tokenizer, args, path: Path, dtype=torch.float16) -> TinyMVDMPipeline:
@@ -209,14 +225,14 @@ def main(argv=None):
 
     torch.manual_seed(args.seed)  # initial weights only; data randomness is keyed per sample
     unet = build_unet(args)
-    tokenizer = EfficientNetLite0Tokenizer.from_imagenet().to(device)
+    tokenizer = EfficientNetLite0Tokenizer.from_imagenet(image_size=args.tokenizer_size).to(device)
     scheduler = training_scheduler()
     layout = ViewLayout()
     ema = EMAModel(unet.parameters(), decay=args.ema_decay, model_cls=MultiViewUNet, model_config=unet.config)
     resume_from = resolve_resume(output_dir, args.resume)
     step = restart_step = 0
     if args.init_from and resume_from is None:
-        restart_step = init_from_weights(unet, ema, Path(args.init_from))
+        restart_step = init_from_weights(unet, ema, Path(args.init_from), args.init_step)
         step = restart_step
         accelerator.print(f"initialised from weights in {args.init_from} at step {step}")
     optimizer = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=args.weight_decay, betas=(0.9, 0.99))
