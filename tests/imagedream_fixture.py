@@ -346,8 +346,23 @@ def _save(state: dict, path: Path) -> None:
     )
 
 
-def write_tiny_imagedream(path, seed: int = 0) -> Path:
-    """Write the tiny checkpoint into folder `path` (created) and return it."""
+
+# The published sizes (SD-2.1 VAE, OpenCLIP ViT-H towers): random weights at full size, for benchmarks.
+FULL_VAE_CONFIG = {**TINY_VAE_CONFIG, "block_out_channels": [128, 256, 512, 512], "layers_per_block": 2, "norm_num_groups": 32, "sample_size": 256}
+FULL_TEXT_CONFIG = {**TINY_TEXT_CONFIG, "hidden_size": 1024, "intermediate_size": 4096, "num_attention_heads": 16, "num_hidden_layers": 23, "projection_dim": 512}
+FULL_VISION_CONFIG = {**TINY_VISION_CONFIG, "hidden_size": 1280, "image_size": 224, "intermediate_size": 5120, "num_attention_heads": 16, "num_hidden_layers": 32, "patch_size": 14, "projection_dim": 1024}
+FULL_PREPROCESSOR_CONFIG = {**TINY_PREPROCESSOR_CONFIG, "crop_size": {"height": 224, "width": 224}, "size": {"shortest_edge": 224}}
+
+def write_tiny_imagedream(path, seed: int = 0, full_size: bool = False) -> Path:
+    """Write the tiny checkpoint into folder `path` (created) and return it.
+
+    full_size=True writes the published sizes with random weights instead (GBs; for GPU benchmarks).
+    """
+    unet_config, resampler = (PUBLISHED_UNET_CONFIG, PUBLISHED_RESAMPLER) if full_size else (TINY_UNET_CONFIG, TINY_RESAMPLER)
+    vae_config = FULL_VAE_CONFIG if full_size else TINY_VAE_CONFIG
+    base_text_config = FULL_TEXT_CONFIG if full_size else TINY_TEXT_CONFIG
+    vision_config = FULL_VISION_CONFIG if full_size else TINY_VISION_CONFIG
+    preprocessor_config = FULL_PREPROCESSOR_CONFIG if full_size else TINY_PREPROCESSOR_CONFIG
     from diffusers import AutoencoderKL
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModel
 
@@ -357,12 +372,12 @@ def write_tiny_imagedream(path, seed: int = 0) -> Path:
     torch.manual_seed(seed)  # the library models below draw their init from the global generator
     _write_json(root / "model_index.json", MODEL_INDEX)
 
-    _write_json(root / "unet" / "config.json", TINY_UNET_CONFIG)
-    shapes = published_unet_shapes(TINY_UNET_CONFIG, **TINY_RESAMPLER)
+    _write_json(root / "unet" / "config.json", unet_config)
+    shapes = published_unet_shapes(unet_config, **resampler)
     _save(_random_state(shapes, generator), root / "unet" / "diffusion_pytorch_model.safetensors")
 
-    _write_json(root / "vae" / "config.json", TINY_VAE_CONFIG)
-    vae = AutoencoderKL(**{k: v for k, v in TINY_VAE_CONFIG.items() if not k.startswith("_")})
+    _write_json(root / "vae" / "config.json", vae_config)
+    vae = AutoencoderKL(**{k: v for k, v in vae_config.items() if not k.startswith("_")})
     _save(vae.state_dict(), root / "vae" / "diffusion_pytorch_model.safetensors")
 
     vocab = toy_vocab()
@@ -372,7 +387,7 @@ def write_tiny_imagedream(path, seed: int = 0) -> Path:
     _write_json(tokenizer_dir / "tokenizer_config.json", TOKENIZER_CONFIG)
     _write_json(tokenizer_dir / "special_tokens_map.json", SPECIAL_TOKENS_MAP)
 
-    text_config = {**TINY_TEXT_CONFIG, "vocab_size": len(vocab)}
+    text_config = {**base_text_config, "vocab_size": len(vocab)}
     _write_json(root / "text_encoder" / "config.json", text_config)
     text_model = CLIPTextModel(
         CLIPTextConfig(
@@ -386,12 +401,12 @@ def write_tiny_imagedream(path, seed: int = 0) -> Path:
     )
     _save(text_model.state_dict(), root / "text_encoder" / "model.safetensors")
 
-    _write_json(root / "image_encoder" / "config.json", TINY_VISION_CONFIG)
+    _write_json(root / "image_encoder" / "config.json", vision_config)
     vision_model = CLIPVisionModel(
         CLIPVisionConfig(
             **{
                 k: v
-                for k, v in TINY_VISION_CONFIG.items()
+                for k, v in vision_config.items()
                 if not k.startswith("_")
                 and k not in ("architectures", "torch_dtype", "transformers_version", "model_type")
             }
@@ -399,6 +414,6 @@ def write_tiny_imagedream(path, seed: int = 0) -> Path:
     )
     _save(vision_model.state_dict(), root / "image_encoder" / "model.safetensors")
 
-    _write_json(root / "feature_extractor" / "preprocessor_config.json", TINY_PREPROCESSOR_CONFIG)
+    _write_json(root / "feature_extractor" / "preprocessor_config.json", preprocessor_config)
     _write_json(root / "scheduler" / "scheduler_config.json", SCHEDULER_CONFIG)
     return root

@@ -1,0 +1,96 @@
+"""Quadruples per second of a teacher's deterministic ODE (DESIGN.md section 6): 30 DDIM steps, CFG, 4 views +
+the input frame, through the real `MultiViewTeacher.simulate` (conditioning, sampler loop, decoding).
+
+    python benchmarks/simulate_throughput.py --teacher tiny --device cuda
+    python benchmarks/simulate_throughput.py --teacher imagedream --device cuda --dtype bf16 --batches 8,32 [--compile]
+
+`imagedream` writes a randomly initialised checkpoint of the published sizes (SD-2.1 UNet with ImageDream's
+image-prompt adapter, SD VAE, OpenCLIP ViT-H towers, a toy tokenizer) to a temporary folder and loads it
+through `ImageDreamTeacher.from_pretrained`, so the timed path is the one real weights take. `--compile`
+wraps the UNet in torch.compile (max-autotune-no-cudagraphs: shapes repeat but CFG batches differ).
+Goal for the ImageDream-size UNet on an H100: >= 8 quadruples/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from dd3g.models.image_tokenizer import EfficientNetLite0Tokenizer  # noqa: E402
+from dd3g.models.mv_unet import MultiViewUNet  # noqa: E402
+from dd3g.teachers.tiny import TinyMVDMPipeline, TinyTeacher, training_scheduler  # noqa: E402
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def build_teacher(name: str, device: torch.device, dtype: torch.dtype, workdir: Path):
+    if name == "tiny":
+        pipe = TinyMVDMPipeline(MultiViewUNet.preset("tiny").eval(), EfficientNetLite0Tokenizer.from_imagenet(), training_scheduler())
+        return TinyTeacher(pipe.to(device, dtype))
+    if name in ("imagedream", "imagedream-tiny"):
+        from dd3g.teachers.imagedream import ImageDreamTeacher
+        from tests.imagedream_fixture import write_tiny_imagedream
+
+        folder = write_tiny_imagedream(workdir / "imagedream-random", full_size=name == "imagedream")
+        return ImageDreamTeacher.from_pretrained(folder, device=device, dtype=dtype)
+    raise SystemExit(f"unknown teacher {name!r}")
+
+
+def measure(teacher, batch: int, steps: int, guidance: float, repeats: int, device: torch.device) -> dict:
+    images = torch.rand(batch, 4, 256, 256, generator=torch.Generator().manual_seed(0))
+    seeds = list(range(batch))
+    teacher.simulate(images, seeds, num_steps=2, guidance_scale=guidance)  # warm-up (and compilation)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        teacher.simulate(images, seeds, num_steps=steps, guidance_scale=guidance)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    best = min(times)
+    return {"batch": batch, "steps": steps, "guidance_scale": guidance, "seconds": best, "quadruples_per_s": batch / best}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--teacher", default="tiny", choices=["tiny", "imagedream", "imagedream-tiny"], help="imagedream-tiny: a toy-size smoke run")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
+    p.add_argument("--batches", default="8,32")
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--guidance-scale", type=float, default=None, help="default: the teacher's (tiny 3, ImageDream 5)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--json", default=None)
+    args = p.parse_args(argv)
+    device, dtype = torch.device(args.device), DTYPES[args.dtype]
+    torch.backends.cuda.matmul.allow_tf32 = True
+    with tempfile.TemporaryDirectory() as tmp:
+        teacher = build_teacher(args.teacher, device, dtype, Path(tmp))
+        if args.compile:
+            unet = teacher.unet
+            unet.forward = torch.compile(unet.forward, mode="max-autotune-no-cudagraphs")
+        guidance = teacher.default_guidance_scale if args.guidance_scale is None else args.guidance_scale
+        rows = []
+        for batch in (int(b) for b in args.batches.split(",")):
+            with torch.inference_mode():
+                row = measure(teacher, batch, args.steps, guidance, args.repeats, device)
+            row.update(teacher=args.teacher, dtype=args.dtype, compiled=args.compile, device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu")
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
