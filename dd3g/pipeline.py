@@ -155,12 +155,13 @@ class DD3GPipeline(DiffusionPipeline):
     def encode_frame(self, rgba: Tensor) -> Tensor:
         """The input image in the teacher's sample space.  rgba [I, 4, H, W] in [0, 1] -> [I, C, H, W].
 
-        The tiny teacher is pixel-space RGBA scaled to [-1, 1] (as diffusion models expect); with fewer UNet
-        input channels (a latent teacher) the pipeline cannot encode the frame without the teacher's VAE.
+        The tiny teacher is pixel-space RGBA scaled to [-1, 1] (as diffusion models expect). A student of a
+        latent teacher (sample_space "sd-vae") would need the teacher's VAE encoder, which no shipped
+        pipeline carries yet.
         """
-        channels = self.student.unet.config.in_channels
-        if channels != 4:
-            raise NotImplementedError("encoding the input frame for a latent-space teacher needs its VAE")
+        space = self.student.config.sample_space
+        if space != "rgba":
+            raise NotImplementedError(f"encoding the input frame into the {space!r} sample space needs the teacher's VAE")
         return rgba * 2 - 1
 
     def __call__(

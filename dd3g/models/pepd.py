@@ -62,6 +62,11 @@ def fourier_features(x: Tensor, num_frequencies: int) -> Tensor:
     return torch.cat([angles.sin(), angles.cos()], dim=-1).flatten(-2)
 
 
+# The teacher's sample space, where N and the clean input frame live: pixel RGBA in [-1, 1] (the tiny teacher)
+# or the latents of an SD VAE (ImageDream).
+SAMPLE_SPACES = ("rgba", "sd-vae")
+
+
 def _init_config(model: ConfigMixin) -> Dict[str, Any]:
     """The constructor arguments of a diffusers model (its config without the bookkeeping keys)."""
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in model.config.items() if not k.startswith("_")}
@@ -73,13 +78,13 @@ class PEPD(ModelMixin, ConfigMixin):
     PRESETS: Dict[str, Dict[str, Any]] = {
         # 4 views x 16 x 16 tokens x 16 Gaussians = 16,384 Gaussians; phase 1 is the tiny teacher's UNet.
         "tiny": dict(unet_preset="tiny", patch_size=4, width=256, num_heads=4, blocks_before_means=2,
-                     blocks_before_shape=2, blocks_before_appearance=2, image_token_dim=112),
+                     blocks_before_shape=2, blocks_before_appearance=2, image_token_dim=112, sample_space="rgba"),
         # 4 views x 32 x 32 latent tokens x 16 = 65,536 Gaussians; phase 1 mirrors ImageDream's UNet.
         "base": dict(unet_preset="base", patch_size=1, width=768, num_heads=12, blocks_before_means=4,
-                     blocks_before_shape=2, blocks_before_appearance=2, image_token_dim=112),
+                     blocks_before_shape=2, blocks_before_appearance=2, image_token_dim=112, sample_space="sd-vae"),
         # base's structure at toy widths, for CPU tests.
         "base-small": dict(unet_preset="base-small", patch_size=1, width=64, num_heads=2, blocks_before_means=1,
-                           blocks_before_shape=1, blocks_before_appearance=1, image_token_dim=112),
+                           blocks_before_shape=1, blocks_before_appearance=1, image_token_dim=112, sample_space="sd-vae"),
     }
 
     @register_to_config
@@ -103,8 +108,11 @@ class PEPD(ModelMixin, ConfigMixin):
         initial_scale: float = 0.02,
         initial_opacity: float = 0.1,
         phase1_timestep: int = 999,
+        sample_space: str = "rgba",
     ):
         super().__init__()
+        if sample_space not in SAMPLE_SPACES:
+            raise ValueError(f"sample_space must be one of {SAMPLE_SPACES}, got {sample_space!r}")
         if unet_config is None:
             if unet_preset is None:
                 raise ValueError("PEPD needs unet_preset or unet_config")
