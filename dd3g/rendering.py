@@ -109,9 +109,11 @@ def render(
     else:
         # One image per (batch element, view): repeat each batch element's Gaussians for its views.
         batch = math.prod(lead)
-        per_image = lambda x: x.reshape((batch, 1) + x.shape[len(lead):]).expand(  # noqa: E731
-            (batch, num_views) + x.shape[len(lead):]
-        ).reshape((batch * num_views,) + x.shape[len(lead):])
+
+        def per_image(x: Tensor) -> Tensor:  # [*lead, ...] -> [batch * V, ...]
+            trailing = x.shape[len(lead):]
+            return x.reshape((batch, 1) + trailing).expand((batch, num_views) + trailing).reshape((batch * num_views,) + trailing)
+
         rgb, alpha, depth = splat(
             per_image(means), per_image(quats), per_image(scales), per_image(opacities), per_image(colors),
             viewmats.reshape(-1, 4, 4), Ks.reshape(-1, 3, 3), width, height,
