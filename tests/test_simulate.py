@@ -1,0 +1,137 @@
+"""Quadruple simulation with a toy teacher: schema, seeds and noise hashes, exact reproduction, kill/resume, sharding."""
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from dd3g.models.image_tokenizer import EfficientNetLite0Tokenizer
+from dd3g.models.mv_unet import MultiViewUNet
+from dd3g.randomness import noise_from_seeds, noise_sha256
+from dd3g.teachers.tiny import TinyMVDMPipeline, TinyTeacher, training_scheduler
+from training import build_corpus, data, simulate
+from tests.helpers import TOY_UNET, randomize_zero_layers
+
+# 3 corpus images x 2 seeds = 6 quadruples; batches of 2 inside shards of 4 (shards 0-3 and 4-5).
+SETTINGS = ["--seeds-per-image", "2", "--steps", "2", "--guidance-scale", "2.0", "--batch-size", "2", "--shard-size", "4", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("simulate")
+    torch.manual_seed(0)
+    unet = MultiViewUNet(**TOY_UNET)
+    randomize_zero_layers(unet)
+    tokenizer = EfficientNetLite0Tokenizer.from_imagenet(image_size=64)
+    TinyMVDMPipeline(unet.eval(), tokenizer, training_scheduler()).save_pretrained(root / "teacher")
+    build_corpus.main(["--source", "procedural", "--num-images", "3", "--size", "32", "--num-gaussians", "256",
+                       "--out", str(root / "corpus"), "--no-progress"])
+    return root
+
+
+def _simulate(world, out, *extra):
+    return simulate.main(["--teacher", str(world / "teacher"), "--corpus", str(world / "corpus"), "--out", str(out), *SETTINGS, *extra])
+
+
+def shard_contents(folder):
+    return {p.name: (pq.read_table(p).to_pylist(), p.read_bytes()) for p in sorted((folder / "data").glob("shard-*.parquet"))}
+
+
+@pytest.fixture(scope="module")
+def straight(world):
+    report = _simulate(world, world / "straight")
+    assert report.complete and report.written_rows == 6
+    return world / "straight"
+
+
+def test_schema_seeds_and_noise_hashes(world, straight):
+    ds = data.load_shards(straight)
+    assert len(ds) == 6 and ds["index"] == list(range(6))  # rows x seeds
+    assert ds["corpus_index"] == [0, 0, 1, 1, 2, 2] and ds["seed_slot"] == [0, 1] * 3
+    teacher = TinyTeacher.from_pretrained(world / "teacher")
+    corpus = data.load_shards(world / "corpus", decode=False)
+    for row in data.load_shards(straight, decode=False):
+        assert row["seed"] == simulate.quadruple_seed(row["corpus_index"], row["seed_slot"])
+        assert row["noise_sha256"] == noise_sha256(noise_from_seeds(teacher.noise_shape, [row["seed"]])[0])
+        assert row["image"]["bytes"] == corpus[row["corpus_index"]]["image"]["bytes"]  # the corpus PNG, untouched
+        assert len(row["views"]) == 4 and row["teacher_id"].startswith("mvdm-tiny@")
+        assert (row["num_steps"], row["guidance_scale"], row["elevation_deg"]) == (2, 2.0, 0.0)
+        cams = row["cameras"]
+        assert np.array(cams["viewmats"]).shape == (5, 4, 4) and np.array(cams["Ks"]).shape == (5, 3, 3)
+        assert cams["azimuth_deg"] == [0.0, 90.0, 180.0, 270.0, 0.0] and (cams["width"], cams["height"]) == (16, 16)
+        assert np.allclose(np.array(cams["viewmats"])[0], np.array(cams["viewmats"])[4])  # view 0 is the input view
+    assert len(set(ds["seed"])) == 6
+    view = ds[0]["views"][0]
+    assert view.mode == "RGBA" and view.size == (16, 16)
+    assert "N-C-II-OI" in (straight / "README.md").read_text()
+
+
+def test_resimulating_a_stored_quadruple_reproduces_its_views(world, straight):
+    teacher = TinyTeacher.from_pretrained(world / "teacher")
+    rows = data.load_shards(straight, decode=False).select([2, 3])  # one stored batch (batches of 2 from index 0)
+    images = torch.stack([data.png_to_rgba(r["image"]["bytes"]) for r in rows])
+    result = teacher.simulate(images, [r["seed"] for r in rows], num_steps=2, guidance_scale=2.0, elevation_deg=0.0)
+    stored = torch.stack([torch.stack([data.png_to_rgba(v["bytes"]) for v in r["views"]]) for r in rows])
+    quantised = result.views.clamp(0, 1).mul(255).round() / 255
+    assert torch.equal(quantised, stored)  # the same batch: exact after uint8 quantisation
+    alone = teacher.simulate(images[1:], [rows[1]["seed"]], num_steps=2, guidance_scale=2.0)
+    assert (alone.views[0].mul(255).round() / 255 - stored[1]).abs().max() <= 1 / 255 + 1e-6  # alone: float rounding
+
+
+def test_killed_run_resumes_to_the_same_bytes(world, straight, tmp_path):
+    out = tmp_path / "resumed"
+    first = _simulate(world, out, "--stop-after", "2")  # half of shard 0-3 made, then "killed": nothing kept
+    assert first.stopped_early and first.written_rows == 0 and data.completed_rows(out) == []
+    second = _simulate(world, out, "--stop-after", "4")  # shard 0-3 finished
+    assert second.written_rows == 4 and data.completed_rows(out) == [range(0, 4)]
+    stray = out / "data" / ".tmp-shard-000000004-000000005.parquet.7.partial"
+    stray.write_bytes(b"half a shard")
+    third = _simulate(world, out)
+    assert third.complete and third.written_rows == 2 and not stray.exists()
+    assert shard_contents(out) == shard_contents(straight)
+
+
+def test_two_processes_merge_to_the_single_process_result(world, straight, tmp_path):
+    out = tmp_path / "sharded"
+    assert _simulate(world, out, "--process-index", "1", "--num-processes", "2").written_rows == 2
+    report = _simulate(world, out, "--process-index", "0", "--num-processes", "2")
+    assert report.written_rows == 4 and report.complete
+    assert shard_contents(out) == shard_contents(straight)
+
+
+def test_other_settings_do_not_mix_into_an_existing_build(world, straight):
+    with pytest.raises(SystemExit, match="other settings.*num_steps"):
+        simulate.main(["--teacher", str(world / "teacher"), "--corpus", str(world / "corpus"), "--out", str(straight),
+                       *SETTINGS, "--steps", "3"])
+
+
+@pytest.mark.slow
+def test_accelerate_launch_two_cpu_processes(world, tmp_path):
+    """A real `accelerate launch --num_processes 2 --cpu` run equals one process with the same thread count.
+
+    Each launched CPU process runs one thread (OMP_NUM_THREADS=1); float reductions depend on the thread count,
+    so the single-process reference uses one thread too (with two threads a view pixel may differ by one level).
+    """
+    import os
+    import subprocess
+    import sys
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _simulate(world, tmp_path / "one")
+    finally:
+        torch.set_num_threads(threads)
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo)}
+    result = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no", "training/simulate.py",
+         "--teacher", str(world / "teacher"), "--corpus", str(world / "corpus"), "--out", str(tmp_path / "two"), *SETTINGS],
+        capture_output=True, text=True, timeout=300, env=env, cwd=repo,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "quadruples complete" in result.stdout
+    assert shard_contents(tmp_path / "two") == shard_contents(tmp_path / "one")

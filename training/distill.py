@@ -1,0 +1,271 @@
+"""Distil a multi-view diffusion teacher into the PEPD student (DESIGN.md sections 1 and 4).
+
+    accelerate launch training/distill.py --teacher hub/mvdm-tiny --quadruples data/quadruples \\
+        --output-dir runs/dd3g-tiny --max-steps 20000 --resume latest --export runs/dd3g-tiny/pipeline
+    python training/distill.py --tiny-test ...       # toy sizes for CPU tests
+
+Each quadruple (N, C, II, OI) was made by the teacher's deterministic ODE; the student gets the *same* N (re-drawn
+from the stored seed and checked against the stored hash), the same cameras C and the image II, and:
+* explicit supervision: its renders at C against OI (RGB on white MSE + alpha MSE + LPIPS when available);
+* implicit verification: the frozen teacher scores renders (canonical cameras or the layout rotated by a random
+  azimuth, input frame kept) in the SDS form, weighted lambda * sigmoid((k - k0) / tau) over training.
+Ablations: `--no-verification`, `--fresh-noise` (the student gets a new N each time: no noise alignment).
+Per-sample randomness (verification azimuths, timesteps, fresh noise) is keyed by (run seed, global sample
+index, step), so resume is exact and 1-vs-K processes see the same samples.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from dd3g.gaussians import Gaussians  # noqa: E402
+from dd3g.models.pepd import PEPD  # noqa: E402
+from dd3g.preprocess import composite_on  # noqa: E402
+from dd3g.randomness import generator, noise_from_seeds, noise_sha256, sample_seed  # noqa: E402
+from dd3g.rendering import render  # noqa: E402
+from dd3g.teachers.tiny import TinyTeacher  # noqa: E402
+from training.common import JsonlLog, image_grid, load_checkpoint, resolve_resume, save_checkpoint, warmup_cosine  # noqa: E402
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--teacher", required=True, help="a TinyMVDMPipeline folder (phase-1 init and the Verifier)")
+    p.add_argument("--quadruples", required=True, help="a quadruple dataset folder written by training/simulate.py")
+    p.add_argument("--output-dir", required=True)
+    p.add_argument("--resume", default=None)
+    p.add_argument("--tiny-test", action="store_true", help="toy phase-2 sizes for CPU tests")
+    p.add_argument("--preset", default="tiny", help="PEPD preset for phase 2 (phase 1 always copies the teacher)")
+    p.add_argument("--max-steps", type=int, default=20000)
+    p.add_argument("--stop-after", type=int, default=None)
+    p.add_argument("--time-limit", type=float, default=None)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--warmup-steps", type=int, default=500)
+    p.add_argument("--ema-decay", type=float, default=0.999)
+    p.add_argument("--alpha-weight", type=float, default=1.0)
+    p.add_argument("--lpips-weight", type=float, default=0.5)
+    p.add_argument("--verification-weight", type=float, default=0.01, help="lambda of implicit verification")
+    p.add_argument("--verification-k0", type=float, default=0.3, help="ramp centre, fraction of max steps")
+    p.add_argument("--verification-tau", type=float, default=0.05, help="ramp width, fraction of max steps")
+    p.add_argument("--no-verification", action="store_true", help="ablation: explicit supervision only")
+    p.add_argument("--fresh-noise", action="store_true", help="ablation: a new N per step instead of the teacher's")
+    p.add_argument("--checkpoint-every", type=int, default=1000)
+    p.add_argument("--sample-every", type=int, default=2000)
+    p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--export", default=None, help="write the EMA student as a DD3GPipeline folder here at the end")
+    args = p.parse_args(argv)
+    if args.tiny_test:
+        args.batch_size = min(args.batch_size, 2)
+        args.warmup_steps = min(args.warmup_steps, 2)
+    return args
+
+
+def verification_weight(args, step: int) -> float:
+    """lambda * sigmoid((k - k0) / tau): verification joins once explicit supervision has shaped the object."""
+    if args.no_verification or args.verification_weight == 0:
+        return 0.0
+    k0, tau = args.verification_k0 * args.max_steps, max(1e-6, args.verification_tau * args.max_steps)
+    return args.verification_weight / (1 + math.exp(-(step - k0) / tau))
+
+
+def verification_t_range(args, step: int) -> tuple:
+    """t ~ U[0.02, 0.98] annealed toward U[0.02, 0.5] over training (DESIGN.md section 4)."""
+    progress = min(1.0, step / max(1, args.max_steps))
+    return (0.02, 0.98 - (0.98 - 0.5) * progress)
+
+
+def decode_png(data) -> torch.Tensor:
+    """RGBA PNG (bytes, or a datasets {"bytes": ...} cell) -> [4, H, W] float in [0, 1]."""
+    if isinstance(data, dict):
+        data = data["bytes"]
+    array = np.asarray(Image.open(io.BytesIO(data)).convert("RGBA"), dtype=np.float32) / 255.0
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+
+
+class QuadrupleBatches:
+    """Rows of the quadruple dataset by global sample index (epochs wrap), decoded to tensors."""
+
+    def __init__(self, folder: str, noise_shape: tuple, verify_hashes: bool = True):
+        from training.data import load_shards
+
+        self.rows = load_shards(Path(folder), decode=False)  # images stay PNG bytes until a batch needs them
+        self.noise_shape, self.verify_hashes = noise_shape, verify_hashes
+        if len(self.rows) == 0:
+            raise SystemExit(f"no quadruples in {folder}")
+
+    def batch(self, indices) -> dict:
+        rows = [self.rows[int(i) % len(self.rows)] for i in indices]
+        seeds = [int(r["seed"]) for r in rows]
+        noise = noise_from_seeds(self.noise_shape, seeds)  # the teacher's own N, re-drawn from its seed
+        if self.verify_hashes:
+            for n, r in zip(noise, rows):
+                if noise_sha256(n) != r["noise_sha256"]:
+                    raise SystemExit(f"quadruple seed {r['seed']}: re-drawn noise does not match its stored hash")
+        return {
+            "image": torch.stack([decode_png(r["image"]) for r in rows]),  # [B, 4, S, S]
+            "views": torch.stack([torch.stack([decode_png(v) for v in r["views"]]) for r in rows]),  # [B, V, 4, s, s]
+            "noise": noise,  # [B, V, C, h, w]
+            "seeds": seeds,
+            "elevation": torch.tensor([float(r["elevation_deg"]) for r in rows]),
+        }
+
+
+def explicit_loss(renders, views, args, lpips_model) -> dict:
+    """renders: RenderOutput at C with background=None; views [B, V, 4, s, s] the teacher's OI."""
+    rgb_pred = renders.rgb + (1 - renders.alpha)  # on white
+    rgb_true = composite_on(views)
+    losses = {"rgb": F.mse_loss(rgb_pred, rgb_true), "alpha": F.mse_loss(renders.alpha, views[:, :, 3:])}
+    total = losses["rgb"] + args.alpha_weight * losses["alpha"]
+    if lpips_model is not None and args.lpips_weight > 0:
+        pred, true = rgb_pred.flatten(0, 1), rgb_true.flatten(0, 1)  # [B*V, 3, s, s]
+        if pred.shape[-1] < 32:  # AlexNet needs >= 31 px (toy test sizes)
+            pred, true = (F.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False) for x in (pred, true))
+        losses["lpips"] = lpips_model(pred, true).mean()
+        total = total + args.lpips_weight * losses["lpips"]
+    losses["total"] = total
+    return losses
+
+
+def distillation_step(student, teacher, tokenizer, batch, args, step: int, global_indices, lpips_model):
+    device = next(student.parameters()).device
+    layout, size = teacher.layout, teacher.image_size
+    b = batch["image"].shape[0]
+    image = batch["image"].to(device)
+    views = batch["views"].to(device)
+    if args.fresh_noise:  # ablation: break the (N, C, II) -> OI correspondence
+        noise = torch.stack([torch.randn(teacher.noise_shape, generator=generator(sample_seed(args.seed, "fresh", i, step))) for i in global_indices])
+    else:
+        noise = batch["noise"]
+    noise = noise.to(device)
+    with torch.no_grad():
+        tokens = tokenizer(composite_on(image).to(tokenizer.dtype))  # [B, L, D]
+    frame = teacher.encode(image)  # [B, C, h, w]
+    cameras = layout.cameras(size, size, elevation_deg=batch["elevation"], include_input=True).to(device)
+    gaussians = student(noise, frame, cameras, tokens).gaussians
+    renders = render(gaussians, cameras[:, : layout.num_views], background=None)
+    losses = explicit_loss(renders, views, args, lpips_model)
+    weight = verification_weight(args, step)
+    losses["verification_weight"] = torch.tensor(weight)
+    total = losses["total"]
+    if weight > 0:
+        offsets = torch.tensor([float(torch.rand(1, generator=generator(sample_seed(args.seed, "azimuth", i, step)))) * 360 for i in global_indices])
+        offsets = torch.where(torch.rand(b, generator=generator(sample_seed(args.seed, "canonical", step))) < 0.5, torch.zeros(b), offsets)
+        check_cams = layout.cameras(size, size, elevation_deg=batch["elevation"], azimuth_offset_deg=offsets, include_input=True).to(device)
+        check = render(gaussians, check_cams[:, : layout.num_views], background=None).rgba()
+        cond = teacher.condition(image)
+        seeds = [sample_seed(args.seed, "verify", i, step) for i in global_indices]
+        losses["verification"] = teacher.verification_loss(check, cond, check_cams, seeds, t_range=verification_t_range(args, step))
+        total = total + weight * losses["verification"]
+    losses["total"] = total
+    return losses, gaussians, renders
+
+
+def export_pipeline(student, ema, teacher, path: Path, dtype=torch.float16):
+    """The EMA student as a DD3GPipeline folder (fp16 safetensors, sharded under 15 MiB a file)."""
+    from diffusers import DDIMScheduler
+
+    from dd3g.pipeline import DD3GPipeline
+
+    export = PEPD.from_config(student.config)
+    ema.copy_to(export.parameters())
+    scheduler = DDIMScheduler.from_config(teacher.scheduler_config, timestep_spacing="trailing", clip_sample=False, set_alpha_to_one=True)
+    pipe = DD3GPipeline(export.to(dtype), teacher.pipe.image_encoder.to(dtype), scheduler,
+                        radius=teacher.layout.radius, fov_deg=teacher.layout.fov_deg)
+    pipe.save_pretrained(path, safe_serialization=True, max_shard_size="12MB")
+    return pipe
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from accelerate import Accelerator
+    from diffusers.training_utils import EMAModel
+    from tqdm.auto import tqdm
+
+    accelerator = Accelerator(mixed_precision="bf16" if torch.cuda.is_available() else "no")
+    device = accelerator.device
+    output_dir = Path(args.output_dir)
+    log = JsonlLog(output_dir / "log.jsonl", enabled=accelerator.is_main_process)
+
+    teacher = TinyTeacher.from_pretrained(args.teacher, device=device)
+    teacher.pipe.unet.requires_grad_(False).eval()
+    tokenizer = teacher.pipe.image_encoder
+    torch.manual_seed(args.seed)  # phase-2 initial weights only
+    phase2 = dict(patch_size=4, gaussians_per_token=4, width=32, num_heads=2, blocks_before_means=1, blocks_before_shape=1, blocks_before_appearance=1) if args.tiny_test else {}
+    student = PEPD.from_teacher(teacher.pipe.unet, preset=None if args.tiny_test else args.preset, **phase2).float().train()
+    lpips_model = None
+    try:
+        from dd3g.metrics import LPIPS
+
+        lpips_model = LPIPS.from_pretrained().to(device) if args.lpips_weight > 0 else None
+    except (ImportError, FileNotFoundError) as error:
+        accelerator.print(f"LPIPS unavailable ({error}); explicit supervision uses MSE terms only")
+    data = QuadrupleBatches(args.quadruples, teacher.noise_shape)
+
+    ema = EMAModel(student.parameters(), decay=args.ema_decay, model_cls=PEPD, model_config=student.config)
+    optimizer = torch.optim.AdamW(student.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99))
+    lr_schedule = warmup_cosine(optimizer, args.warmup_steps, args.max_steps)
+    student, optimizer, lr_schedule = accelerator.prepare(student, optimizer, lr_schedule)
+    ema.to(device)
+    accelerator.register_for_checkpointing(ema)
+    step = 0
+    resume_from = resolve_resume(output_dir, args.resume)
+    if resume_from is not None:
+        step = load_checkpoint(accelerator, resume_from)["step"]
+        ema.to(device)
+        accelerator.print(f"resumed from {resume_from} at step {step}")
+
+    stop_at = min(args.max_steps, args.stop_after or args.max_steps)
+    global_batch = args.batch_size * accelerator.num_processes
+    start_time = time.time()
+    progress = tqdm(total=stop_at, initial=step, desc="distill", disable=not accelerator.is_local_main_process)
+    while step < stop_at:
+        first = step * global_batch + accelerator.process_index * args.batch_size
+        indices = list(range(first, first + args.batch_size))
+        batch = data.batch(indices)
+        with accelerator.autocast():
+            losses, gaussians, renders = distillation_step(student, teacher, tokenizer, batch, args, step, indices, lpips_model)
+        accelerator.backward(losses["total"])
+        grad_norm = accelerator.clip_grad_norm_(student.parameters(), 1.0)
+        optimizer.step()
+        lr_schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        ema.step(student.parameters())
+        step += 1
+        progress.update(1)
+        if step % args.log_every == 0 or step == stop_at:
+            record = {k: float(v.detach()) for k, v in losses.items()}
+            log.write(step=step, lr=lr_schedule.get_last_lr()[0], grad_norm=float(grad_norm), elapsed_s=time.time() - start_time, **record)
+            progress.set_postfix(loss=f"{record['total']:.4f}")
+        out_of_time = args.time_limit is not None and time.time() - start_time > args.time_limit
+        if step % args.checkpoint_every == 0 or step == stop_at or out_of_time:
+            save_checkpoint(accelerator, output_dir, step, {"args": vars(args)})
+        if accelerator.is_main_process and (step % args.sample_every == 0 or step == stop_at):
+            rows = [torch.cat([F.interpolate(batch["image"][i : i + 1], size=batch["views"].shape[-2:], mode="bilinear", antialias=True),
+                               batch["views"][i], renders.rgba()[i].detach().float().cpu()]) for i in range(min(4, len(indices)))]
+            image_grid(rows, output_dir / "samples" / f"step-{step:07d}.png")
+        if out_of_time:
+            accelerator.print(f"time limit reached at step {step}; resume with --resume latest")
+            break
+    progress.close()
+    accelerator.wait_for_everyone()
+    if args.export and accelerator.is_main_process:
+        export_pipeline(accelerator.unwrap_model(student), ema, teacher, Path(args.export))
+    return step
+
+
+if __name__ == "__main__":
+    main()
