@@ -215,7 +215,7 @@ def main(argv=None):
         accelerator.print(f"LPIPS unavailable ({error}); explicit supervision uses MSE terms only")
     data = QuadrupleBatches(args.quadruples, teacher.noise_shape)
 
-    ema = EMAModel(student.parameters(), decay=args.ema_decay, model_cls=PEPD, model_config=student.config)
+    ema = EMAModel(student.parameters(), decay=args.ema_decay, model_cls=PEPD, model_config=student.config, foreach=True)
     optimizer = torch.optim.AdamW(student.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99))
     lr_schedule = warmup_cosine(optimizer, args.warmup_steps, args.max_steps)
     student, optimizer, lr_schedule = accelerator.prepare(student, optimizer, lr_schedule)

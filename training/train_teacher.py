@@ -228,7 +228,7 @@ def main(argv=None):
     tokenizer = EfficientNetLite0Tokenizer.from_imagenet(image_size=args.tokenizer_size).to(device)
     scheduler = training_scheduler()
     layout = ViewLayout()
-    ema = EMAModel(unet.parameters(), decay=args.ema_decay, model_cls=MultiViewUNet, model_config=unet.config)
+    ema = EMAModel(unet.parameters(), decay=args.ema_decay, model_cls=MultiViewUNet, model_config=unet.config, foreach=True)
     resume_from = resolve_resume(output_dir, args.resume)
     step = restart_step = 0
     if args.init_from and resume_from is None:
@@ -265,14 +265,15 @@ def main(argv=None):
         ema.step(unet.parameters())
         step += 1
         progress.update(1)
-        loss_value = accelerator.reduce(loss.detach(), reduction="mean").item()
         if step % args.log_every == 0 or step == stop_at:
+            # Reading the loss waits for the GPU: only on log steps, so batch preparation overlaps compute.
+            loss_value = accelerator.reduce(loss.detach(), reduction="mean").item()
             elapsed = time.time() - start_time
             log.write(step=step, loss=loss_value, lr=lr_schedule.get_last_lr()[0], grad_norm=float(grad_norm), elapsed_s=elapsed)
             progress.set_postfix(loss=f"{loss_value:.4f}")
         out_of_time = args.time_limit is not None and time.time() - start_time > args.time_limit
         if step % args.checkpoint_every == 0 or step == stop_at or out_of_time:
-            save_checkpoint(accelerator, output_dir, step, {"args": vars(args), "loss": loss_value})
+            save_checkpoint(accelerator, output_dir, step, {"args": vars(args)})
         if accelerator.is_main_process and (step % args.sample_every == 0 or step == stop_at):
             psnr = sample_grid(unet, ema, tokenizer, args, layout, output_dir / "samples" / f"step-{step:07d}.png", device)
             log.write(step=step, sample_psnr_white=psnr)
