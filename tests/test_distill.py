@@ -46,7 +46,7 @@ def test_killed_distillation_resumes_exactly(world, tmp_path):
     b = load_file(chunked / "checkpoints" / "step-0000004" / "model.safetensors")
     for name in a:
         assert torch.allclose(a[name], b[name], atol=1e-6), name
-    assert [r["total"] for r in _losses(straight)] == [r["total"] for r in _losses(chunked)]
+    assert [r["total"] for r in _losses(chunked)] == pytest.approx([r["total"] for r in _losses(straight)], rel=1e-5)  # same samples; float sums may reorder
     record = _losses(straight)[-1]
     assert {"rgb", "alpha", "lpips", "verification"} <= set(record)  # every term of the joint objective ran
     assert record["verification_weight"] > 0.99
