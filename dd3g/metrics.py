@@ -13,7 +13,6 @@ LPIPS (Zhang et al., "The Unreasonable Effectiveness of Deep Features as a Perce
 from __future__ import annotations
 
 import copy
-import hashlib
 import os
 from pathlib import Path
 from typing import Optional
@@ -22,6 +21,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
+
+from .checksums import verify_sha256
 
 
 def psnr(prediction: Tensor, target: Tensor, mask: Optional[Tensor] = None, max_value: float = 1.0) -> Tensor:
@@ -95,14 +96,6 @@ LPIPS_ALEX_CHANNELS = (64, 192, 384, 256, 256)
 _ALEX_TAPS = (1, 4, 7, 9, 11)
 #: Smallest image side AlexNet's five taps exist for (the second max-pool needs a 3 x 3 input).
 LPIPS_MIN_SIZE = 31
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class LPIPS(nn.Module):
@@ -183,13 +176,7 @@ class LPIPS(nn.Module):
             weights = weights / LPIPS_WEIGHTS_NAME
         if not weights.is_file():
             raise FileNotFoundError(f"LPIPS weights not found at {weights}. To create them, {_LPIPS_CONVERT_HINT}.")
-        if expected_sha256 is not None:
-            actual = _sha256_file(weights)
-            if actual != expected_sha256:
-                raise ValueError(
-                    f"sha256 mismatch for {weights}: expected {expected_sha256}, got {actual}. The file is "
-                    f"corrupt or from another conversion; to recreate it, {_LPIPS_CONVERT_HINT}."
-                )
+        verify_sha256(weights, expected_sha256, _LPIPS_CONVERT_HINT)
         model = cls()
         model.load_state_dict(load_file(str(weights)), strict=True)  # float16 copied into float32
         return model.to(device=device, dtype=dtype)

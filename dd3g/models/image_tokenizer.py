@@ -36,7 +36,6 @@ Nothing is loaded at import time.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 from pathlib import Path
@@ -46,6 +45,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
+
+from ..checksums import verify_sha256
 
 # ---------------------------------------------------------------------------------------------------
 # Shipped weights
@@ -99,14 +100,6 @@ def tf_same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
     out = math.ceil(size / stride)
     total = max((out - 1) * stride + kernel - size, 0)
     return total // 2, total - total // 2
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -340,13 +333,7 @@ class EfficientNetLite0Tokenizer(ModelMixin, ConfigMixin):
                 f"EfficientNet-Lite0 weights not found: expected {weights} and config.json in {folder}. "
                 f"To create them, {_CONVERT_HINT}."
             )
-        if expected_sha256 is not None:
-            actual = _sha256_file(weights)
-            if actual != expected_sha256:
-                raise ValueError(
-                    f"sha256 mismatch for {weights}: expected {expected_sha256}, got {actual}. The file is "
-                    f"corrupt or from another conversion; to recreate it, {_CONVERT_HINT}."
-                )
+        verify_sha256(weights, expected_sha256, _CONVERT_HINT)
         unknown = set(config_overrides) - {"image_size", "token_stage"}
         if unknown:
             raise TypeError(f"unknown config overrides {sorted(unknown)}; allowed: image_size, token_stage")
