@@ -76,6 +76,28 @@ def load_checkpoint(accelerator, path: Path) -> dict:
     return json.loads((Path(path) / "trainer_state.json").read_text())
 
 
+def restore_checkpoint(accelerator, path: Optional[Path], ema=None) -> int:
+    """Load a resolved checkpoint (if any) and return the step it was taken at (0 for a fresh run)."""
+    if path is None:
+        return 0
+    step = int(load_checkpoint(accelerator, path)["step"])
+    if ema is not None:
+        ema.to(accelerator.device)  # accelerate restores registered objects' tensors on the CPU
+    accelerator.print(f"resumed from {path} at step {step}")
+    return step
+
+
+def optimization_step(accelerator, model, optimizer, lr_schedule, ema, loss, max_grad_norm: float = 1.0):
+    """backward, clip, step, schedule, zero the grads, update the EMA. Returns the gradient norm (a tensor)."""
+    accelerator.backward(loss)
+    grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+    optimizer.step()
+    lr_schedule.step()
+    optimizer.zero_grad(set_to_none=True)
+    ema.step(model.parameters())
+    return grad_norm
+
+
 def warmup_cosine(optimizer, warmup_steps: int, total_steps: int, final_fraction: float = 0.1, restart_step: int = 0):
     """Linear warm-up, then cosine decay to final_fraction of the peak LR.
 

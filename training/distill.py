@@ -37,7 +37,9 @@ from dd3g.preprocess import composite_on  # noqa: E402
 from dd3g.randomness import generator, noise_from_seeds, noise_sha256, sample_seed  # noqa: E402
 from dd3g.rendering import render  # noqa: E402
 from dd3g.teachers.tiny import TinyTeacher  # noqa: E402
-from training.common import JsonlLog, image_grid, load_checkpoint, resolve_resume, save_checkpoint, warmup_cosine  # noqa: E402
+from training.common import (  # noqa: E402
+    JsonlLog, image_grid, optimization_step, resolve_resume, restore_checkpoint, save_checkpoint, warmup_cosine,
+)
 
 
 def parse_args(argv=None):
@@ -221,12 +223,7 @@ def main(argv=None):
     student, optimizer, lr_schedule = accelerator.prepare(student, optimizer, lr_schedule)
     ema.to(device)
     accelerator.register_for_checkpointing(ema)
-    step = 0
-    resume_from = resolve_resume(output_dir, args.resume)
-    if resume_from is not None:
-        step = load_checkpoint(accelerator, resume_from)["step"]
-        ema.to(device)
-        accelerator.print(f"resumed from {resume_from} at step {step}")
+    step = restore_checkpoint(accelerator, resolve_resume(output_dir, args.resume), ema)
 
     stop_at = min(args.max_steps, args.stop_after or args.max_steps)
     global_batch = args.batch_size * accelerator.num_processes
@@ -238,12 +235,7 @@ def main(argv=None):
         batch = data.batch(indices)
         with accelerator.autocast():
             losses, gaussians, renders = distillation_step(student, teacher, tokenizer, batch, args, step, indices, lpips_model)
-        accelerator.backward(losses["total"])
-        grad_norm = accelerator.clip_grad_norm_(student.parameters(), 1.0)
-        optimizer.step()
-        lr_schedule.step()
-        optimizer.zero_grad(set_to_none=True)
-        ema.step(student.parameters())
+        grad_norm = optimization_step(accelerator, student, optimizer, lr_schedule, ema, losses["total"])
         step += 1
         progress.update(1)
         if step % args.log_every == 0 or step == stop_at:

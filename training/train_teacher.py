@@ -39,7 +39,7 @@ from dd3g.rendering import render  # noqa: E402
 from dd3g.teachers.tiny import TinyMVDMPipeline, TinyTeacher, training_scheduler  # noqa: E402
 from training import synthetic  # noqa: E402
 from training.common import (  # noqa: E402
-    JsonlLog, image_grid, load_checkpoint, resolve_resume, save_checkpoint, warmup_cosine,
+    JsonlLog, image_grid, optimization_step, resolve_resume, restore_checkpoint, save_checkpoint, warmup_cosine,
 )
 
 # A UNet of the tiny structure at toy width, for --tiny-test on the CPU.
@@ -242,10 +242,7 @@ def main(argv=None):
     accelerator.register_for_checkpointing(ema)
 
     if resume_from is not None:
-        state = load_checkpoint(accelerator, resume_from)
-        ema.to(device)  # accelerate restores registered objects' tensors on the CPU
-        step = state["step"]
-        accelerator.print(f"resumed from {resume_from} at step {step}")
+        step = restore_checkpoint(accelerator, resume_from, ema)
     pool = build_pool(args, device)
     size = (unet.module if hasattr(unet, "module") else unet).config.sample_size
     stop_at = min(args.max_steps, args.stop_after or args.max_steps)
@@ -257,12 +254,7 @@ def main(argv=None):
         batch = sample_batch(args, pool, layout, range(first, first + args.batch_size), args.seed, size, device)
         with accelerator.autocast():
             loss = training_loss(unet, tokenizer, scheduler, batch)
-        accelerator.backward(loss)
-        grad_norm = accelerator.clip_grad_norm_(unet.parameters(), 1.0)
-        optimizer.step()
-        lr_schedule.step()
-        optimizer.zero_grad(set_to_none=True)
-        ema.step(unet.parameters())
+        grad_norm = optimization_step(accelerator, unet, optimizer, lr_schedule, ema, loss)
         step += 1
         progress.update(1)
         if step % args.log_every == 0 or step == stop_at:
