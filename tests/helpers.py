@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from diffusers import DDIMScheduler
@@ -57,3 +59,18 @@ def rgba_image(size: int = 48, seed: int = 0) -> Image.Image:
     rgba[..., 0] = (xx * 255 // size).astype(np.uint8)
     rgba[..., 3] = inside * 255
     return Image.fromarray(rgba, "RGBA")
+
+
+def imagedream_camera(elevation_deg: float, azimuth_deg: float) -> np.ndarray:
+    """ImageDream/MVDream's get_camera for one view (blender_coord=True), written out here in numpy."""
+    el, az = math.radians(elevation_deg), math.radians(azimuth_deg)
+    position = np.array([math.cos(el) * math.sin(az), math.sin(el), math.cos(el) * math.cos(az)])
+    forward = -position / np.linalg.norm(position)
+    right = np.cross(forward, [0.0, 1.0, 0.0])
+    right /= np.linalg.norm(right)
+    up = np.cross(right, forward)
+    c2w = np.eye(4)
+    c2w[:3, :3] = np.stack([right, up, -forward], axis=1)
+    c2w[:3, 3] = position
+    flip_yz = np.array([[1, 0, 0, 0], [0, 0, -1, 0], [0, 1, 0, 0], [0, 0, 0, 1]], dtype=float)
+    return (flip_yz @ c2w).reshape(16)

@@ -334,6 +334,12 @@ def _random_state(shapes: dict, generator: torch.Generator) -> dict:
     return state
 
 
+def _model_kwargs(config: dict) -> dict:
+    """A transformers config.json dict without the keys its config class does not take."""
+    skip = ("architectures", "torch_dtype", "transformers_version", "model_type")
+    return {k: v for k, v in config.items() if not k.startswith("_") and k not in skip}
+
+
 def _write_json(path: Path, data: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
@@ -389,29 +395,11 @@ def write_tiny_imagedream(path, seed: int = 0, full_size: bool = False) -> Path:
 
     text_config = {**base_text_config, "vocab_size": len(vocab)}
     _write_json(root / "text_encoder" / "config.json", text_config)
-    text_model = CLIPTextModel(
-        CLIPTextConfig(
-            **{
-                k: v
-                for k, v in text_config.items()
-                if not k.startswith("_")
-                and k not in ("architectures", "torch_dtype", "transformers_version", "model_type")
-            }
-        )
-    )
+    text_model = CLIPTextModel(CLIPTextConfig(**_model_kwargs(text_config)))
     _save(text_model.state_dict(), root / "text_encoder" / "model.safetensors")
 
     _write_json(root / "image_encoder" / "config.json", vision_config)
-    vision_model = CLIPVisionModel(
-        CLIPVisionConfig(
-            **{
-                k: v
-                for k, v in vision_config.items()
-                if not k.startswith("_")
-                and k not in ("architectures", "torch_dtype", "transformers_version", "model_type")
-            }
-        )
-    )
+    vision_model = CLIPVisionModel(CLIPVisionConfig(**_model_kwargs(vision_config)))
     _save(vision_model.state_dict(), root / "image_encoder" / "model.safetensors")
 
     _write_json(root / "feature_extractor" / "preprocessor_config.json", preprocessor_config)

@@ -17,7 +17,8 @@ from dd3g.teachers.imagedream import (
     alpha_from_white,
     imagedream_camera_vectors,
 )
-from imagedream_fixture import (
+from tests.helpers import imagedream_camera
+from tests.imagedream_fixture import (
     PUBLISHED_UNET_CONFIG,
     TINY_RESAMPLER,
     TINY_UNET_CONFIG,
@@ -174,20 +175,8 @@ def test_verification_loss_reaches_the_renders(teacher):
 
 
 def numpy_get_camera(num_frames, elevation, extra_view):
-    """ImageDream's camera_utils.get_camera, re-derived in numpy (MVDream orbit, OpenGL c2w, flip_yz)."""
-    cameras = []
-    for azimuth in np.arange(0, 360, 360 / num_frames):
-        e, a = np.radians(elevation), np.radians(azimuth)
-        position = np.array([np.cos(e) * np.sin(a), np.sin(e), np.cos(e) * np.cos(a)])
-        forward = -position / np.linalg.norm(position)
-        right = np.cross(forward, [0.0, 1.0, 0.0])
-        right /= np.linalg.norm(right)
-        up = np.cross(right, forward)
-        c2w = np.eye(4)
-        c2w[:3, :3] = np.stack([right, up, -forward], axis=1)
-        c2w[:3, 3] = position
-        flip_yz = np.array([[1, 0, 0, 0], [0, 0, -1, 0], [0, 1, 0, 0], [0, 0, 0, 1]], dtype=float)
-        cameras.append((flip_yz @ c2w).flatten())
+    """ImageDream's get_camera (blender_coord=True) for a ring of views, plus its all-zero extra view."""
+    cameras = [imagedream_camera(elevation, azimuth) for azimuth in np.arange(0, 360, 360 / num_frames)]
     if extra_view:
         cameras.append(np.zeros(16))
     return np.stack(cameras)

@@ -2,7 +2,6 @@
 permutation equivariance, camera-matrix convention, save/load, gradients, bf16. CPU, a few seconds:
 models run at 16 px except the tiny shape test (64 px)."""
 
-import math
 
 import numpy as np
 import pytest
@@ -11,6 +10,7 @@ from torch import nn
 
 from dd3g.cameras import ViewLayout, orbit_cameras
 from dd3g.models.mv_unet import MultiViewUNet, MultiViewUNetOutput, SpatialTransformer3D
+from tests.helpers import imagedream_camera
 
 FRAMES = 5
 SMALL = 16  # spatial size for the behaviour tests
@@ -181,26 +181,13 @@ def test_batch_elements_are_independent(tiny):
     torch.testing.assert_close(both[:1], first, rtol=1e-4, atol=1e-5)
 
 
-def _imagedream_camera(elevation_deg: float, azimuth_deg: float) -> np.ndarray:
-    """ImageDream/MVDream's get_camera for one view (blender_coord=True), written out here in numpy."""
-    el, az = math.radians(elevation_deg), math.radians(azimuth_deg)
-    position = np.array([math.cos(el) * math.sin(az), math.sin(el), math.cos(el) * math.cos(az)])
-    forward = -position / np.linalg.norm(position)
-    right = np.cross(forward, [0.0, 1.0, 0.0])
-    right /= np.linalg.norm(right)
-    up = np.cross(right, forward)
-    c2w = np.eye(4)
-    c2w[:3, :3] = np.stack([right, up, -forward], axis=1)
-    c2w[:3, 3] = position
-    flip_yz = np.array([[1, 0, 0, 0], [0, 0, -1, 0], [0, 1, 0, 0], [0, 0, 0, 1]], dtype=float)
-    return (flip_yz @ c2w).reshape(16)
 
 
 def test_matrix_camera_matches_imagedream_convention(base_small):
     azimuths = [0.0, 90.0, 180.0, 270.0, 33.0]
     cams = orbit_cameras(torch.tensor(azimuths), torch.full((5,), 15.0), 64, 64, radius=2.0)  # [5]
     vectors = base_small.camera_condition(cams.expand(1))  # [1, 5, 16]
-    expected = np.stack([_imagedream_camera(15.0, a) for a in azimuths])
+    expected = np.stack([imagedream_camera(15.0, a) for a in azimuths])
     np.testing.assert_allclose(vectors[0].numpy(), expected, atol=1e-5)
 
 
