@@ -42,6 +42,25 @@ def test_writes_each_format_per_sample(checkpoint, image, tmp_path, capsys):
     assert torch.allclose(Gaussians.load_ply(once / "blob_seed3.ply").means, g3.means, atol=1e-5)
 
 
+def test_writes_glb_and_mp4(checkpoint, image, tmp_path):
+    import imageio.v2 as imageio
+    import trimesh
+
+    out = tmp_path / "out"
+    code = main([str(image), "--out", str(out), "--checkpoint", str(checkpoint), "--seed", "5", "--format", "glb,mp4"])
+    assert code == 0
+    assert sorted(p.name for p in out.iterdir()) == ["blob_seed5.glb", "blob_seed5.mp4"]
+    loaded = trimesh.load(out / "blob_seed5.glb")
+    meshes = list(loaded.geometry.values()) if isinstance(loaded, trimesh.Scene) else [loaded]
+    assert len(meshes) == 1 and len(meshes[0].faces) > 0 and meshes[0].visual.kind == "vertex"
+    reader = imageio.get_reader(out / "blob_seed5.mp4", format="FFMPEG")
+    try:
+        assert reader.get_meta_data()["size"] == (256, 256)
+        assert sum(1 for _ in reader) == 24
+    finally:
+        reader.close()
+
+
 def test_a_bad_image_is_one_line_and_the_rest_still_run(checkpoint, image, tmp_path, capsys):
     bad = tmp_path / "broken.png"
     bad.write_bytes(image.read_bytes()[:40])  # truncated PNG
@@ -60,7 +79,7 @@ def test_a_bad_image_is_one_line_and_the_rest_still_run(checkpoint, image, tmp_p
     [
         (["--checkpoint", "/nonexistent/ckpt"], "does not exist"),
         (["--format", "obj"], "unknown format 'obj'"),
-        (["--format", "glb"], "not available yet"),
+        (["--format", "ply,gltf"], "unknown format 'gltf'"),
         (["--num-samples", "0"], "--num-samples must be >= 1"),
     ],
 )

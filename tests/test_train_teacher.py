@@ -31,6 +31,10 @@ def test_killed_run_resumes_exactly(tmp_path):
     assert a.keys() == b.keys()
     for name in a:
         assert torch.allclose(a[name], b[name], atol=1e-6), name
+    # The EMA is restored too (stored as safetensors: resume never unpickles).
+    ema_a, ema_b = (load_file(d / "checkpoints" / "step-0000004" / "ema.safetensors") for d in (straight, chunked))
+    assert all(torch.allclose(ema_a[k], ema_b[k], atol=1e-6) for k in ema_a)
+    assert not list((chunked / "checkpoints" / "step-0000004").glob("custom_checkpoint_*"))  # loaded with weights_only=False
     losses = lambda d: [r["loss"] for r in map(json.loads, (d / "log.jsonl").read_text().splitlines()) if "loss" in r]  # noqa: E731
     assert losses(chunked) == pytest.approx(losses(straight), rel=1e-5)  # the same samples, in the same order
     # The last step wrote a sample grid: input | 4 teacher views | 4 true views per validation object.

@@ -1,8 +1,9 @@
 """Pieces every training script shares: resumable checkpoints, the LR schedule, logging, image grids.
 
-Checkpoints are accelerate states (model, optimizer, LR schedule, EMA, RNG) plus `trainer_state.json`, written
-to a temporary folder and renamed into place, so a run killed mid-save leaves the previous checkpoint intact.
-Resume reads only this run's own folder (`torch.load(weights_only=True)` inside accelerate).
+Checkpoints are accelerate states (model, optimizer, LR schedule, RNG), the EMA as safetensors, and
+`trainer_state.json`, written to a temporary folder and renamed into place, so a run killed mid-save leaves the
+previous checkpoint intact. Resume reads only this run's own folder, and never unpickles: accelerate loads its
+files with `weights_only=True`, and the EMA is not registered with accelerate (it would pickle it).
 """
 
 from __future__ import annotations
@@ -52,7 +53,27 @@ def resolve_resume(output_dir: Path, resume: Optional[str]) -> Optional[Path]:
     return path
 
 
-def save_checkpoint(accelerator, output_dir: Path, step: int, state: dict, keep: int = 2) -> Path:
+def save_ema(ema, folder: Path) -> None:
+    """The EMA as safetensors + JSON (accelerate would pickle it, and resume must not unpickle)."""
+    from safetensors.torch import save_file
+
+    state = ema.state_dict()
+    shadow = state.pop("shadow_params")
+    save_file({f"shadow.{i}": t.detach().cpu().contiguous() for i, t in enumerate(shadow)}, str(folder / "ema.safetensors"))
+    (folder / "ema.json").write_text(json.dumps(state))
+
+
+def load_ema(ema, folder: Path, device) -> None:
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(folder / "ema.safetensors"))
+    state = json.loads((folder / "ema.json").read_text())
+    state["shadow_params"] = [tensors[f"shadow.{i}"] for i in range(len(tensors))]
+    ema.load_state_dict(state)
+    ema.to(device)
+
+
+def save_checkpoint(accelerator, output_dir: Path, step: int, state: dict, keep: int = 2, ema=None) -> Path:
     """Atomically write checkpoints/step-N (all processes must call; the main process writes the json)."""
     final = checkpoint_dir(output_dir) / f"step-{step:07d}"
     staging = checkpoint_dir(output_dir) / f".tmp-step-{step:07d}"
@@ -62,6 +83,8 @@ def save_checkpoint(accelerator, output_dir: Path, step: int, state: dict, keep:
     accelerator.wait_for_everyone()
     accelerator.save_state(str(staging))
     if accelerator.is_main_process:
+        if ema is not None:
+            save_ema(ema, staging)
         (staging / "trainer_state.json").write_text(json.dumps({**state, "step": step}, indent=1))
         shutil.rmtree(final, ignore_errors=True)
         os.replace(staging, final)
@@ -82,7 +105,7 @@ def restore_checkpoint(accelerator, path: Optional[Path], ema=None) -> int:
         return 0
     step = int(load_checkpoint(accelerator, path)["step"])
     if ema is not None:
-        ema.to(accelerator.device)  # accelerate restores registered objects' tensors on the CPU
+        load_ema(ema, Path(path), accelerator.device)
     accelerator.print(f"resumed from {path} at step {step}")
     return step
 

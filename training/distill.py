@@ -222,7 +222,6 @@ def main(argv=None):
     lr_schedule = warmup_cosine(optimizer, args.warmup_steps, args.max_steps)
     student, optimizer, lr_schedule = accelerator.prepare(student, optimizer, lr_schedule)
     ema.to(device)
-    accelerator.register_for_checkpointing(ema)
     step = restore_checkpoint(accelerator, resolve_resume(output_dir, args.resume), ema)
 
     stop_at = min(args.max_steps, args.stop_after or args.max_steps)
@@ -244,7 +243,7 @@ def main(argv=None):
             progress.set_postfix(loss=f"{record['total']:.4f}")
         out_of_time = args.time_limit is not None and time.time() - start_time > args.time_limit
         if step % args.checkpoint_every == 0 or step == stop_at or out_of_time:
-            save_checkpoint(accelerator, output_dir, step, {"args": vars(args)})
+            save_checkpoint(accelerator, output_dir, step, {"args": vars(args)}, ema=ema)
         if accelerator.is_main_process and (step % args.sample_every == 0 or step == stop_at):
             rows = [torch.cat([F.interpolate(batch["image"][i : i + 1], size=batch["views"].shape[-2:], mode="bilinear", antialias=True),
                                batch["views"][i], renders.rgba()[i].detach().float().cpu()]) for i in range(min(4, len(indices)))]

@@ -239,7 +239,6 @@ def main(argv=None):
     lr_schedule = warmup_cosine(optimizer, args.warmup_steps, args.max_steps, restart_step=restart_step)
     unet, optimizer, lr_schedule = accelerator.prepare(unet, optimizer, lr_schedule)
     ema.to(device)
-    accelerator.register_for_checkpointing(ema)
 
     if resume_from is not None:
         step = restore_checkpoint(accelerator, resume_from, ema)
@@ -265,7 +264,7 @@ def main(argv=None):
             progress.set_postfix(loss=f"{loss_value:.4f}")
         out_of_time = args.time_limit is not None and time.time() - start_time > args.time_limit
         if step % args.checkpoint_every == 0 or step == stop_at or out_of_time:
-            save_checkpoint(accelerator, output_dir, step, {"args": vars(args)})
+            save_checkpoint(accelerator, output_dir, step, {"args": vars(args)}, ema=ema)
         if accelerator.is_main_process and (step % args.sample_every == 0 or step == stop_at):
             psnr = sample_grid(unet, ema, tokenizer, args, layout, output_dir / "samples" / f"step-{step:07d}.png", device)
             log.write(step=step, sample_psnr_white=psnr)
