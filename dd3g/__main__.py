@@ -1,6 +1,6 @@
 """Command line: images -> 3D Gaussian files.
 
-    python -m dd3g IMAGE... --out DIR [--checkpoint PATH] [--seed S] [--num-samples K] [--format ply,splat]
+    python -m dd3g IMAGE... --out DIR [--checkpoint PATH] [--seed S] [--num-samples K] [--format ply,splat,glb,mp4]
 
 Sample k of every image uses the noise of seed S + k, so a (checkpoint, image, seed) triple always gives
 the same object. Bad input never shows a traceback: one line on stderr names the problem; the other images
@@ -16,8 +16,7 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-FORMATS = ("ply", "splat")
-PLANNED_FORMATS = ("glb", "mp4")  # the Space issue adds mesh and turntable exports
+FORMATS = ("ply", "splat", "glb", "mp4")  # glb: marching-cubes mesh; mp4: 24-frame 256 px turntable
 
 
 class UsageError(Exception):
@@ -29,8 +28,6 @@ def parse_formats(text: str) -> list[str]:
     if not formats:
         raise UsageError("--format needs at least one of: " + ", ".join(FORMATS))
     for f in formats:
-        if f in PLANNED_FORMATS:
-            raise UsageError(f"format {f!r} is not available yet; available: {', '.join(FORMATS)}")
         if f not in FORMATS:
             raise UsageError(f"unknown format {f!r}; available: {', '.join(FORMATS)}")
     return list(dict.fromkeys(formats))
@@ -70,6 +67,7 @@ def run(args) -> int:
     import torch
     from tqdm.auto import tqdm
 
+    from .export import EmptyMeshError, save_glb, save_turntable_mp4
     from .pipeline import CheckpointError, DD3GPipeline
     from .preprocess import BackgroundRemovalError, ImageInputError
 
@@ -110,8 +108,16 @@ def run(args) -> int:
                 target = out_dir / f"{name}_seed{seed}.{fmt}"
                 if fmt == "ply":
                     single.save_ply(target)
-                else:
+                elif fmt == "splat":
                     single.save_splat(target)
+                elif fmt == "mp4":
+                    save_turntable_mp4(single, target)
+                else:
+                    try:
+                        save_glb(single, target)
+                    except EmptyMeshError as error:  # nothing opaque enough to mesh: one line, the rest go on
+                        failures += 1
+                        progress.write(f"error: {image_path}: seed {seed}: {error}", file=sys.stderr)
         progress.write(f"{image_path}: {args.num_samples} object(s) in {time.perf_counter() - start:.2f} s -> {out_dir}")
     return 1 if failures else 0
 
