@@ -42,7 +42,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-samples", type=int, default=1, help="objects per image, one noise each (default 1)")
     parser.add_argument("--format", default="ply", help=f"comma-separated output formats: {', '.join(FORMATS)} (default ply)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1... (default: cuda if available)")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
     return parser
 
 
