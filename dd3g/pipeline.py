@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, List, Optional, Sequence, Union
@@ -82,9 +81,8 @@ class DD3GPipeline(DiffusionPipeline):
     def from_pretrained(cls, pretrained_model_name_or_path=None, **kwargs) -> "DD3GPipeline":
         """Load a saved pipeline folder (safetensors only, never pickles). Defaults to the shipped dd3g-tiny."""
         path = DEFAULT_CHECKPOINT if pretrained_model_name_or_path is None else pretrained_model_name_or_path
-        local = Path(path)
-        if local.exists() or os.sep in str(path) or str(path).startswith("."):
-            _check_checkpoint_folder(local)
+        if _looks_local(path):
+            _check_checkpoint_folder(Path(path))
         kwargs.setdefault("use_safetensors", True)
         try:
             pipe = super().from_pretrained(path, **kwargs)
@@ -220,6 +218,12 @@ class DD3GPipeline(DiffusionPipeline):
         if output_type == "np":
             return [g.to_numpy() for g in singles]
         return [g.to_ply_bytes() for g in singles]
+
+
+def _looks_local(path) -> bool:
+    """A folder on disk (or meant to be one), as opposed to a Hub repo id such as "owner/name"."""
+    text = str(path)
+    return isinstance(path, Path) or Path(text).exists() or text.startswith((".", "/", "~", "\\")) or text.count("/") != 1
 
 
 def _check_checkpoint_folder(path: Path) -> None:

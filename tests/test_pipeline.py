@@ -147,3 +147,12 @@ def test_bad_images_are_refused(pipe, tmp_path):
     empty = np.zeros((32, 32, 4), np.uint8)
     with pytest.raises(ImageInputError, match="transparent"):
         pipe(empty)
+
+
+def test_hub_ids_are_not_mistaken_for_folders(tmp_path):
+    from dd3g.pipeline import _looks_local
+
+    assert not _looks_local("someone/dd3g-tiny")  # goes to the Hub loader (offline here: a CheckpointError)
+    assert _looks_local(tmp_path / "x") and _looks_local("./x") and _looks_local("runs/a/b") and _looks_local("ckpt")
+    with pytest.raises(CheckpointError, match="could not load"):
+        DD3GPipeline.from_pretrained("someone/dd3g-tiny-that-is-not-reachable", local_files_only=True)
