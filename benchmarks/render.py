@@ -138,7 +138,7 @@ def main(argv=None):
 
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"{platform.processor() or 'cpu'}, {torch.get_num_threads()} threads"
     print(f"device: {name}; torch {torch.__version__}")
-    print(f"| case | backend | pass | median ms |\n|---|---|---|---|")
+    print("| case | backend | pass | median ms |\n|---|---|---|---|")
     for case, backend, kind, ms in rows:
         print(f"| {case} | {backend} | {kind} | {ms:.3f} |")
     report = {"device": name, "torch": torch.__version__, "timings_ms": [dict(zip(("case", "backend", "pass", "ms"), r)) for r in rows]}

@@ -10,7 +10,6 @@ still run. Exit status: 0 all written, 1 some images failed, 2 nothing could run
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path

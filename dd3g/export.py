@@ -29,7 +29,6 @@ from typing import Optional
 
 import numpy as np
 import torch
-from torch import Tensor
 
 from .cameras import DEFAULT_FOV_DEG, DEFAULT_RADIUS, orbit_cameras
 from .gaussians import Gaussians, PathLike, _write_atomically

@@ -89,7 +89,7 @@ def render(
     device = gaussians.means.device
     cameras = cameras.to(device, torch.float32)
     lead = torch.broadcast_shapes(gaussians.batch_shape, cameras.shape[:-1])
-    num_views, num_gaussians = cameras.shape[-1], gaussians.num_gaussians
+    num_views = cameras.shape[-1]
 
     # Activated parameters in float32 (both backends rasterize in fp32), broadcast over the leading dims.
     def expand(x: Tensor, trailing: int) -> Tensor:

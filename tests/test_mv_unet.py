@@ -6,7 +6,6 @@ models run at 16 px except the tiny shape test (64 px)."""
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from dd3g.cameras import ViewLayout, orbit_cameras
 from dd3g.models.mv_unet import MultiViewUNet, MultiViewUNetOutput, SpatialTransformer3D

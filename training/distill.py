@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import math
 import sys
 import time
@@ -31,7 +30,6 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dd3g.gaussians import Gaussians  # noqa: E402
 from dd3g.models.pepd import PEPD  # noqa: E402
 from dd3g.preprocess import composite_on  # noqa: E402
 from dd3g.randomness import generator, noise_from_seeds, noise_sha256, sample_seed  # noqa: E402

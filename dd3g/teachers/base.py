@@ -184,7 +184,6 @@ class MultiViewTeacher(abc.ABC):
         guidance_scale = self.default_guidance_scale if guidance_scale is None else guidance_scale
         scheduler_steps = self.scheduler_config.get("num_train_timesteps", 1000)
         x = self.encode(renders)  # [B, V, C, h, w]
-        b = x.shape[0]
         gens = [cpu_generator(s) for s in seeds]
         low, high = int(t_range[0] * scheduler_steps), int(t_range[1] * scheduler_steps)
         t = torch.tensor([int(torch.randint(low, high + 1, (1,), generator=g)) for g in gens], device=x.device)
