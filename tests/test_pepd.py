@@ -100,10 +100,13 @@ def test_from_teacher_checkpoint(tmp_path):
 def test_gradients_reach_phase1_and_phase2():
     student = toy_student().train()
     g = student(*_inputs(student)).gaussians
-    (g.means.square().sum() + g.sh_dc.sum() + g.opacity_logits.sum() + g.log_scales.sum()).backward()
+    (g.means.square().sum() + g.sh_dc.sum() + g.opacity_logits.sum() + g.log_scales.sum() + g.quats.sum()).backward()
     assert student.unet.conv_in.weight.grad.abs().sum() > 0
     assert student.blocks_means[0].qkv.weight.grad.abs().sum() > 0
     assert student.head_appearance.weight.grad.abs().sum() > 0
+    # Every trainable parameter takes part (multi-GPU DDP refuses parameters that never get a gradient).
+    unused = [name for name, p in student.named_parameters() if p.requires_grad and p.grad is None]
+    assert unused == []
 
 
 def test_bad_shapes_are_named():

@@ -109,7 +109,7 @@ def test_other_settings_do_not_mix_into_an_existing_build(world, straight):
 
 @pytest.mark.slow
 def test_accelerate_launch_two_cpu_processes(world, tmp_path):
-    """A real `accelerate launch --num_processes 2 --cpu` run equals one process with the same thread count.
+    """A real 2-process run (torchrun, gloo) equals one process with the same thread count.
 
     Each launched CPU process runs one thread (OMP_NUM_THREADS=1); float reductions depend on the thread count,
     so the single-process reference uses one thread too (with two threads a view pixel may differ by one level).
@@ -125,13 +125,15 @@ def test_accelerate_launch_two_cpu_processes(world, tmp_path):
     finally:
         torch.set_num_threads(threads)
     repo = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo), "ACCELERATE_USE_CPU": "true"}
     result = subprocess.run(
-        [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu", "--num_machines", "1",
-         "--mixed_precision", "no", "--dynamo_backend", "no", "training/simulate.py",
+        # torchrun: `accelerate launch --cpu` starts a single process (multi-CPU needs MPI there), which would
+        # make this comparison vacuous; Accelerator reads torchrun's environment as 2 gloo processes.
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "training/simulate.py",
          "--teacher", str(world / "teacher"), "--corpus", str(world / "corpus"), "--out", str(tmp_path / "two"), *SETTINGS],
         capture_output=True, text=True, timeout=300, env=env, cwd=repo,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "quadruples complete" in result.stdout
+    assert "process 0/2: wrote 4" in result.stdout and "process 1/2: wrote 2" in result.stdout  # both worked
     assert shard_contents(tmp_path / "two") == shard_contents(tmp_path / "one")

@@ -347,7 +347,8 @@ def process_layout(args):
         return k, n, device, None
     from accelerate import PartialState
 
-    state = PartialState()
+    # Without CUDA, cpu=True lets torchrun-launched processes form a gloo group (PartialState() alone stays single).
+    state = PartialState(cpu=not torch.cuda.is_available())
     return state.process_index, state.num_processes, state.device, state.wait_for_everyone
 
 

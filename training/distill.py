@@ -143,7 +143,6 @@ def explicit_loss(renders, views, args, lpips_model) -> dict:
 def distillation_step(student, teacher, tokenizer, batch, args, step: int, global_indices, lpips_model):
     device = next(student.parameters()).device
     layout, size = teacher.layout, teacher.image_size
-    b = batch["image"].shape[0]
     image = batch["image"].to(device)
     views = batch["views"].to(device)
     if args.fresh_noise:  # ablation: break the (N, C, II) -> OI correspondence
@@ -162,8 +161,13 @@ def distillation_step(student, teacher, tokenizer, batch, args, step: int, globa
     losses["verification_weight"] = torch.tensor(weight)
     total = losses["total"]
     if weight > 0:
-        offsets = torch.tensor([float(torch.rand(1, generator=generator(sample_seed(args.seed, "azimuth", i, step)))) * 360 for i in global_indices])
-        offsets = torch.where(torch.rand(b, generator=generator(sample_seed(args.seed, "canonical", step))) < 0.5, torch.zeros(b), offsets)
+        # Half the samples are verified at the canonical layout, the others rotated: keyed per sample.
+        offsets = []
+        for i in global_indices:
+            gen = generator(sample_seed(args.seed, "verify-cameras", i, step))
+            canonical, azimuth = float(torch.rand(1, generator=gen)) < 0.5, float(torch.rand(1, generator=gen)) * 360
+            offsets.append(0.0 if canonical else azimuth)
+        offsets = torch.tensor(offsets)
         check_cams = layout.cameras(size, size, elevation_deg=batch["elevation"], azimuth_offset_deg=offsets, include_input=True).to(device)
         check = render(gaussians, check_cams[:, : layout.num_views], background=None).rgba()
         cond = teacher.condition(image)
@@ -195,7 +199,8 @@ def main(argv=None):
     from diffusers.training_utils import EMAModel
     from tqdm.auto import tqdm
 
-    accelerator = Accelerator(mixed_precision="bf16" if torch.cuda.is_available() else "no")
+    # The LR schedule counts optimizer steps, not samples: one scheduler step per step whatever the process count.
+    accelerator = Accelerator(mixed_precision="bf16" if torch.cuda.is_available() else "no", step_scheduler_with_optimizer=False)
     device = accelerator.device
     output_dir = Path(args.output_dir)
     log = JsonlLog(output_dir / "log.jsonl", enabled=accelerator.is_main_process)

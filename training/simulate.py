@@ -242,6 +242,7 @@ def main(argv=None) -> data.BuildReport:
         process_index=process_index, num_processes=num_processes, stop_after=args.stop_after,
         progress=not args.no_progress, desc=f"quadruples[{process_index}/{num_processes}]",
     )
+    print(f"process {process_index}/{num_processes}: wrote {report.written_rows} quadruples", flush=True)
     if wait is not None:
         wait()
         report.complete = len(data.completed_rows(out)) == len(data.shard_ranges(total, args.shard_size))

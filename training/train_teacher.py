@@ -218,7 +218,8 @@ def main(argv=None):
     from diffusers.training_utils import EMAModel
     from tqdm.auto import tqdm
 
-    accelerator = Accelerator(mixed_precision="bf16" if torch.cuda.is_available() else "no")
+    # The LR schedule counts optimizer steps, not samples: one scheduler step per step whatever the process count.
+    accelerator = Accelerator(mixed_precision="bf16" if torch.cuda.is_available() else "no", step_scheduler_with_optimizer=False)
     device = accelerator.device
     output_dir = Path(args.output_dir)
     log = JsonlLog(output_dir / "log.jsonl", enabled=accelerator.is_main_process)

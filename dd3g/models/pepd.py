@@ -119,6 +119,10 @@ class PEPD(ModelMixin, ConfigMixin):
             unet_config = dict(MultiViewUNet.PRESETS[unet_preset])
             self.register_to_config(unet_config=unet_config)
         self.unet = MultiViewUNet(**unet_config)
+        # Phase 1 uses the UNet's features, not its denoising output: freeze that head (kept so the teacher's
+        # weights load as they are) so every trainable parameter gets a gradient, as DDP requires.
+        self.unet.norm_out.requires_grad_(False)
+        self.unet.conv_out.requires_grad_(False)
         if self.unet.config.num_frames != num_views + 1:
             raise ValueError(f"the UNet has {self.unet.config.num_frames} frames; PEPD needs {num_views} views + the input frame")
         sample_size = self.unet.config.sample_size
