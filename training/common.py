@@ -99,6 +99,14 @@ def load_checkpoint(accelerator, path: Path) -> dict:
     return json.loads((Path(path) / "trainer_state.json").read_text())
 
 
+def make_accelerator():
+    """The Accelerator both training scripts use: bf16 on CUDA, and an LR schedule that counts optimizer steps
+    (accelerate would otherwise step a prepared scheduler once per process per step)."""
+    from accelerate import Accelerator
+
+    return Accelerator(mixed_precision="bf16" if torch.cuda.is_available() else "no", step_scheduler_with_optimizer=False)
+
+
 def restore_checkpoint(accelerator, path: Optional[Path], ema=None) -> int:
     """Load a resolved checkpoint (if any) and return the step it was taken at (0 for a fresh run)."""
     if path is None:

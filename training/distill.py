@@ -36,7 +36,7 @@ from dd3g.randomness import generator, noise_from_seeds, noise_sha256, sample_se
 from dd3g.rendering import render  # noqa: E402
 from dd3g.teachers.tiny import TinyTeacher  # noqa: E402
 from training.common import (  # noqa: E402
-    JsonlLog, image_grid, optimization_step, resolve_resume, restore_checkpoint, save_checkpoint, warmup_cosine,
+    JsonlLog, image_grid, make_accelerator, optimization_step, resolve_resume, restore_checkpoint, save_checkpoint, warmup_cosine,
 )
 
 
@@ -195,12 +195,10 @@ def export_pipeline(student, ema, teacher, path: Path, dtype=torch.float16):
 
 def main(argv=None):
     args = parse_args(argv)
-    from accelerate import Accelerator
     from diffusers.training_utils import EMAModel
     from tqdm.auto import tqdm
 
-    # The LR schedule counts optimizer steps, not samples: one scheduler step per step whatever the process count.
-    accelerator = Accelerator(mixed_precision="bf16" if torch.cuda.is_available() else "no", step_scheduler_with_optimizer=False)
+    accelerator = make_accelerator()
     device = accelerator.device
     output_dir = Path(args.output_dir)
     log = JsonlLog(output_dir / "log.jsonl", enabled=accelerator.is_main_process)

@@ -39,7 +39,7 @@ from dd3g.rendering import render  # noqa: E402
 from dd3g.teachers.tiny import TinyMVDMPipeline, TinyTeacher, training_scheduler  # noqa: E402
 from training import synthetic  # noqa: E402
 from training.common import (  # noqa: E402
-    JsonlLog, image_grid, optimization_step, resolve_resume, restore_checkpoint, save_checkpoint, warmup_cosine,
+    JsonlLog, image_grid, make_accelerator, optimization_step, resolve_resume, restore_checkpoint, save_checkpoint, warmup_cosine,
 )
 
 # A UNet of the tiny structure at toy width, for --tiny-test on the CPU.
@@ -214,12 +214,10 @@ def sample_grid(unet, ema, tokenizer, args, layout, path: Path, device, num_obje
 
 def main(argv=None):
     args = parse_args(argv)
-    from accelerate import Accelerator
     from diffusers.training_utils import EMAModel
     from tqdm.auto import tqdm
 
-    # The LR schedule counts optimizer steps, not samples: one scheduler step per step whatever the process count.
-    accelerator = Accelerator(mixed_precision="bf16" if torch.cuda.is_available() else "no", step_scheduler_with_optimizer=False)
+    accelerator = make_accelerator()
     device = accelerator.device
     output_dir = Path(args.output_dir)
     log = JsonlLog(output_dir / "log.jsonl", enabled=accelerator.is_main_process)
