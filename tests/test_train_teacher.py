@@ -60,3 +60,15 @@ def test_weights_only_handoff_continues_the_step_count(tmp_path):
     assert any(not torch.equal(first[k], continued[k]) for k in first)  # it trained on from there
     # A shipped teacher folder (EMA weights only) continues too, once told its step.
     assert _run(tmp_path / "third", "--max-steps", "3", "--init-from", str(tmp_path / "handoff" / "teacher"), "--init-step", "2") == 3
+
+
+def test_resumed_chunk_of_a_continued_run_keeps_its_lr_schedule(tmp_path):
+    """A run started with --init-from, killed and resumed, follows the LR schedule of the uninterrupted run."""
+    _run(tmp_path / "first", "--max-steps", "6", "--stop-after", "2", "--handoff", str(tmp_path / "handoff"))
+    common = ["--max-steps", "8", "--init-from", str(tmp_path / "handoff"), "--warmup-steps", "3"]
+    _run(tmp_path / "straight", *common)
+    _run(tmp_path / "chunked", *common, "--stop-after", "4")
+    _run(tmp_path / "chunked", *common, "--resume", "latest")
+    lrs = lambda d: [r["lr"] for r in map(json.loads, (d / "log.jsonl").read_text().splitlines()) if "lr" in r]  # noqa: E731
+    assert lrs(tmp_path / "chunked") == pytest.approx(lrs(tmp_path / "straight"), rel=1e-9)
+    assert len(lrs(tmp_path / "straight")) == 6  # steps 3..8

@@ -76,6 +76,7 @@ def parse_args(argv=None):
     p.add_argument("--sample-steps", type=int, default=30)
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--profile-steps", type=int, default=0, help="profile the first N steps (torch.profiler) and print where time goes")
     p.add_argument("--export", default=None, help="write the EMA teacher (fp16 safetensors) here at the end")
     p.add_argument("--handoff", default=None, help="at the end, write what --init-from needs here (weights, EMA teacher, step)")
     p.add_argument("--init-step", type=int, default=None, help="with --init-from a teacher folder: its training step")
@@ -170,11 +171,17 @@ def init_from_weights(unet: MultiViewUNet, ema, folder: Path, step: Optional[int
     else:
         unet.load_state_dict(exported.state_dict())
     ema.shadow_params = [p.detach().clone() for p in exported.parameters()]
+    step = init_step_of(folder, step)
+    ema.optimization_step = step
+    return step
+
+
+def init_step_of(folder: Path, step: Optional[int] = None) -> int:
+    """The training step an --init-from folder stands at: its trainer_state.json, else --init-step."""
     if (folder / "trainer_state.json").is_file():
-        step = int(json.loads((folder / "trainer_state.json").read_text())["step"])
+        return int(json.loads((folder / "trainer_state.json").read_text())["step"])
     if step is None:
         raise SystemExit(f"--init-from {folder}: no trainer_state.json there, so pass --init-step")
-    ema.optimization_step = step
     return step
 
 
@@ -212,6 +219,44 @@ def sample_grid(unet, ema, tokenizer, args, layout, path: Path, device, num_obje
     return float(psnr)
 
 
+class StepProfiler:
+    """torch.profiler over `steps` steps after 2 warm-up steps; prints the named phases and the top kernels."""
+
+    def __init__(self, steps: int, device, warmup: int = 2):
+        self.device, self.warmup, self.remaining, self.prof = device, warmup, steps, None
+        self.remaining_total = steps
+
+    def step(self) -> bool:
+        """Call after each step; True once the profile is done (and printed)."""
+        from torch.profiler import ProfilerActivity, profile
+
+        if self.warmup > 0:
+            self.warmup -= 1
+            if self.warmup == 0:
+                activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.device.type == "cuda" else [])
+                self.prof = profile(activities=activities)
+                self.prof.__enter__()
+                self.start = time.time()
+            return False
+        self.remaining -= 1
+        if self.remaining > 0:
+            return False
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        self.prof.__exit__(None, None, None)
+        sort = "cuda_time_total" if self.device.type == "cuda" else "cpu_time_total"
+        print(self.prof.key_averages().table(sort_by=sort, row_limit=30), flush=True)
+        print(f"{self.remaining_total} profiled steps took {time.time() - self.start:.3f} s", flush=True)
+        return True
+
+
+def phase(profiler, name: str):
+    """A named range in the profile (a no-op when not profiling)."""
+    from contextlib import nullcontext
+
+    return torch.profiler.record_function(name) if profiler is not None else nullcontext()
+
+
 def main(argv=None):
     args = parse_args(argv)
     from diffusers.training_utils import EMAModel
@@ -230,10 +275,12 @@ def main(argv=None):
     ema = EMAModel(unet.parameters(), decay=args.ema_decay, model_cls=MultiViewUNet, model_config=unet.config, foreach=True)
     resume_from = resolve_resume(output_dir, args.resume)
     step = restart_step = 0
-    if args.init_from and resume_from is None:
-        restart_step = init_from_weights(unet, ema, Path(args.init_from), args.init_step)
-        step = restart_step
-        accelerator.print(f"initialised from weights in {args.init_from} at step {step}")
+    if args.init_from:
+        # The LR schedule restarts at the init step; a resumed chunk of such a run needs that offset too.
+        restart_step = init_step_of(Path(args.init_from), args.init_step)
+        if resume_from is None:
+            step = init_from_weights(unet, ema, Path(args.init_from), restart_step)
+            accelerator.print(f"initialised from weights in {args.init_from} at step {step}")
     optimizer = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=args.weight_decay, betas=(0.9, 0.99))
     lr_schedule = warmup_cosine(optimizer, args.warmup_steps, args.max_steps, restart_step=restart_step)
     unet, optimizer, lr_schedule = accelerator.prepare(unet, optimizer, lr_schedule)
@@ -247,12 +294,17 @@ def main(argv=None):
     global_batch = args.batch_size * accelerator.num_processes
     start_time = time.time()
     progress = tqdm(total=stop_at, initial=step, desc="teacher", disable=not accelerator.is_local_main_process)
+    profiler = StepProfiler(args.profile_steps, device) if args.profile_steps and accelerator.is_main_process else None
     while step < stop_at:
         first = step * global_batch + accelerator.process_index * args.batch_size
-        batch = sample_batch(args, pool, layout, range(first, first + args.batch_size), args.seed, size, device)
-        with accelerator.autocast():
+        with phase(profiler, "sample_batch"):
+            batch = sample_batch(args, pool, layout, range(first, first + args.batch_size), args.seed, size, device)
+        with phase(profiler, "forward"), accelerator.autocast():
             loss = training_loss(unet, tokenizer, scheduler, batch)
-        grad_norm = optimization_step(accelerator, unet, optimizer, lr_schedule, ema, loss)
+        with phase(profiler, "backward_step_ema"):
+            grad_norm = optimization_step(accelerator, unet, optimizer, lr_schedule, ema, loss)
+        if profiler is not None and profiler.step():
+            profiler = None
         step += 1
         progress.update(1)
         if step % args.log_every == 0 or step == stop_at:
