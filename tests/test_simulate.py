@@ -137,3 +137,46 @@ def test_accelerate_launch_two_cpu_processes(world, tmp_path):
     assert "quadruples complete" in result.stdout
     assert "process 0/2: wrote 4" in result.stdout and "process 1/2: wrote 2" in result.stdout  # both worked
     assert shard_contents(tmp_path / "two") == shard_contents(tmp_path / "one")
+
+
+def test_ground_truth_mode_stores_the_objects_true_renders(world, tmp_path):
+    """--ground-truth: OI are the procedural object's renders at the row's recorded yaw and elevation."""
+    import json
+    import math
+
+    from dd3g.rendering import render
+    from training import synthetic
+
+    out = tmp_path / "truth"
+    _simulate(world, out, "--ground-truth")
+    rows = data.load_shards(out, decode=False)
+    corpus = {r["index"]: r for r in data.load_shards(world / "corpus", decode=False)}
+    teacher = TinyTeacher.from_pretrained(world / "teacher")
+    for row in rows:
+        origin = json.loads(corpus[row["corpus_index"]]["origin"])
+        assert row["teacher_id"] == "ground-truth" and row["elevation_deg"] == pytest.approx(origin["elevation_deg"], abs=1e-5)
+        obj = synthetic.batch_objects([origin["object_seed"]], 256).rotated_about_y(torch.tensor([math.radians(origin["yaw_deg"])]))
+        cams = teacher.cameras(1, torch.tensor([origin["elevation_deg"]]))
+        truth = render(obj, cams[:, :4], background=None).rgba()[0]  # [4, 4, s, s]
+        stored = torch.stack([data.png_to_rgba(data.image_bytes(v)) for v in row["views"]])
+        assert stored.shape == truth.shape
+        assert (stored - truth).abs().max() <= 1 / 255 + 1e-6  # uint8 quantisation only
+        assert noise_sha256(noise_from_seeds(teacher.noise_shape, [row["seed"]])[0]) == row["noise_sha256"]
+    # The teacher's quadruples with recorded elevations carry the same cameras as the ground truth.
+    _simulate(world, tmp_path / "teacher", "--elevation-from-origin")
+    taught = {r["index"]: r for r in data.load_shards(tmp_path / "teacher", decode=False)}
+    for row in rows:
+        assert np.allclose(taught[row["index"]]["cameras"]["viewmats"], row["cameras"]["viewmats"], atol=1e-6)
+        assert taught[row["index"]]["teacher_id"] != "ground-truth"
+
+
+def test_ground_truth_needs_a_procedural_corpus(world, tmp_path):
+    folder_corpus = tmp_path / "mine"
+    images = tmp_path / "images"
+    images.mkdir()
+    from tests.helpers import rgba_image
+
+    rgba_image(32).save(images / "a.png")
+    build_corpus.main(["--source", "folder", "--images", str(images), "--size", "32", "--out", str(folder_corpus), "--no-progress"])
+    with pytest.raises(SystemExit, match="procedural corpus"):
+        simulate.main(["--teacher", str(world / "teacher"), "--corpus", str(folder_corpus), "--out", str(tmp_path / "q"), *SETTINGS, "--ground-truth"])

@@ -8,7 +8,9 @@
 
 Sources:
   procedural  renders of procedural objects from the `corpus` split (`split_seed("corpus", i)`, disjoint from
-              the teacher's train/val/test objects), one random input view each: yaw uniform in [0, 360),
+              the teacher's train/val/test objects; --split picks another, e.g. `test` or `heldout` for
+              evaluation sets, or `train` for a 3D-only baseline on the teacher's own objects), one random
+              input view each: yaw uniform in [0, 360),
               elevation uniform in --elevation-range (default [-10, 30]), the layout's radius and fov. These are
               raw renders (the object keeps its true scale in the frame, as the teacher saw in training).
   folder      every image file under --images (sorted by relative path); images with transparency are kept as
@@ -50,6 +52,13 @@ from training import data  # noqa: E402
 
 SOURCES = ("procedural", "folder", "text2image")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+SPLIT_NOTES = {
+    "corpus": "never used to train, validate or test the tiny teacher",
+    "train": "the objects the tiny teacher was trained on",
+    "val": "the teacher's validation objects",
+    "test": "held-out test objects: never trained on by the teacher or the student",
+    "heldout": "the held-out torus family: never seen in any training",
+}
 DEFAULT_LICENSES = {"procedural": "apache-2.0", "folder": "other", "text2image": "other"}
 
 
@@ -81,6 +90,7 @@ def parse_args(argv=None):
     p.add_argument("--no-progress", action="store_true")
     g = p.add_argument_group("procedural")
     g.add_argument("--num-gaussians", type=int, default=8192, help="per procedural object")
+    g.add_argument("--split", default="corpus", help="which seed range of training/synthetic.py the objects come from")
     g.add_argument("--elevation-range", type=float, nargs=2, default=(-10.0, 30.0))
     g = p.add_argument_group("folder")
     g.add_argument("--images", default=None, help="folder of images (searched recursively)")
@@ -123,10 +133,12 @@ class ProceduralSource:
 
         self.args, self.device, self.synthetic, self.layout = args, device, synthetic, ViewLayout()
         self.total = args.num_images
-        synthetic.split_seed("corpus", self.total - 1)  # IndexError now rather than mid-build
+        if args.split not in synthetic.SPLITS:
+            raise SystemExit(f"--split {args.split!r}: expected one of {', '.join(synthetic.SPLITS)}")
+        synthetic.split_seed(args.split, self.total - 1)  # IndexError now rather than mid-build
 
     def manifest(self) -> dict:
-        return {"num_gaussians": self.args.num_gaussians, "elevation_range": list(self.args.elevation_range),
+        return {"num_gaussians": self.args.num_gaussians, "elevation_range": list(self.args.elevation_range), "split": self.args.split,
                 "world_version": self.synthetic.WORLD_VERSION, "layout": [self.layout.radius, self.layout.fov_deg]}
 
     def view(self, index: int) -> tuple:
@@ -141,7 +153,7 @@ class ProceduralSource:
 
         rows = []
         for index in indices:  # one by one: a row never depends on its batch
-            seed = self.synthetic.split_seed("corpus", index)
+            seed = self.synthetic.split_seed(self.args.split, index)
             yaw_deg, elevation = self.view(index)
             obj = self.synthetic.batch_objects([seed], self.args.num_gaussians, device=self.device)
             obj = obj.rotated_about_y(torch.tensor([math.radians(yaw_deg)], device=self.device))
@@ -294,8 +306,8 @@ def card(args, manifest: dict, infos) -> tuple:
     rows = sum(i.num_rows for i in infos)
     skipped = sum(len(i.skipped) for i in infos)
     how = {
-        "procedural": (f"Renders of {manifest['total']} procedural objects from the `corpus` seed split of DD3G's "
-                       "synthetic world (never used to train, validate or test the tiny teacher), one input view each: "
+        "procedural": (f"Renders of {manifest['total']} procedural objects from the `{args.split}` seed split of DD3G's "
+                       f"synthetic world ({SPLIT_NOTES.get(args.split, 'see training/synthetic.py')}), one input view each: "
                        f"random yaw, elevation uniform in [{args.elevation_range[0]:g}, {args.elevation_range[1]:g}] "
                        f"degrees, {args.num_gaussians} Gaussians per object, straight-alpha RGBA."),
         "folder": (f"{manifest['total']} user images; opaque ones cut out with rembg (u2netp), all recentred so the "

@@ -10,7 +10,12 @@ keeps the earlier seeds. N = `noise_from_seeds(teacher.noise_shape, [seed])`, dr
 sampler (eta = 0, trailing spacing, CFG) maps (N, C, II) to the 4 views OI.
 
 Input view: the corpus image is taken as the view at azimuth 0 and elevation --elevation-deg (default 0, the
-inference default; the corpus does not record a camera for user images). Cameras C: the teacher's layout, the 4
+inference default; the corpus does not record a camera for user images). With --elevation-from-origin, a
+procedural corpus row's recorded elevation is used instead, so the cameras are the true ones.
+
+--ground-truth (procedural corpora only): OI are the object's true renders at C instead of the teacher's
+samples, from the row's recorded object seed, yaw and elevation: the data of the 3D-only baseline
+(training/train_3d_baseline.py) and of student-vs-ground-truth evaluation. N is still stored (seed and hash). Cameras C: the teacher's layout, the 4
 output views at azimuth 0/90/180/270 then the input view (azimuth 0) as the 5th frame, all at that elevation.
 
 Dataset (`datasets`, parquet shards under OUT/data/, see training/data.py), one row per quadruple:
@@ -93,6 +98,8 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the teacher's, 30)")
     p.add_argument("--guidance-scale", type=float, default=None, help="CFG scale (default: the teacher's)")
     p.add_argument("--elevation-deg", type=float, default=0.0, help="the elevation the input view is taken at")
+    p.add_argument("--elevation-from-origin", action="store_true", help="procedural corpora: each row's recorded elevation")
+    p.add_argument("--ground-truth", action="store_true", help="procedural corpora: true renders as OI instead of the teacher's")
     p.add_argument("--num-images", type=int, default=None, help="use only the first N corpus rows")
     p.add_argument("--seed", type=int, default=0, help="enters every quadruple's seed key")
     p.add_argument("--batch-size", type=int, default=16, help="quadruples per teacher call")
@@ -153,29 +160,70 @@ class Simulator:
         if len({tuple(im.shape) for im in images}) != 1:
             raise ValueError(f"corpus images of one batch differ in size: {sorted({tuple(im.shape) for im in images})}")
         seeds = [quadruple_seed(r["index"], q % s, self.args.seed) for q, r in zip(indices, rows)]
-        result = self.teacher.simulate(torch.stack(images), seeds, self.steps, self.guidance, self.args.elevation_deg)
-        size = result.views.shape[-1]
-        cameras = result.cameras.resized(size, size).to("cpu")  # Ks for the stored views' pixel grid
+        elevations = self.elevations(rows)
+        if self.args.ground_truth:
+            views, noise, cameras = self.true_views(rows, seeds, elevations)
+        else:
+            result = self.teacher.simulate(torch.stack(images), seeds, self.steps, self.guidance, elevations)
+            views, noise, cameras = result.views, result.noise, result.cameras
+        size = views.shape[-1]
+        cameras = cameras.resized(size, size).to("cpu")  # Ks for the stored views' pixel grid
         out = []
         for b, (q, row) in enumerate(zip(indices, rows)):
             out.append({
                 "corpus_index": int(row["index"]), "seed_slot": q % s, "seed": seeds[b],
-                "noise_sha256": noise_sha256(result.noise[b]),
+                "noise_sha256": noise_sha256(noise[b]),
                 "image": images_png[b],
-                "views": [data.rgba_to_png(v) for v in result.views[b]],
+                "views": [data.rgba_to_png(v) for v in views[b]],
                 "cameras": {
                     "viewmats": cameras.viewmats[b].tolist(), "Ks": cameras.Ks[b].tolist(),
                     "width": size, "height": size, "azimuth_deg": self.azimuths,
-                    "elevation_deg": [float(self.args.elevation_deg)] * len(self.azimuths),
+                    "elevation_deg": [float(elevations[b])] * len(self.azimuths),
                     "radius": self.radius, "fov_deg": self.fov,
                 },
                 "teacher_id": self.teacher_id, "num_steps": self.steps, "guidance_scale": float(self.guidance),
-                "elevation_deg": float(self.args.elevation_deg),
+                "elevation_deg": float(elevations[b]),
             })
         return out
 
+    def elevations(self, rows) -> torch.Tensor:
+        """[B] degrees: --elevation-deg, or each procedural row's recorded input elevation."""
+        if not (self.args.elevation_from_origin or self.args.ground_truth):
+            return torch.full((len(rows),), float(self.args.elevation_deg))
+        return torch.tensor([float(procedural_origin(r)["elevation_deg"]) for r in rows])
+
+    def true_views(self, rows, seeds, elevations):
+        """The objects' true renders at the quadruple cameras: views [B, V, 4, s, s], N [B, ...], cameras [B, V+1]."""
+        import math
+
+        from dd3g.randomness import noise_from_seeds
+        from dd3g.rendering import render
+        from training import synthetic
+
+        origins = [procedural_origin(r) for r in rows]
+        objects = synthetic.batch_objects([int(o["object_seed"]) for o in origins], self.corpus_gaussians).to(self.teacher.device)
+        objects = objects.rotated_about_y(torch.tensor([math.radians(float(o["yaw_deg"])) for o in origins], device=self.teacher.device))
+        cameras = self.teacher.cameras(len(rows), elevations)
+        size = self.teacher.image_size
+        views = render(objects, cameras[:, : self.teacher.layout.num_views], size, size, background=None).rgba()
+        return views.float().cpu(), noise_from_seeds(self.teacher.noise_shape, seeds), cameras
+
+
+def procedural_origin(row) -> dict:
+    origin = json.loads(row.get("origin") or "{}")
+    if "object_seed" not in origin:
+        raise SystemExit("--ground-truth and --elevation-from-origin need a procedural corpus (rows with an object seed)")
+    return origin
+
 
 def card(args, manifest: dict, infos) -> tuple:
+    elevation = "the input view's recorded elevation" if manifest.get("elevation_from_origin") or manifest.get("ground_truth") \
+        else f"input view at elevation {manifest['elevation_deg']:g} degrees"
+    if manifest.get("ground_truth"):
+        how = f"OI are the objects' true renders at C ({elevation}), not a teacher's samples (3D-only baseline / evaluation data)."
+    else:
+        how = (f"the teacher's deterministic DDIM sampler (eta = 0, {manifest['num_steps']} steps, CFG {manifest['guidance_scale']:g}, "
+               f"{elevation}) mapped (N, C, II) to OI.")
     rows = sum(i.num_rows for i in infos)
     front = {
         "license": args.license,
@@ -190,8 +238,7 @@ def card(args, manifest: dict, infos) -> tuple:
 
 {rows} quadruples (noise N, cameras C, input image II, teacher output views OI) for distilling the multi-view
 diffusion teacher `{manifest['teacher_id']}` into DD3G's 3D Gaussian generator. Each corpus image got
-{manifest['seeds_per_image']} seeds; the teacher's deterministic DDIM sampler (eta = 0, {manifest['num_steps']} steps,
-CFG {manifest['guidance_scale']:g}, input view at elevation {manifest['elevation_deg']:g} degrees) mapped (N, C, II) to OI.
+{manifest['seeds_per_image']} seeds; {how}
 Built with `training/simulate.py`: N = `noise_from_seeds(teacher.noise_shape, [seed])`, seed =
 `sample_seed("dd3g.quadruple", {manifest['seed']}, corpus_index, seed_slot)`; `noise_sha256` checks it. The stored uint8
 views are the ground truth.
@@ -216,7 +263,7 @@ ds = load_dataset("parquet", data_files="data/shard-*.parquet", split="train")
 def main(argv=None) -> data.BuildReport:
     args = parse_args(argv)
     process_index, num_processes, device, wait = process_layout(args)
-    corpus = data.ShardReader(args.corpus, columns=["index", "image"])
+    corpus = data.ShardReader(args.corpus, columns=["index", "image", "origin"])
     num_images = len(corpus) if args.num_images is None else min(args.num_images, len(corpus))
     if num_images == 0:
         raise SystemExit(f"--corpus {args.corpus}: no rows")
@@ -224,13 +271,17 @@ def main(argv=None) -> data.BuildReport:
     fingerprint = teacher_fingerprint(args.teacher)
     teacher = load_teacher(args.teacher, device, DTYPES[args.dtype])
     teacher_id = f"{teacher.teacher_id}@{fingerprint[:12]}"
+    if args.ground_truth:
+        teacher_id = "ground-truth"
     simulator = Simulator(teacher, corpus, args, teacher_id)
+    simulator.corpus_gaussians = int((data.read_manifest(args.corpus) or {}).get("num_gaussians", 8192))
     out = Path(args.out)
     manifest = {
         "kind": "dd3g-quadruples", "total": total, "shard_size": args.shard_size, "batch_size": args.batch_size,
         "teacher_id": teacher_id, "teacher_sha256": fingerprint, "corpus_fingerprint": corpus.fingerprint(),
         "num_images": num_images, "seeds_per_image": args.seeds_per_image, "seed": args.seed,
         "num_steps": simulator.steps, "guidance_scale": simulator.guidance, "elevation_deg": args.elevation_deg,
+        "elevation_from_origin": args.elevation_from_origin, "ground_truth": args.ground_truth,
         "dtype": args.dtype, "noise_shape": list(teacher.noise_shape),
     }
     try:
