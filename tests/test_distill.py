@@ -68,6 +68,36 @@ def test_fresh_noise_ablation_and_export(world, tmp_path):
     out = pipe(rgba_image(), seeds=[0]).gaussians
     assert out.num_gaussians == pipe.student.num_gaussians and torch.isfinite(out.means).all()
     assert "verification" not in _losses(tmp_path / "fresh")[-1]
+    # The pipeline recentres user images to the training inputs' framing (corpus side and alpha-box ratio).
+    rows = distill.QuadrupleBatches(str(world / "quadruples"), pipe.student.noise_shape)
+    assert pipe.config.image_size == 32
+    assert pipe.config.foreground_ratio == pytest.approx(distill.input_framing(rows.batch(range(4))["image"])[1], abs=1e-3)
+
+
+def test_input_framing_is_the_median_alpha_box():
+    images = torch.zeros(3, 4, 20, 20)
+    images[0, 3, 2:12, 5:9] = 1  # a 10-pixel-tall box
+    images[1, 3, 0:4, 0:14] = 1  # 14 wide
+    images[2, 3, 5:11, 5:11] = 1  # 6
+    assert distill.input_framing(images) == (20, pytest.approx(10 / 20))
+    with pytest.raises(SystemExit, match="empty"):
+        distill.input_framing(torch.zeros(2, 4, 8, 8))
+
+
+def test_3d_only_baseline_trains_on_ground_truth_without_the_teacher(world, tmp_path):
+    from training import train_3d_baseline
+
+    simulate.main(["--teacher", str(world / "teacher"), "--corpus", str(world / "corpus"), "--out", str(world / "truth"),
+                   "--seeds-per-image", "2", "--batch-size", "2", "--no-progress", "--ground-truth"])
+    common = ["--tiny-test", "--teacher", str(world / "teacher"), "--max-steps", "2", "--log-every", "1", "--sample-every", "1000",
+              "--verification-weight", "1.0", "--verification-k0", "0.0", "--verification-tau", "0.01"]
+    with pytest.raises(SystemExit, match="not ground-truth"):
+        train_3d_baseline.main([*common, "--quadruples", str(world / "quadruples"), "--output-dir", str(tmp_path / "bad")])
+    assert train_3d_baseline.main([*common, "--quadruples", str(world / "truth"), "--output-dir", str(tmp_path / "b")]) == 2
+    records = _losses(tmp_path / "b")
+    assert all("verification" not in r and r["verification_weight"] == 0 for r in records)  # the teacher never scores
+    saved = json.loads(next((tmp_path / "b" / "checkpoints").glob("step-*/trainer_state.json")).read_text())
+    assert saved["args"]["fresh_noise"] and saved["args"]["no_verification"]
 
 
 def test_two_processes_match_one_with_the_same_global_batch(world, tmp_path):

@@ -178,7 +178,20 @@ def distillation_step(student, teacher, tokenizer, batch, args, step: int, globa
     return losses, gaussians, renders
 
 
-def export_pipeline(student, ema, teacher, path: Path, dtype=torch.float16):
+def input_framing(images: torch.Tensor) -> tuple:
+    """(image side, median foreground ratio) of training inputs [B, 4, S, S]: the pipeline recentres user
+    images to the framing the student was trained on (the side of the alpha box over the image side)."""
+    ratios = []
+    for alpha in images[:, 3] > 0.5:
+        rows, cols = alpha.any(dim=1).nonzero(), alpha.any(dim=0).nonzero()
+        if len(rows) and len(cols):
+            ratios.append(max(int(rows[-1] - rows[0]) + 1, int(cols[-1] - cols[0]) + 1) / alpha.shape[-1])
+    if not ratios:
+        raise SystemExit("the training inputs are empty (no alpha): cannot tell the framing")
+    return int(images.shape[-1]), float(torch.tensor(ratios).median())
+
+
+def export_pipeline(student, ema, teacher, path: Path, framing: tuple, dtype=torch.float16):
     """The EMA student as a DD3GPipeline folder (fp16 safetensors, sharded under 15 MiB a file)."""
     from diffusers import DDIMScheduler
 
@@ -187,8 +200,9 @@ def export_pipeline(student, ema, teacher, path: Path, dtype=torch.float16):
     export = PEPD.from_config(student.config)
     ema.copy_to(export.parameters())
     scheduler = DDIMScheduler.from_config(teacher.scheduler_config, timestep_spacing="trailing", clip_sample=False, set_alpha_to_one=True)
-    pipe = DD3GPipeline(export.to(dtype), teacher.pipe.image_encoder.to(dtype), scheduler,
-                        radius=teacher.layout.radius, fov_deg=teacher.layout.fov_deg)
+    image_size, foreground_ratio = framing
+    pipe = DD3GPipeline(export.to(dtype), teacher.pipe.image_encoder.to(dtype), scheduler, image_size=image_size,
+                        foreground_ratio=round(foreground_ratio, 3), radius=teacher.layout.radius, fov_deg=teacher.layout.fov_deg)
     pipe.save_pretrained(path, safe_serialization=True, max_shard_size="12MB")
     return pipe
 
@@ -255,7 +269,8 @@ def main(argv=None):
     progress.close()
     accelerator.wait_for_everyone()
     if args.export and accelerator.is_main_process:
-        export_pipeline(accelerator.unwrap_model(student), ema, teacher, Path(args.export))
+        framing = input_framing(data.batch(range(min(256, len(data.rows))))["image"])
+        export_pipeline(accelerator.unwrap_model(student), ema, teacher, Path(args.export), framing)
     return step
 
 
