@@ -19,7 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dd3g.fitting import fit_gaussians  # noqa: E402
+from dd3g.fitting import leave_one_out_psnr  # noqa: E402
 from dd3g.metrics import psnr, ssim  # noqa: E402
 from dd3g.preprocess import composite_on  # noqa: E402
 from dd3g.rendering import render  # noqa: E402
@@ -61,15 +61,9 @@ def evaluate_split(teacher, split: str, count: int, args, device, out_dir: Path)
         for key, value in scores(views, truth).items():
             results[key].append(value.cpu())
         # Consistency: fit to 3 of the teacher's views, score the 4th; every view left out once.
-        held_out = []
-        for leave in range(layout.num_views if args.fit_steps > 0 else 0):
-            keep = [v for v in range(layout.num_views) if v != leave]
-            with torch.enable_grad():
-                fit = fit_gaussians(views[:, keep], cams[:, keep], num_gaussians=args.fit_gaussians, steps=args.fit_steps)
-            pred = render(fit, cams[:, leave : leave + 1]).rgb[:, 0]
-            held_out.append(psnr(pred, composite_on(views[:, leave])).cpu())
-        if held_out:
-            results["consistency_psnr"].append(torch.stack(held_out, dim=1))
+        if args.fit_steps > 0:
+            cams_out = cams[:, : layout.num_views]
+            results["consistency_psnr"].append(leave_one_out_psnr(views, cams_out, args.fit_steps, args.fit_gaussians).cpu())
         if start == 0:
             rows = [torch.cat([torch.nn.functional.interpolate(inputs[i : i + 1], size=(size, size), mode="bilinear", antialias=True), views[i], truth[i]]) for i in range(min(4, len(chunk)))]
             image_grid(rows, out_dir / f"grid-{split}.png")

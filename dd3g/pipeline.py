@@ -129,20 +129,27 @@ class DD3GPipeline(DiffusionPipeline):
 
     # ------------------------------------------------------------------ the forward pass
     @torch.no_grad()
-    def generate(self, images: Sequence[PreprocessedImage], noise: Tensor, sample_images: Sequence[int]) -> Gaussians:
+    def generate(self, images: Sequence[PreprocessedImage], noise: Tensor, sample_images: Sequence[int], elevation_deg=None) -> Gaussians:
         """Run the student for noise[i] with image images[sample_images[i]].  noise [S, V, C, H, W]."""
+        rgba = torch.stack([img.rgba for img in images])  # [I, 4, S, S]
+        return self.generate_from_rgba(rgba, noise, sample_images, elevation_deg)
+
+    @torch.no_grad()
+    def generate_from_rgba(self, rgba: Tensor, noise: Tensor, sample_images: Sequence[int], elevation_deg=None) -> Gaussians:
+        """The student's forward pass on images as they are (no recentring): rgba [I, 4, S, S] straight alpha in
+        [0, 1], noise [S', V, C, H, W]; elevation_deg: the input views' elevation, one number or [S'] (default:
+        the pipeline's). Evaluation feeds training-distribution images here."""
         device, dtype = self._execution_device, self.student.dtype
         count = noise.shape[0]
         unet_size = self.student.unet.config.sample_size
-        rgba = torch.stack([img.rgba for img in images])  # [I, 4, S, S]
         rgb_white = composite_on(rgba)  # [I, 3, S, S] on white
         tokens = self.image_encoder(rgb_white.to(device, self.image_encoder.dtype))  # [I, L, D]
         frame = torch.nn.functional.interpolate(rgba, size=(unet_size, unet_size), mode="bilinear", antialias=True, align_corners=False)
         frame = self.encode_frame(frame)  # [I, C, H, W] the input in the teacher's sample space
         index = torch.as_tensor(list(sample_images), dtype=torch.long)
-        cameras = self.view_layout.cameras(
-            unet_size, unet_size, elevation_deg=torch.full((count,), float(self.config.elevation_deg)), include_input=True
-        ).to(device)
+        elevation = float(self.config.elevation_deg) if elevation_deg is None else elevation_deg
+        elevation = torch.as_tensor(elevation, dtype=torch.float32).expand(count)
+        cameras = self.view_layout.cameras(unet_size, unet_size, elevation_deg=elevation, include_input=True).to(device)
         out = self.student(
             noise.to(device, dtype), frame[index].to(device, dtype), cameras, tokens[index.to(device)].to(dtype)
         )
@@ -168,11 +175,13 @@ class DD3GPipeline(DiffusionPipeline):
         seeds: Optional[Sequence[int]] = None,
         output_type: str = "gaussians",
         return_dict: bool = True,
+        elevation_deg: Optional[float] = None,
     ):
         """Image(s) -> Gaussians. `image`: a path, bytes, PIL image, numpy array (or a list of them).
 
         num_samples noises per image (several plausible objects). `seeds` (one per output) or `generator`
-        fixes the noise; both draw on the CPU. Output order is image-major.
+        fixes the noise; both draw on the CPU. Output order is image-major. elevation_deg: the camera
+        elevation the photo was taken at, in degrees (default: the pipeline's, 0 = level).
         """
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
@@ -187,7 +196,7 @@ class DD3GPipeline(DiffusionPipeline):
             raise ValueError(f"got {len(seeds)} seeds for {count} outputs ({len(prepared)} images x {num_samples} samples)")
         noise = self.draw_noise(count, generator, seeds)
         sample_images = [i for i in range(len(prepared)) for _ in range(num_samples)]
-        gaussians = self.generate(prepared, noise, sample_images).to(dtype=torch.float32)
+        gaussians = self.generate(prepared, noise, sample_images, elevation_deg).to(dtype=torch.float32)
         result = self._format(gaussians, output_type)
         seeds_out = [int(s) for s in seeds] if seeds is not None else None
         if not return_dict:
