@@ -134,3 +134,33 @@ def test_two_processes_match_one_with_the_same_global_batch(world, tmp_path):
     # can step either way on float rounding; all others must agree.
     assert (diff > 1e-6).float().mean() < 0.01, (diff > 1e-6).float().mean()
     assert diff.max() <= 2 * 2 * distill.parse_args(args + ["--output-dir", "x"]).lr + 1e-6
+
+
+def test_distill_quality_benchmark_scores_students_against_teacher_and_truth(world, tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import distill_quality
+
+    _run(world, tmp_path / "run", "--max-steps", "1", "--no-verification", "--export", str(tmp_path / "pipe"))
+    truth = world / "truth-eval"
+    if not truth.exists():
+        simulate.main(["--teacher", str(world / "teacher"), "--corpus", str(world / "corpus"), "--out", str(truth),
+                       "--seeds-per-image", "2", "--batch-size", "2", "--no-progress", "--ground-truth"])
+    report = distill_quality.main([
+        "--quadruples", str(world / "quadruples"), "--truth", str(truth), "--pipeline", f"toy={tmp_path / 'pipe'}",
+        "--count", "4", "--batch", "2", "--diversity-images", "2", "--fit-steps", "3", "--fit-gaussians", "64",
+        "--device", "cpu", "--out", str(tmp_path / "eval")])
+    model = report["models"]["toy"]
+    assert model["determinism"]["repeat_max_abs"] == 0.0 and model["determinism"]["batch_position_max_abs"] < 1e-4
+    assert set(model["vs_teacher"]) == {"psnr", "psnr_masked", "ssim", "ssim_masked", "lpips"}
+    assert model["diversity"]["images"] == 2 and model["diversity"]["back_view_lpips_teacher"] > 0  # seeds differ
+    assert set(report["ceiling"]) == {"teacher_views", "true_views"}
+    assert "| toy |" in (tmp_path / "eval" / "distill_quality.md").read_text()
+    # Scoring the truth against itself is perfect; the teacher against the truth is not.
+    import distill_quality as dq
+    views = distill.QuadrupleBatches(str(truth), (4, 4, 16, 16)).batch([0, 1])["views"]
+    same = dq.compare(views, views, __import__("dd3g.metrics", fromlist=["LPIPS"]).LPIPS.from_pretrained())
+    assert (same["psnr"] > 100).all() and same["lpips"].abs().max() < 1e-5
+    assert report["teacher_vs_truth"]["psnr"]["all"] < 40
