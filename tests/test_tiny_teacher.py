@@ -62,6 +62,10 @@ def test_verification_loss_gradient_is_the_scaled_score_residual(teacher, images
     again = teacher.verification_loss(renders.detach(), cond, cams, seeds=[5, 6])
     assert torch.allclose(again, loss.detach())
     assert all(p.grad is None for p in teacher.unet.parameters())
+    # A per-element mean: the same renders twice over (batch 4) give the same loss, not twice it.
+    doubled = teacher.verification_loss(torch.cat([renders.detach()] * 2), teacher.condition(torch.cat([images] * 2)),
+                                        teacher.cameras(4, elevation_deg=10.0, azimuth_offset_deg=30.0), seeds=[5, 6, 5, 6])
+    assert torch.allclose(doubled, loss.detach(), rtol=1e-5)
 
 
 def test_save_load(teacher, images, tmp_path):

@@ -57,7 +57,8 @@ def parse_args(argv=None):
     p.add_argument("--ema-decay", type=float, default=0.999)
     p.add_argument("--alpha-weight", type=float, default=1.0)
     p.add_argument("--lpips-weight", type=float, default=0.5)
-    p.add_argument("--verification-weight", type=float, default=0.01, help="lambda of implicit verification")
+    p.add_argument("--verification-weight", type=float, default=0.1,
+                   help="lambda of implicit verification (its loss is a per-element mean, like the RGB MSE)")
     p.add_argument("--verification-k0", type=float, default=0.3, help="ramp centre, fraction of max steps")
     p.add_argument("--verification-tau", type=float, default=0.05, help="ramp width, fraction of max steps")
     p.add_argument("--no-verification", action="store_true", help="ablation: explicit supervision only")

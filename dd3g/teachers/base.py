@@ -176,10 +176,11 @@ class MultiViewTeacher(abc.ABC):
         t_range: tuple = (0.02, 0.98),
         guidance_scale: Optional[float] = None,
     ) -> Tensor:
-        """Implicit verification, SDS form: 0.5 w(t) ||x - sg(x - (eps_hat - eps))||^2, summed per sample, mean over B.
+        """Implicit verification, SDS form: 0.5 w(t) ||x - sg(x - (eps_hat - eps))||^2, averaged over elements and B.
 
-        The gradient w.r.t. x is w(t) (eps_hat - eps): it pushes the renders along the teacher's score.
-        No gradient flows through the teacher.
+        The gradient w.r.t. x is w(t) (eps_hat - eps) / numel: it pushes the renders along the teacher's score.
+        Averaged like the explicit MSE terms (not summed per sample) so that one lambda means the same at any
+        resolution, view count or batch size. No gradient flows through the teacher.
         """
         guidance_scale = self.default_guidance_scale if guidance_scale is None else guidance_scale
         scheduler_steps = self.scheduler_config.get("num_train_timesteps", 1000)
@@ -196,4 +197,4 @@ class MultiViewTeacher(abc.ABC):
             eps_hat = self.to_epsilon(output.float(), x_t.float(), t, scheduler).to(x.dtype)
             weight = 1 - alpha_bar  # w(t): DreamFusion's choice
             target = x.detach() - (eps_hat - eps)
-        return (0.5 * weight * (x - target).square()).flatten(1).sum(1).mean()
+        return (0.5 * weight * (x - target).square()).mean()

@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# Distillation on one lent GPU machine, in two back-to-back calls of < 10 minutes (a warm machine keeps runs/):
+#   bash scripts/device/distill_session.sh prepare   # corpora, quadruples, a speed probe, then the 4 arms train
+#   bash scripts/device/distill_session.sh finish    # the 4 arms train on, then evaluation; the main and
+#                                                    # baseline students and the results come back via $OUT
+# The 4 arms share the GPU at equal budget (same --max-steps and batch): main (explicit + implicit verification,
+# the teacher's N), no-verification, fresh-noise, and the 3D-only baseline (ground-truth renders, fresh N).
+# The probe sets --max-steps so that the slowest arm finishes in the training time both calls leave.
+# Needs .wheels carried; the teacher is hub/mvdm-tiny. SMOKE=1 TEACHER=<toy teacher> rehearses it on a CPU.
+set -eo pipefail
+stage=${1:?prepare or finish}
+start=$(date +%s)
+budget=${CHUNK_SECONDS:-560}
+export PYTHONPATH=$PWD TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 PYTHONUNBUFFERED=1 TQDM_MININTERVAL=60
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" runs
+TEACHER=${TEACHER:-hub/mvdm-tiny}
+# Sizes; SMOKE=1 shrinks everything for a CPU rehearsal of the orchestration (with TEACHER=a toy teacher).
+if [ -n "$SMOKE" ]; then
+    N_CORPUS=8 N_TRAIN=8 N_TEST=4 N_HELDOUT=4 SIZE=32 SIM_EXTRA="--steps 2" DISTILL_EXTRA="--tiny-test" EVAL_EXTRA="--fit-steps 2 --device cpu --batch 4"
+    TEACHER_EVAL_EXTRA="--objects 2 --batch 2 --fit-steps 2 --steps 2 --num-gaussians 256 --input-size 32 --device cpu"
+fi
+N_CORPUS=${N_CORPUS:-2048} N_TRAIN=${N_TRAIN:-2048} N_TEST=${N_TEST:-48} N_HELDOUT=${N_HELDOUT:-32} SIZE=${SIZE:-128}
+left() { echo $(( budget - ($(date +%s) - start) )); }
+python3 -c "import gsplat, diffusers, datasets" 2>/dev/null || \
+    python3 -m pip install -q --no-index --find-links .wheels gsplat plyfile diffusers datasets trimesh
+[ -n "$SMOKE" ] || nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+
+ARMS="main no-verification fresh-noise baseline-3d"
+arm_command() {  # arm, max steps, time limit
+    local common="--teacher $TEACHER --output-dir runs/d-$1 --max-steps $2 --batch-size 16 --lr 2e-4 --warmup-steps 200
+        --checkpoint-every 200 --sample-every 100000 --log-every 25 --resume latest --time-limit $3 --export runs/d-$1/pipeline $DISTILL_EXTRA"
+    case $1 in
+        main) echo "training/distill.py --quadruples runs/q-corpus $common" ;;
+        no-verification) echo "training/distill.py --quadruples runs/q-corpus $common --no-verification" ;;
+        fresh-noise) echo "training/distill.py --quadruples runs/q-corpus $common --fresh-noise" ;;
+        baseline-3d) echo "training/train_3d_baseline.py --quadruples runs/gt-train $common" ;;
+    esac
+}
+train_arms() {  # max steps, time limit: all arms side by side
+    for arm in $ARMS; do
+        python3 $(arm_command $arm "$1" "$2") > "runs/d-$arm.log" 2>&1 &
+    done
+    wait
+    for arm in $ARMS; do echo "== $arm"; tr '\r' '\n' < "runs/d-$arm.log" | grep -v "^\s*$" | tail -3; tail -1 "runs/d-$arm/log.jsonl"; done
+}
+
+if [ "$stage" = prepare ]; then
+    [ -n "$SMOKE" ] || python3 -c "from dd3g.rendering import render; from training import synthetic; from dd3g.cameras import ViewLayout
+g = synthetic.batch_objects([0], 64).to('cuda'); render(g, ViewLayout().cameras(32, 32)); print('gsplat ready')"
+    echo "[$(left) s left] corpora"
+    for spec in "corpus $N_CORPUS c-corpus" "train $N_TRAIN c-train" "test $N_TEST c-test" "heldout $N_HELDOUT c-heldout"; do
+        set -- $spec
+        python3 training/build_corpus.py --source procedural --split $1 --num-images $2 --size $SIZE --out runs/$3 --no-progress > runs/$3.log 2>&1 &
+    done
+    wait; tail -qn1 runs/c-*.log
+    echo "[$(left) s left] quadruples"
+    sim="python3 training/simulate.py --teacher $TEACHER --elevation-from-origin --batch-size 128 --shard-size 512 --no-progress $SIM_EXTRA"
+    ( $sim --corpus runs/c-corpus --out runs/q-corpus ) > runs/q-corpus.log 2>&1 &
+    ( $sim --corpus runs/c-test --out runs/q-test && $sim --corpus runs/c-heldout --out runs/q-heldout ) > runs/q-eval.log 2>&1 &
+    ( $sim --ground-truth --corpus runs/c-train --out runs/gt-train && $sim --ground-truth --corpus runs/c-test --out runs/gt-test \
+      && $sim --ground-truth --corpus runs/c-heldout --out runs/gt-heldout ) > runs/gt.log 2>&1 &
+    wait; tail -qn2 runs/q-corpus.log runs/q-eval.log runs/gt.log
+    echo "[$(left) s left] speed probe"
+    for arm in $ARMS; do
+        python3 $(arm_command $arm 100000 600 | sed "s#runs/d-$arm#runs/probe-$arm#g; s#--log-every 25#--log-every 5#; s#--export [^ ]*##") --stop-after 25 > runs/probe-$arm.log 2>&1 &
+    done
+    wait
+    # Training seconds the plan can count on: the rest of this call and one more call, less start-ups.
+    TRAIN_SECONDS=$(( $(left) - 90 + ${NEXT_CALL_SECONDS:-250} )) python3 - <<'PY'
+import json, pathlib, os, time
+rates = {}
+for arm in "main no-verification fresh-noise baseline-3d".split():
+    rows = {r["step"]: r["elapsed_s"] for r in map(json.loads, pathlib.Path(f"runs/probe-{arm}/log.jsonl").read_text().splitlines()) if "elapsed_s" in r}
+    rates[arm] = 15 / (rows[25] - rows[10])
+train_seconds = float(os.environ.get("TRAIN_SECONDS", "700"))
+max_steps = max(int(os.environ.get("MIN_STEPS", "100")), int(min(rates.values()) * train_seconds * 0.9) // 50 * 50)
+json.dump({"rates_steps_per_s_4_arms_sharing": rates, "max_steps": max_steps, "train_seconds": train_seconds}, open("runs/plan.json", "w"), indent=1)
+print(json.dumps(json.load(open("runs/plan.json"))))
+PY
+    steps=$(python3 -c "import json; print(json.load(open('runs/plan.json'))['max_steps'])")
+    echo "[$(left) s left] training the arms to $steps steps"
+    train_arms "$steps" $(( $(left) - 45 ))
+else
+    steps=$(python3 -c "import json; print(json.load(open('runs/plan.json'))['max_steps'])")
+    train_arms "$steps" $(( $(left) - ${EVAL_SECONDS:-270} ))
+    echo "[$(left) s left] evaluation"
+    pipes=""; for arm in $ARMS; do pipes="$pipes --pipeline $arm=runs/d-$arm/pipeline"; done
+    pipes="$pipes $EVAL_EXTRA"
+    mkdir -p runs/eval
+    ( python3 benchmarks/distill_quality.py --quadruples runs/q-test --truth runs/gt-test $pipes --count 192 --out runs/eval/test \
+      && python3 benchmarks/distill_quality.py --quadruples runs/q-heldout --truth runs/gt-heldout $pipes --count 128 \
+         --diversity-images 8 --out runs/eval/heldout ) > runs/eval/distill.log 2>&1 &
+    python3 benchmarks/teacher_quality.py --teacher $TEACHER --objects 100 --batch 50 --fit-steps 200 --out runs/eval/teacher $TEACHER_EVAL_EXTRA \
+        > runs/eval/teacher.log 2>&1 &
+    wait; tail -n 12 runs/eval/distill.log; tail -n 40 runs/eval/teacher.log
+fi
+
+if [ "$stage" = finish ] || [ -n "$PACK" ]; then
+    # Back through $OUT: the main and baseline students (fp16 shards; the frozen tokenizer is hub/efficientnet-lite0),
+    # logs, plans, sample grids and evaluation results.
+    tar --exclude image_encoder -cf - runs/d-main/pipeline runs/d-baseline-3d/pipeline | split -b 15m - "$OUT/students.tar.part-"
+    tar -czf "$OUT/results.tgz" runs/plan.json runs/eval runs/d-*/log.jsonl runs/d-*/samples runs/*.log runs/c-test/README.md \
+        runs/q-corpus/README.md 2>/dev/null || true
+fi
+ls -la "$OUT"; echo "$stage took $(( $(date +%s) - start )) s"
