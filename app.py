@@ -307,19 +307,21 @@ def build_demo(pipe: DD3GPipeline, settings: Optional[AppSettings] = None) -> gr
         )
         with gr.Row():
             with gr.Column(scale=1):
-                image = UploadImage(label="Input image", type="filepath", sources=["upload", "clipboard"], elem_id="input-image")
+                # image_mode=None: the file reaches dd3g.preprocess untouched (gr.Image's default "RGB" drops alpha).
+                image = UploadImage(label="Input image", type="filepath", image_mode=None, sources=["upload", "clipboard"],
+                                    elem_id="input-image")
                 gr.Examples(example_inputs(), inputs=[image], label="Examples (held-out procedural objects, one photo)")
                 prepared = gr.Image(label="What the model sees (cut out, recentred)", type="pil", format="png",
                                     interactive=False, height=220, elem_id="preprocessed")
                 ratio = gr.Slider(*FOREGROUND_RATIO_RANGE, value=float(pipe.config.foreground_ratio), step=0.05, label="Foreground ratio",
                                   info="how much of the frame the object fills")
                 with gr.Row():
-                    seed = gr.Number(0, label="Seed", precision=0, minimum=0, maximum=MAX_SEED)
+                    seed = gr.Number(0, label="Seed", precision=0)  # range checked in the handler, naming the field
                     variations = gr.Slider(1, settings.max_variations, value=1, step=1, label="Variations",
                                            info="objects from consecutive seeds")
                 run = gr.Button("Generate", variant="primary", elem_id="generate")
                 with gr.Accordion("Interpolate between two seeds", open=False):
-                    seed_b = gr.Number(1, label="Second seed", precision=0, minimum=0, maximum=MAX_SEED)
+                    seed_b = gr.Number(1, label="Second seed", precision=0)
                     weight = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Interpolation (0 = seed, 1 = second seed)")
                     morph = gr.Button("Interpolate")
             with gr.Column(scale=1):
