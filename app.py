@@ -318,7 +318,7 @@ def build_demo(pipe: DD3GPipeline, settings: Optional[AppSettings] = None) -> gr
                 with gr.Row():
                     seed = gr.Number(0, label="Seed", precision=0)  # range checked in the handler, naming the field
                     variations = gr.Slider(1, settings.max_variations, value=1, step=1, label="Variations",
-                                           info="objects from consecutive seeds")
+                                           info="objects from consecutive seeds", elem_id="num-variations")
                 run = gr.Button("Generate", variant="primary", elem_id="generate")
                 with gr.Accordion("Interpolate between two seeds", open=False):
                     seed_b = gr.Number(1, label="Second seed", precision=0)
@@ -328,8 +328,8 @@ def build_demo(pipe: DD3GPipeline, settings: Optional[AppSettings] = None) -> gr
                 viewer = gr.Model3D(label="3D Gaussians (drag to orbit)", height=420, clear_color=(1.0, 1.0, 1.0, 1.0),
                                     elem_id="viewer")
                 video = gr.Video(label="Turntable", autoplay=True, loop=True, height=260, elem_id="turntable")
-                gallery = gr.Gallery(label="Variations (click one to view it in 3D)", columns=4, height=160,
-                                     allow_preview=False, elem_id="variations")
+                gallery = gr.Gallery(label="Variations (click one to view it in 3D)", columns=4, height=240,
+                                     object_fit="contain", allow_preview=False, elem_id="variations")
                 downloads = gr.File(label="Downloads (.ply, .splat, .glb)", file_count="multiple", elem_id="downloads")
                 timing = gr.Markdown(elem_id="timing")
         variation_plys = gr.State([])
