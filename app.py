@@ -78,20 +78,25 @@ class AppSettings:
         return int(self.max_file_size_mb * 1024 * 1024)
 
 
-class UploadImage(gr.Image):
-    """gr.Image whose upload reaches our own validation even when Pillow cannot open it.
+def lenient_image_input(**kwargs) -> gr.Image:
+    """gr.Image(type="filepath") whose upload reaches our own validation even when Pillow cannot open it.
 
     gr.Image opens the file before the handler runs, so a corrupt upload would end in a bare Pillow
-    exception; passing the raw path on lets dd3g.preprocess say exactly what is wrong with it.
+    exception; passing the raw path on lets dd3g.preprocess say exactly what is wrong with it. (An
+    instance-level wrapper, not a subclass: gradio writes a .pyi stub next to any module that subclasses
+    one of its components.)
     """
+    component = gr.Image(type="filepath", **kwargs)
+    strict_preprocess = component.preprocess
 
-    is_template = True  # the browser renders it with gr.Image's own frontend
-
-    def preprocess(self, payload):
+    def preprocess(payload):
         try:
-            return super().preprocess(payload)
+            return strict_preprocess(payload)
         except Exception:  # noqa: BLE001 - any decoding failure is reported by dd3g.preprocess instead
             return None if payload is None or payload.path is None else str(payload.path)
+
+    component.preprocess = preprocess
+    return component
 
 
 def pick_device() -> str:
@@ -308,8 +313,8 @@ def build_demo(pipe: DD3GPipeline, settings: Optional[AppSettings] = None) -> gr
         with gr.Row():
             with gr.Column(scale=1):
                 # image_mode=None: the file reaches dd3g.preprocess untouched (gr.Image's default "RGB" drops alpha).
-                image = UploadImage(label="Input image", type="filepath", image_mode=None, sources=["upload", "clipboard"],
-                                    elem_id="input-image")
+                image = lenient_image_input(label="Input image", image_mode=None, sources=["upload", "clipboard"],
+                                            elem_id="input-image")
                 gr.Examples(example_inputs(), inputs=[image], label="Examples (held-out procedural objects, one photo)")
                 prepared = gr.Image(label="What the model sees (cut out, recentred)", type="pil", format="png",
                                     interactive=False, height=220, elem_id="preprocessed")

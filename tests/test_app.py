@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import threading
+from pathlib import Path
 
 import imageio.v2 as imageio
 import numpy as np
@@ -192,6 +193,8 @@ def test_missing_checkpoint_is_a_message_not_a_traceback(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "cannot start the app" in err and str(missing) in err and "does not exist" in err
     assert "Traceback" not in err
+    # Building the UI leaves no files behind in the repo (gradio writes .pyi stubs for component subclasses).
+    assert not (Path(app.__file__).parent / "app.pyi").exists()
 
 
 def test_checkpoint_from_the_environment_at_start_up(tmp_path):
@@ -199,7 +202,6 @@ def test_checkpoint_from_the_environment_at_start_up(tmp_path):
     import os
     import subprocess
     import sys
-    from pathlib import Path
 
     missing = tmp_path / "env-checkpoint"
     root = Path(app.__file__).resolve().parent
