@@ -11,7 +11,6 @@ random model and launch it themselves.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import shutil
 import subprocess
@@ -46,7 +45,6 @@ EXAMPLES_DIR = ROOT / "examples"
 PHOTO_EXAMPLE = "lion.jpg"
 MAX_SEED = 2**32 - 1
 FOREGROUND_RATIO_RANGE = (0.5, 1.0)
-logger = logging.getLogger("dd3g.app")
 
 
 @dataclass
