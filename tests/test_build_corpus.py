@@ -237,3 +237,26 @@ def test_push_to_hub_argument_path(straight, monkeypatch):
     monkeypatch.setattr(huggingface_hub, "HfApi", OfflineApi)
     with pytest.raises(SystemExit, match="push-to-hub someone/dd3g-corpus failed \\(ConnectionError: offline\\); check the network"):
         _build(straight, "--push-to-hub", "someone/dd3g-corpus")
+
+
+def test_time_limited_build_stops_at_a_shard_boundary_and_resumes(tmp_path):
+    """deadline: no shard is started that the last shard's duration says would overrun; a rerun finishes."""
+    import time
+
+    import datasets
+
+    features = datasets.Features({"index": datasets.Value("int64"), "value": datasets.Value("int64")})
+
+    def slow(indices):
+        time.sleep(0.2)
+        return [{"value": i * i} for i in indices]
+
+    folder = tmp_path / "timed"
+    started = time.time()
+    first = data.build_shards(folder, 8, 2, features, slow, progress=False, deadline=started + 0.5)
+    # Shard 0-1 took ~0.4 s, so shard 2-3 (ending ~0.8 s) would overrun: stop after one shard, well in time.
+    assert first.stopped_early and first.written_shards == 1 and time.time() - started < 0.75
+    assert data.completed_rows(folder) == [range(0, 2)]
+    second = data.build_shards(folder, 8, 2, features, slow, progress=False)
+    assert second.complete and second.written_shards == 3
+    assert data.load_shards(folder)["value"] == [i * i for i in range(8)]

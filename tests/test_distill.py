@@ -164,3 +164,14 @@ def test_distill_quality_benchmark_scores_students_against_teacher_and_truth(wor
     same = dq.compare(views, views, __import__("dd3g.metrics", fromlist=["LPIPS"]).LPIPS.from_pretrained())
     assert (same["psnr"] > 100).all() and same["lpips"].abs().max() < 1e-5
     assert report["teacher_vs_truth"]["psnr"]["all"] < 40
+
+
+def test_an_unfinished_quadruple_build_is_refused_unless_allowed(world, tmp_path, capsys):
+    partial = tmp_path / "partial"
+    simulate.main(["--teacher", str(world / "teacher"), "--corpus", str(world / "corpus"), "--out", str(partial),
+                   "--seeds-per-image", "2", "--steps", "2", "--batch-size", "2", "--shard-size", "2", "--no-progress", "--stop-after", "2"])
+    common = ["--tiny-test", "--teacher", str(world / "teacher"), "--quadruples", str(partial), "--max-steps", "1", "--log-every", "1"]
+    with pytest.raises(SystemExit, match="missing|incomplete"):
+        distill.main([*common, "--output-dir", str(tmp_path / "refused")])
+    assert distill.main([*common, "--output-dir", str(tmp_path / "allowed"), "--allow-incomplete"]) == 1
+    assert "training on its 2 finished quadruples of 4" in capsys.readouterr().err

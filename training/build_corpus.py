@@ -40,6 +40,7 @@ import io
 import json
 import math
 import sys
+import time
 from pathlib import Path
 from typing import List, Optional
 
@@ -84,6 +85,8 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0, help="enters every per-item key (views, text-to-image latents)")
     p.add_argument("--shard-size", type=int, default=256, help="items per parquet shard")
     p.add_argument("--batch-size", type=int, default=4, help="text-to-image batch (procedural and folder go one by one)")
+    p.add_argument("--time-limit", type=float, default=None,
+                   help="seconds; start no shard that would end after it (rerun the same command to go on)")
     p.add_argument("--stop-after", type=int, default=None, help="stop after this many items, as if killed (tests, chunking)")
     p.add_argument("--process-index", type=int, default=None, help="override accelerate's process index (tests)")
     p.add_argument("--num-processes", type=int, default=None, help="override accelerate's process count (tests)")
@@ -375,6 +378,7 @@ def finalize(out: Path, args, manifest: dict, card_fn) -> Optional[str]:
 
 
 def main(argv=None) -> data.BuildReport:
+    started = time.time()
     args = parse_args(argv)
     process_index, num_processes, device, wait = process_layout(args)
     source = SOURCE_CLASSES[args.source](args, device)
@@ -388,7 +392,7 @@ def main(argv=None) -> data.BuildReport:
     report = data.build_shards(
         out, source.total, args.shard_size, features(), source, batch_size=args.batch_size if args.source == "text2image" else 1,
         process_index=process_index, num_processes=num_processes, stop_after=args.stop_after,
-        progress=not args.no_progress, desc=f"corpus[{process_index}/{num_processes}]",
+        progress=not args.no_progress, deadline=None if args.time_limit is None else started + args.time_limit, desc=f"corpus[{process_index}/{num_processes}]",
     )
     if report.skipped:
         print(f"skipped {len(report.skipped)} item(s) in this run (see the warnings above)", file=sys.stderr)

@@ -177,3 +177,41 @@ def image_grid(rows: list[torch.Tensor], path: Path, background=(1.0, 1.0, 1.0))
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray((grid.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)).save(path)
     return path
+
+
+class StepProfiler:
+    """torch.profiler over `steps` steps after 2 warm-up steps; prints the named phases and the top kernels."""
+
+    def __init__(self, steps: int, device, warmup: int = 2):
+        self.device, self.warmup, self.remaining, self.prof = device, warmup, steps, None
+        self.remaining_total = steps
+
+    def step(self) -> bool:
+        """Call after each step; True once the profile is done (and printed)."""
+        from torch.profiler import ProfilerActivity, profile
+
+        if self.warmup > 0:
+            self.warmup -= 1
+            if self.warmup == 0:
+                activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.device.type == "cuda" else [])
+                self.prof = profile(activities=activities)
+                self.prof.__enter__()
+                self.start = time.time()
+            return False
+        self.remaining -= 1
+        if self.remaining > 0:
+            return False
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        self.prof.__exit__(None, None, None)
+        sort = "cuda_time_total" if self.device.type == "cuda" else "cpu_time_total"
+        print(self.prof.key_averages().table(sort_by=sort, row_limit=30), flush=True)
+        print(f"{self.remaining_total} profiled steps took {time.time() - self.start:.3f} s", flush=True)
+        return True
+
+
+def phase(profiler, name: str):
+    """A named range in the profile (a no-op when not profiling)."""
+    from contextlib import nullcontext
+
+    return torch.profiler.record_function(name) if profiler is not None else nullcontext()

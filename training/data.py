@@ -385,13 +385,18 @@ def build_shards(
     stop_after: Optional[int] = None,
     progress: bool = True,
     desc: str = "rows",
+    deadline: Optional[float] = None,
 ) -> BuildReport:
     """Make this process's missing shards. `generate(indices)` returns a row (with `index`) or `Skipped` per index.
 
     Batches are aligned to the shard start, so the batch an item is generated in (which can matter for float
     rounding in batched networks) does not depend on the number of processes or on resuming.
     stop_after: stop once this run has generated that many items; an unfinished shard is dropped, as a kill would.
+    deadline: a time.time() value; no shard is started that the last shard's duration says would end after it,
+    so a time-boxed run (a GPU call) ends at a shard boundary with nothing lost, and a rerun goes on.
     """
+    import time
+
     from tqdm.auto import tqdm
 
     mine = assigned_shards(total, shard_size, process_index, num_processes)
@@ -403,7 +408,12 @@ def build_shards(
     bar = tqdm(total=sum(len(r) for r in mine), initial=sum(len(r) for r in mine) - sum(len(r) for r in todo),
                desc=desc, disable=not progress, file=sys.stderr)
     try:
+        shard_seconds = 0.0
         for items in todo:
+            if deadline is not None and time.time() + shard_seconds > deadline:
+                report.stopped_early = True
+                return report
+            shard_start = time.time()
             rows, skipped = [], {}
             for start in range(items.start, items.stop, batch_size):
                 batch = list(range(start, min(start + batch_size, items.stop)))
@@ -421,6 +431,7 @@ def build_shards(
                     report.stopped_early = True
                     return report
             write_shard(folder, items, rows, features, skipped)
+            shard_seconds = time.time() - shard_start
             report.written_rows += len(rows)
             report.written_shards += 1
             report.skipped.update(skipped)

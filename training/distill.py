@@ -36,7 +36,8 @@ from dd3g.randomness import generator, noise_from_seeds, noise_sha256, sample_se
 from dd3g.rendering import render  # noqa: E402
 from dd3g.teachers.tiny import TinyTeacher  # noqa: E402
 from training.common import (  # noqa: E402
-    JsonlLog, image_grid, make_accelerator, optimization_step, resolve_resume, restore_checkpoint, save_checkpoint, warmup_cosine,
+    JsonlLog, StepProfiler, image_grid, make_accelerator, optimization_step, phase, resolve_resume, restore_checkpoint,
+    save_checkpoint, warmup_cosine,
 )
 
 
@@ -67,6 +68,9 @@ def parse_args(argv=None):
     p.add_argument("--sample-every", type=int, default=2000)
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--allow-incomplete", action="store_true",
+                   help="train on the finished shards of a quadruple build that is still under way (a warning says how many)")
+    p.add_argument("--profile-steps", type=int, default=0, help="profile N steps (torch.profiler) and print where time goes")
     p.add_argument("--export", default=None, help="write the EMA student as a DD3GPipeline folder here at the end")
     args = p.parse_args(argv)
     if args.tiny_test:
@@ -100,10 +104,17 @@ def decode_png(data) -> torch.Tensor:
 class QuadrupleBatches:
     """Rows of the quadruple dataset by global sample index (epochs wrap), decoded to tensors."""
 
-    def __init__(self, folder: str, noise_shape: tuple, verify_hashes: bool = True):
-        from training.data import load_shards
+    def __init__(self, folder: str, noise_shape: tuple, verify_hashes: bool = True, allow_incomplete: bool = False):
+        from training.data import ShardError, completed_rows, load_shards, read_manifest
 
-        self.rows = load_shards(Path(folder), decode=False)  # images stay PNG bytes until a batch needs them
+        try:  # images stay PNG bytes until a batch needs them
+            self.rows = load_shards(Path(folder), decode=False, require_complete=not allow_incomplete)
+        except (ShardError, FileNotFoundError) as error:
+            raise SystemExit(f"--quadruples {folder}: {error}") from error
+        total = (read_manifest(folder) or {}).get("total")
+        if allow_incomplete and total and len(self.rows) < total:
+            done = sum(len(r) for r in completed_rows(folder))
+            print(f"warning: {folder} is incomplete: training on its {done} finished quadruples of {total}", file=sys.stderr)
         self.noise_shape, self.verify_hashes = noise_shape, verify_hashes
         if len(self.rows) == 0:
             raise SystemExit(f"no quadruples in {folder}")
@@ -231,7 +242,7 @@ def main(argv=None):
         lpips_model = LPIPS.from_pretrained().to(device) if args.lpips_weight > 0 else None
     except (ImportError, FileNotFoundError) as error:
         accelerator.print(f"LPIPS unavailable ({error}); explicit supervision uses MSE terms only")
-    data = QuadrupleBatches(args.quadruples, teacher.noise_shape)
+    data = QuadrupleBatches(args.quadruples, teacher.noise_shape, allow_incomplete=args.allow_incomplete)
 
     ema = EMAModel(student.parameters(), decay=args.ema_decay, model_cls=PEPD, model_config=student.config, foreach=True)
     optimizer = torch.optim.AdamW(student.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99))
@@ -244,13 +255,18 @@ def main(argv=None):
     global_batch = args.batch_size * accelerator.num_processes
     start_time = time.time()
     progress = tqdm(total=stop_at, initial=step, desc="distill", disable=not accelerator.is_local_main_process)
+    profiler = StepProfiler(args.profile_steps, device) if args.profile_steps and accelerator.is_main_process else None
     while step < stop_at:
         first = step * global_batch + accelerator.process_index * args.batch_size
         indices = list(range(first, first + args.batch_size))
-        batch = data.batch(indices)
-        with accelerator.autocast():
+        with phase(profiler, "load_batch"):
+            batch = data.batch(indices)
+        with phase(profiler, "forward_losses"), accelerator.autocast():
             losses, gaussians, renders = distillation_step(student, teacher, tokenizer, batch, args, step, indices, lpips_model)
-        grad_norm = optimization_step(accelerator, student, optimizer, lr_schedule, ema, losses["total"])
+        with phase(profiler, "backward_step_ema"):
+            grad_norm = optimization_step(accelerator, student, optimizer, lr_schedule, ema, losses["total"])
+        if profiler is not None and profiler.step():
+            profiler = None
         step += 1
         progress.update(1)
         if step % args.log_every == 0 or step == stop_at:

@@ -45,6 +45,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 from typing import List
 
@@ -105,6 +106,8 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=16, help="quadruples per teacher call")
     p.add_argument("--shard-size", type=int, default=256, help="quadruples per parquet shard (a multiple of --batch-size is best)")
     p.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="teacher weights and compute")
+    p.add_argument("--time-limit", type=float, default=None,
+                   help="seconds; start no shard that would end after it (rerun the same command to go on)")
     p.add_argument("--stop-after", type=int, default=None, help="stop after this many quadruples, as if killed (tests, chunking)")
     p.add_argument("--process-index", type=int, default=None, help="override accelerate's process index (tests)")
     p.add_argument("--num-processes", type=int, default=None, help="override accelerate's process count (tests)")
@@ -261,6 +264,7 @@ ds = load_dataset("parquet", data_files="data/shard-*.parquet", split="train")
 
 
 def main(argv=None) -> data.BuildReport:
+    started = time.time()
     args = parse_args(argv)
     process_index, num_processes, device, wait = process_layout(args)
     corpus = data.ShardReader(args.corpus, columns=["index", "image", "origin"])
@@ -291,7 +295,7 @@ def main(argv=None) -> data.BuildReport:
     report = data.build_shards(
         out, total, args.shard_size, features(), simulator, batch_size=args.batch_size,
         process_index=process_index, num_processes=num_processes, stop_after=args.stop_after,
-        progress=not args.no_progress, desc=f"quadruples[{process_index}/{num_processes}]",
+        progress=not args.no_progress, deadline=None if args.time_limit is None else started + args.time_limit, desc=f"quadruples[{process_index}/{num_processes}]",
     )
     print(f"process {process_index}/{num_processes}: wrote {report.written_rows} quadruples", flush=True)
     if wait is not None:
