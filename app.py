@@ -186,7 +186,9 @@ class DD3GApp:
 
     # ------------------------------------------------------------------ generation
     def generate(self, image_path, foreground_ratio, seed, num_variations, progress=gr.Progress()):
-        """-> (viewer .ply, turntable .mp4, variation thumbnails, downloads, timing text, per-variation .ply list)."""
+        """Yields (viewer .ply, turntable .mp4, variation thumbnails, downloads, timing text, per-variation .ply list)
+        twice: the viewer as soon as the model has run (on a CPU the video and mesh take 10x longer than the
+        model), then everything."""
         first_seed = self._seed(seed, "seed")
         count = self._count(num_variations)
         if first_seed + count - 1 > MAX_SEED:
@@ -202,13 +204,17 @@ class DD3GApp:
 
         folder = self._result_folder()
         export_started = time.perf_counter()
-        plys, downloads, thumbnails, frames, notes = [], [], [], [], []
+        plys = [gaussians[k].save_ply(folder / f"dd3g_seed{sample_seed}.ply") for k, sample_seed in enumerate(seeds)]
+        model_line = (f"**Generation: {model_s * 1000:.0f} ms** for {count} object(s) of {gaussians.num_gaussians:,} "
+                      f"Gaussians on {self._device_name()} (one forward pass; seeds {seeds[0]}..{seeds[-1]}).")
+        # The viewer first; the previous result's video, thumbnails and files are cleared meanwhile.
+        yield plys[0], None, None, None, model_line + "  \nRendering the turntable and the files...", plys
+        downloads, thumbnails, frames, notes = [], [], [], []
         for k, sample_seed in enumerate(seeds):
             progress(0.2 + 0.7 * k / count, desc=f"Exporting and rendering object {k + 1}/{count}")
             single = gaussians[k]
             stem = folder / f"dd3g_seed{sample_seed}"
-            plys.append(single.save_ply(f"{stem}.ply"))
-            downloads += [plys[-1], single.save_splat(f"{stem}.splat")]
+            downloads += [plys[k], single.save_splat(f"{stem}.splat")]
             try:
                 downloads.append(save_glb(single, f"{stem}.glb", resolution=self.settings.glb_resolution))
             except EmptyMeshError:  # too transparent to mesh: the splat files still come
@@ -224,15 +230,10 @@ class DD3GApp:
             gaussians[0], folder / "turntable.mp4", fps=self.settings.video_fps, frames=np.concatenate(frames, axis=2)
         )
         export_s = time.perf_counter() - export_started
-        num_gaussians = gaussians.num_gaussians
-        timing = (
-            f"**Generation: {model_s * 1000:.0f} ms** for {count} object(s) of {num_gaussians:,} Gaussians "
-            f"on {self._device_name()} (one forward pass; seeds {seeds[0]}..{seeds[-1]}).  \n"
-            f"Preprocessing {prepare_s * 1000:.0f} ms, files and video {export_s:.1f} s."
-        )
+        timing = f"{model_line}  \nPreprocessing {prepare_s * 1000:.0f} ms, files and video {export_s:.1f} s."
         if notes:
             timing += "  \n" + "; ".join(notes)
-        return plys[0], video, thumbnails, downloads, timing, plys
+        yield plys[0], video, thumbnails, downloads, timing, plys
 
     def show_variation(self, plys: Sequence[str], evt: gr.SelectData):
         if not plys or evt.index is None or not 0 <= int(evt.index) < len(plys):

@@ -5,7 +5,9 @@
 For validation objects and objects of the held-out shape family: PSNR/SSIM (on white, full frame and masked by
 the true alpha) of the copied input view (view 0 of the canonical layout is the input camera) and of the 3
 imagined views; multi-view consistency: a 3DGS fitted to 3 of the teacher's views, scored on the 4th
-(leave-one-out over all 4); determinism: the same (image, seed) simulated twice and in another batch position.
+(leave-one-out over all 4); determinism: the same (image, seed) simulated twice and in another batch position;
+camera sensitivity: how much its prediction moves when its output cameras turn by 90 degrees, relative to how
+much the true views differ (about 1 for a teacher that reads its cameras, about 0 for one that ignores them).
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ def evaluate_split(teacher, split: str, count: int, args, device, out_dir: Path)
         cams = layout.cameras(size, size, elevation_deg=elevation, include_input=True).to(device)
         truth = render(objects, cams[:, : layout.num_views], background=None).rgba()
         inputs = render(objects, layout.input_camera(args.input_size, args.input_size, elevation).to(device), background=None).rgba()[:, 0]
+        results.setdefault("camera_sensitivity", []).append(camera_sensitivity(teacher, inputs, truth, elevation))
         sim = teacher.simulate(inputs, seeds=list(range(start, start + len(chunk))), num_steps=args.steps)
         views = sim.views.to(device)
         for key, value in scores(views, truth).items():
@@ -67,12 +70,38 @@ def evaluate_split(teacher, split: str, count: int, args, device, out_dir: Path)
         if start == 0:
             rows = [torch.cat([torch.nn.functional.interpolate(inputs[i : i + 1], size=(size, size), mode="bilinear", antialias=True), views[i], truth[i]]) for i in range(min(4, len(chunk)))]
             image_grid(rows, out_dir / f"grid-{split}.png")
+    sensitivity = results.pop("camera_sensitivity")
     merged = {k: torch.cat(v) for k, v in results.items() if v}
     report = {k: summarise(v) for k, v in merged.items() if k != "consistency_psnr"}
+    report["camera_sensitivity"] = sum(sensitivity) / len(sensitivity)
     if "consistency_psnr" in merged:
         report["consistency_psnr_leave_one_out"] = float(merged["consistency_psnr"].mean())
     report["objects"] = count
     return report
+
+
+@torch.no_grad()
+def camera_sensitivity(teacher, inputs, truth, elevation, timestep: int = 700, seed: int = 0) -> float:
+    """Does the teacher read its cameras? Its one-step x0 prediction from noised true views, with the output
+    cameras as rendered vs rotated by 90 degrees: mean change / the mean change between neighbouring true
+    views (what a camera-aware model's prediction should move by). ~1: camera-aware; ~0: camera-blind."""
+    b = truth.shape[0]
+    x0 = teacher.encode(truth.flatten(0, 1)).unflatten(0, truth.shape[:2])  # [B, V, C, h, w]
+    alpha_bar = teacher.sampling_scheduler(1).alphas_cumprod[timestep].to(x0.device)
+    eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed)).to(x0.device)
+    x_t = alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * eps
+    cond = teacher.condition(inputs)
+    timesteps = torch.zeros(b, x0.shape[1] + 1, device=x0.device)
+    timesteps[:, :-1] = timestep
+    frames = torch.cat([x_t, cond.input_frame[:, None]], dim=1)
+    predictions = []
+    for offset in (0.0, 90.0):
+        output = teacher.denoise(frames, timesteps, teacher.cameras(b, elevation, offset), cond.context)[:, :-1]
+        eps_hat = teacher.to_epsilon(output, x_t, torch.full((b,), timestep, device=x0.device), teacher.sampling_scheduler(1))
+        predictions.append((x_t - (1 - alpha_bar).sqrt() * eps_hat) / alpha_bar.sqrt())
+    moved = (predictions[1] - predictions[0]).abs().mean()
+    expected = (x0.roll(-1, dims=1) - x0).abs().mean()
+    return float(moved / expected.clamp_min(1e-8))
 
 
 def determinism(teacher, device, steps: int) -> dict:

@@ -209,3 +209,16 @@ def test_checkpoint_from_the_environment_at_start_up(tmp_path):
     proc = subprocess.run([sys.executable, str(root / "app.py")], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert str(missing) in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_viewer_arrives_before_the_video_and_files(client, image_file):
+    """The model's output is streamed first (the turntable and mesh take far longer on a CPU), then the rest."""
+    job = client.submit(handle_file(image_file), 0.85, 3, 1, api_name="/generate")
+    job.result()
+    updates = job.outputs()
+    assert len(updates) == 2
+    (first_viewer, first_video, _, first_downloads, first_timing), (viewer, video, _, downloads, _) = updates
+    assert Gaussians.load_ply(first_viewer).num_gaussians > 0 and first_video is None and not first_downloads
+    assert "Rendering the turntable" in first_timing
+    assert video is not None and len(downloads) == 3
+    assert Gaussians.load_ply(first_viewer).means.equal(Gaussians.load_ply(viewer).means)
