@@ -187,6 +187,8 @@ class DD3GPipeline(DiffusionPipeline):
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        if elevation_deg is not None and not -90.0 < float(elevation_deg) < 90.0:
+            raise ValueError(f"elevation_deg must be between -90 and 90 degrees, got {elevation_deg}")
         inputs = list(image) if isinstance(image, (list, tuple)) else [image]
         if not inputs:
             raise ValueError("no image given")

@@ -155,3 +155,14 @@ def test_hub_ids_are_not_mistaken_for_folders(tmp_path):
     assert _looks_local(tmp_path / "x") and _looks_local("./x") and _looks_local("runs/a/b") and _looks_local("ckpt")
     with pytest.raises(CheckpointError, match="could not load"):
         DD3GPipeline.from_pretrained("someone/dd3g-tiny-that-is-not-reachable", local_files_only=True)
+
+
+def test_elevation_of_the_photo_reaches_the_cameras(pipe):
+    image = rgba_image()
+    level = pipe(image, seeds=[0]).gaussians
+    assert torch.equal(pipe(image, seeds=[0], elevation_deg=0.0).gaussians.means, level.means)  # the default is level
+    raised = pipe(image, seeds=[0], elevation_deg=25.0).gaussians
+    assert not torch.allclose(raised.means, level.means)  # the student sees other cameras
+    for bad in (90.0, -120.0, float("nan")):
+        with pytest.raises(ValueError, match="elevation_deg"):
+            pipe(image, seeds=[0], elevation_deg=bad)
