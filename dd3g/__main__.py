@@ -39,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", default=None, help="a DD3G pipeline folder (default: the shipped hub/dd3g-tiny)")
     parser.add_argument("--seed", type=int, default=0, help="noise seed of the first sample (default 0)")
     parser.add_argument("--num-samples", type=int, default=1, help="objects per image, one noise each (default 1)")
+    parser.add_argument("--elevation", type=float, default=None,
+                        help="camera elevation the photos were taken at, degrees (default: the model's, 0 = level)")
     parser.add_argument("--format", default="ply", help=f"comma-separated output formats: {', '.join(FORMATS)} (default ply)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1... (default: cuda if available)")
     return parser
@@ -61,6 +63,8 @@ def run(args) -> int:
     formats = parse_formats(args.format)
     if args.num_samples < 1:
         raise UsageError(f"--num-samples must be >= 1, got {args.num_samples}")
+    if args.elevation is not None and not -90.0 < args.elevation < 90.0:
+        raise UsageError(f"--elevation must be between -90 and 90 degrees, got {args.elevation:g}")
     # Heavy imports after argument checks, so --help and usage errors are instant.
     import torch
     from tqdm.auto import tqdm
@@ -95,7 +99,7 @@ def run(args) -> int:
         try:
             prepared = pipe.prepare_image(image_path)
             seeds = [args.seed + k for k in range(args.num_samples)]
-            gaussians = pipe([prepared], seeds=seeds, num_samples=args.num_samples).gaussians
+            gaussians = pipe([prepared], seeds=seeds, num_samples=args.num_samples, elevation_deg=args.elevation).gaussians
         except (ImageInputError, BackgroundRemovalError) as error:
             failures += 1
             progress.write(f"error: {image_path}: {error}", file=sys.stderr)

@@ -40,6 +40,9 @@ def test_writes_each_format_per_sample(checkpoint, image, tmp_path, capsys):
         assert main([str(image), "--out", str(folder), "--checkpoint", str(checkpoint), "--seed", "3"]) == 0
     assert (once / "blob_seed3.ply").read_bytes() == (twice / "blob_seed3.ply").read_bytes()
     assert torch.allclose(Gaussians.load_ply(once / "blob_seed3.ply").means, g3.means, atol=1e-5)
+    # --elevation reaches the model's cameras: another object from the same seed.
+    assert main([str(image), "--out", str(tmp_path / "raised"), "--checkpoint", str(checkpoint), "--seed", "3", "--elevation", "20"]) == 0
+    assert not torch.allclose(Gaussians.load_ply(tmp_path / "raised" / "blob_seed3.ply").means, g3.means, atol=1e-5)
 
 
 def test_writes_glb_and_mp4(checkpoint, image, tmp_path):
@@ -81,6 +84,7 @@ def test_a_bad_image_is_one_line_and_the_rest_still_run(checkpoint, image, tmp_p
         (["--format", "obj"], "unknown format 'obj'"),
         (["--format", "ply,gltf"], "unknown format 'gltf'"),
         (["--num-samples", "0"], "--num-samples must be >= 1"),
+        (["--elevation", "95"], "--elevation must be between -90 and 90"),
     ],
 )
 def test_usage_errors_exit_2_with_one_line(checkpoint, image, tmp_path, capsys, extra, message):
