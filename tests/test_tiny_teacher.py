@@ -74,3 +74,26 @@ def test_save_load(teacher, images, tmp_path):
     a = teacher.simulate(images[:1], seeds=[4], num_steps=2)
     b = loaded.simulate(images[:1], seeds=[4], num_steps=2)
     assert torch.equal(a.views, b.views)
+
+
+def test_camera_sensitivity_tells_a_camera_blind_teacher(teacher):
+    """benchmarks/teacher_quality.camera_sensitivity: ~0 when the UNet cannot see the rays, clearly > 0 when it can."""
+    import copy
+    import sys
+    from pathlib import Path
+
+    from dd3g.rendering import render
+    from training import synthetic
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from teacher_quality import camera_sensitivity
+
+    objects = synthetic.batch_objects([synthetic.split_seed("val", i) for i in range(2)], 256)
+    elevation = torch.zeros(2)
+    inputs = render(objects, teacher.layout.input_camera(32, 32, elevation), background=None).rgba()[:, 0]
+    truth = render(objects, teacher.layout.cameras(16, 16, elevation_deg=elevation), background=None).rgba()
+    seeing = camera_sensitivity(teacher, inputs, truth, elevation)
+    blind = TinyTeacher(copy.deepcopy(teacher.pipe))
+    with torch.no_grad():
+        blind.unet.conv_in.weight[:, teacher.unet.config.in_channels:] = 0  # the Plücker-ray inputs cut off
+    assert camera_sensitivity(blind, inputs, truth, elevation) < 1e-6 < 0.01 < seeing
