@@ -72,3 +72,18 @@ def test_resumed_chunk_of_a_continued_run_keeps_its_lr_schedule(tmp_path):
     lrs = lambda d: [r["lr"] for r in map(json.loads, (d / "log.jsonl").read_text().splitlines()) if "lr" in r]  # noqa: E731
     assert lrs(tmp_path / "chunked") == pytest.approx(lrs(tmp_path / "straight"), rel=1e-9)
     assert len(lrs(tmp_path / "straight")) == 6  # steps 3..8
+
+
+def test_high_noise_fraction_moves_that_share_of_timesteps_to_the_top_of_the_range():
+    from dd3g.cameras import ViewLayout
+
+    args = train_teacher.parse_args(["--tiny-test", "--output-dir", "unused"])
+    pool = train_teacher.build_pool(args, torch.device("cpu"))
+    draw = lambda: train_teacher.sample_batch(args, pool, ViewLayout(), range(64), 0, 16, torch.device("cpu"))["timesteps"]  # noqa: E731
+    uniform = draw()
+    assert (uniform >= 800).float().mean() < 0.4
+    args.high_noise_fraction = 1.0
+    assert (draw() >= 800).all()
+    args.high_noise_fraction = 0.5
+    share = (draw() >= 800).float().mean()
+    assert 0.45 < share < 0.8  # half moved, plus the uniform draws that were high already

@@ -66,6 +66,9 @@ def parse_args(argv=None):
     p.add_argument("--warmup-steps", type=int, default=500)
     p.add_argument("--ema-decay", type=float, default=0.999)
     p.add_argument("--cond-dropout", type=float, default=0.1)
+    p.add_argument("--high-noise-fraction", type=float, default=0.0,
+                   help="share of samples whose timestep is drawn from the top 20%% of the noise range, where only "
+                        "the input and the cameras tell the views apart (uniform t alone left the teacher camera-blind)")
     p.add_argument("--guidance-scale", type=float, default=3.0, help="stored in the exported pipeline")
     p.add_argument("--pool-size", type=int, default=4096, help="procedural training objects built at the start")
     p.add_argument("--num-gaussians", type=int, default=8192, help="per procedural object")
@@ -118,7 +121,10 @@ def sample_batch(args, pool: Gaussians, layout: ViewLayout, global_indices, step
         yaws.append(float(torch.rand(1, generator=gen)) * 2 * math.pi)
         elevations.append(low + (high - low) * float(torch.rand(1, generator=gen)))
         offsets.append(float(torch.rand(1, generator=gen)) * 360.0)
-        timesteps.append(int(torch.randint(1000, (1,), generator=gen)))
+        timestep = int(torch.randint(1000, (1,), generator=gen))
+        if args.high_noise_fraction > 0 and float(torch.rand(1, generator=gen)) < args.high_noise_fraction:
+            timestep = 800 + timestep % 200
+        timesteps.append(timestep)
         dropped.append(float(torch.rand(1, generator=gen)) < args.cond_dropout)
         noises.append(torch.randn((layout.num_views, 4, size, size), generator=gen))
     objects = pool[torch.tensor(pool_ids, device=device)].rotated_about_y(torch.tensor(yaws, device=device))

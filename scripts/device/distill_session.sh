@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
-# Distillation on one lent GPU machine, in two back-to-back calls of < 10 minutes (a warm machine keeps runs/):
-#   bash scripts/device/distill_session.sh prepare   # corpora, quadruples, a speed probe, then the 4 arms train
-#   bash scripts/device/distill_session.sh finish    # the 4 arms train on, then evaluation; the main and
-#                                                    # baseline students and the results come back via $OUT
+# Distillation on one lent GPU machine, in back-to-back calls of < 10 minutes (a warm machine keeps runs/):
+#   bash scripts/device/distill_session.sh prepare   # corpora and quadruples (time-boxed; rerun to go on),
+#                                                    # then the arms start if time is left
+#   bash scripts/device/distill_session.sh train     # the arms train on (repeat while the budget allows)
+#   bash scripts/device/distill_session.sh finish    # the arms train on, then evaluation
+# Every call brings back the main and baseline students and the results through $OUT.
 # The 4 arms share the GPU at equal budget (same --max-steps and batch): main (explicit + implicit verification,
 # the teacher's N), no-verification, fresh-noise, and the 3D-only baseline (ground-truth renders, fresh N).
-# The probe sets --max-steps so that the slowest arm finishes in the training time both calls leave.
-# Needs .wheels carried; the teacher is hub/mvdm-tiny. SMOKE=1 TEACHER=<toy teacher> rehearses it on a CPU.
+# A speed probe (25 steps of each arm, the main one profiled) sets --max-steps so that the slowest arm finishes
+# in TRAIN_SECONDS (default 700) of training. Needs .wheels carried; the teacher is hub/mvdm-tiny.
+# SMOKE=1 TEACHER=<toy teacher> rehearses it all on a CPU.
 set -eo pipefail
-stage=${1:?prepare or finish}
+stage=${1:?prepare, train or finish}
 start=$(date +%s)
 budget=${CHUNK_SECONDS:-560}
 export PYTHONPATH=$PWD TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 PYTHONUNBUFFERED=1 TQDM_MININTERVAL=60
@@ -45,31 +48,8 @@ train_arms() {  # max steps, time limit: all arms side by side
     for arm in $ARMS; do echo "== $arm"; tr '\r' '\n' < "runs/d-$arm.log" | grep -v "^\s*$" | tail -3; tail -1 "runs/d-$arm/log.jsonl"; done
 }
 
-if [ "$stage" = prepare ]; then
-    [ -n "$SMOKE" ] || python3 -c "from dd3g.rendering import render; from training import synthetic; from dd3g.cameras import ViewLayout
-g = synthetic.batch_objects([0], 64).to('cuda'); render(g, ViewLayout().cameras(32, 32)); print('gsplat ready')"
-    echo "[$(left) s left] corpora"
-    # Object generation is CPU work (~12 items/s a process in the first run): 3 processes for each large corpus
-    # (shards split by number), 2 threads each, so 8 builds share the 16 cores instead of oversubscribing them.
-    for spec in "corpus $N_CORPUS c-corpus 3" "train $N_TRAIN c-train 3" "test $N_TEST c-test 1" "heldout $N_HELDOUT c-heldout 1"; do
-        set -- $spec
-        for k in $(seq 0 $(( $4 - 1 ))); do
-            OMP_NUM_THREADS=2 python3 training/build_corpus.py --source procedural --split $1 --num-images $2 --size $SIZE \
-                --out runs/$3 --process-index $k --num-processes $4 --time-limit $(( $(left) - 420 )) --no-progress > runs/$3-$k.log 2>&1 &
-        done
-    done
-    wait; tail -qn1 runs/c-*.log
-    echo "[$(left) s left] quadruples"
-    # bf16 and a time box: the tiny teacher's 30-step CFG ODE ran at ~8 quadruples/s in fp32 beside two other builds.
-    sim="python3 training/simulate.py --teacher $TEACHER --elevation-from-origin --batch-size 128 --shard-size 256 --no-progress
-        --dtype bfloat16 --time-limit $(( $(left) - 200 )) $SIM_EXTRA"
-    for pair in "corpus q-corpus" "test q-test" "heldout q-heldout"; do set -- $pair
-        $sim --corpus runs/c-$1 --out runs/$2 > runs/$2.log 2>&1 &
-    done
-    for pair in "train gt-train" "test gt-test" "heldout gt-heldout"; do set -- $pair
-        $sim --ground-truth --corpus runs/c-$1 --out runs/$2 > runs/$2.log 2>&1 &
-    done
-    wait; for f in runs/q-*.log runs/gt-*.log; do echo "$f: $(tr '\r' '\n' < $f | grep -E "wrote|complete" | tr '\n' ' ')"; done
+plan() {  # the speed probe and runs/plan.json, once
+    [ -f runs/plan.json ] && return 0
     echo "[$(left) s left] speed probe"
     for arm in $ARMS; do
         profile=""; if [ $arm = main ]; then profile="--profile-steps 10"; fi
@@ -78,8 +58,8 @@ g = synthetic.batch_objects([0], 64).to('cuda'); render(g, ViewLayout().cameras(
     done
     wait
     tr '\r' '\n' < runs/probe-main.log | grep -A 22 "Self CPU %" | head -24
-    # Training seconds the plan can count on: the rest of this call and one more call, less start-ups.
-    TRAIN_SECONDS=$(( $(left) - 90 + ${NEXT_CALL_SECONDS:-250} )) python3 - <<'PY'
+    # TRAIN_SECONDS: the training time the arms will get over all calls; 10% is kept as a margin.
+    python3 - <<'PY'
 import json, pathlib, os, time
 rates = {}
 for arm in "main no-verification fresh-noise baseline-3d".split():
@@ -90,11 +70,43 @@ max_steps = max(int(os.environ.get("MIN_STEPS", "100")), int(min(rates.values())
 json.dump({"rates_steps_per_s_4_arms_sharing": rates, "max_steps": max_steps, "train_seconds": train_seconds}, open("runs/plan.json", "w"), indent=1)
 print(json.dumps(json.load(open("runs/plan.json"))))
 PY
-    steps=$(python3 -c "import json; print(json.load(open('runs/plan.json'))['max_steps'])")
-    echo "[$(left) s left] training the arms to $steps steps"
+}
+
+if [ "$stage" = prepare ]; then
+    [ -n "$SMOKE" ] || python3 -c "from dd3g.rendering import render; from training import synthetic; from dd3g.cameras import ViewLayout
+g = synthetic.batch_objects([0], 64).to('cuda'); render(g, ViewLayout().cameras(32, 32)); print('gsplat ready')"
+    echo "[$(left) s left] corpora"
+    # Object generation is CPU work (~12 items/s a process in the first run): 3 processes for each large corpus
+    # (shards split by number), 2 threads each, so 8 builds share the 16 cores instead of oversubscribing them.
+    for spec in "corpus $N_CORPUS c-corpus 3" "train $N_TRAIN c-train 3" "test $N_TEST c-test 1" "heldout $N_HELDOUT c-heldout 1"; do
+        set -- $spec
+        for k in $(seq 0 $(( $4 - 1 ))); do
+            OMP_NUM_THREADS=2 python3 training/build_corpus.py --source procedural --split $1 --num-images $2 --size $SIZE \
+                --out runs/$3 --process-index $k --num-processes $4 --time-limit $(( $(left) - 300 )) --no-progress > runs/$3-$k.log 2>&1 &
+        done
+    done
+    wait; tail -qn1 runs/c-*.log
+    echo "[$(left) s left] quadruples"
+    # bf16 and a time box: the tiny teacher's 30-step CFG ODE ran at ~8 quadruples/s in fp32 beside two other builds.
+    sim="python3 training/simulate.py --teacher $TEACHER --elevation-from-origin --batch-size 128 --shard-size 256 --no-progress
+        --dtype bfloat16 --time-limit $(( $(left) - 120 )) $SIM_EXTRA"
+    for pair in "corpus q-corpus" "test q-test" "heldout q-heldout"; do set -- $pair
+        $sim --corpus runs/c-$1 --out runs/$2 > runs/$2.log 2>&1 &
+    done
+    for pair in "train gt-train" "test gt-test" "heldout gt-heldout"; do set -- $pair
+        $sim --ground-truth --corpus runs/c-$1 --out runs/$2 > runs/$2.log 2>&1 &
+    done
+    wait; for f in runs/q-*.log runs/gt-*.log; do echo "$f: $(tr '\r' '\n' < $f | grep -E "wrote|complete" | tr '\n' ' ')"; done
+    if [ "$(left)" -gt 240 ]; then
+        plan; steps=$(python3 -c "import json; print(json.load(open('runs/plan.json'))['max_steps'])")
+        echo "[$(left) s left] training the arms to $steps steps"
+        train_arms "$steps" $(( $(left) - 75 ))
+    fi
+elif [ "$stage" = train ]; then
+    plan; steps=$(python3 -c "import json; print(json.load(open('runs/plan.json'))['max_steps'])")
     train_arms "$steps" $(( $(left) - 75 ))
 else
-    steps=$(python3 -c "import json; print(json.load(open('runs/plan.json'))['max_steps'])")
+    plan; steps=$(python3 -c "import json; print(json.load(open('runs/plan.json'))['max_steps'])")
     train_arms "$steps" $(( $(left) - ${EVAL_SECONDS:-270} ))
     echo "[$(left) s left] evaluation"
     pipes=""; for arm in $ARMS; do pipes="$pipes --pipeline $arm=runs/d-$arm/pipeline"; done
