@@ -24,6 +24,17 @@ if [ -n "$SMOKE" ]; then
 fi
 N_CORPUS=${N_CORPUS:-1024} N_TRAIN=${N_TRAIN:-1024} N_TEST=${N_TEST:-48} N_HELDOUT=${N_HELDOUT:-32} SIZE=${SIZE:-128}
 left() { echo $(( budget - ($(date +%s) - start) )); }
+box() { local t=$(( $(left) - $1 )); [ "$t" -lt 60 ] && t=60; echo "$t"; }  # a time box: what is left less $1, >= 60 s
+pack() {  # on every exit, failures included: bring back what exists, so nothing done is lost
+    # The main and baseline students (fp16 shards; the frozen tokenizer is hub/efficientnet-lite0), logs, the
+    # plan, sample grids and evaluation results.
+    tar --exclude image_encoder -cf - runs/d-main/pipeline runs/d-baseline-3d/pipeline 2>/dev/null \
+        | split -b 15m - "$OUT/students.tar.part-" || true
+    tar -czf "$OUT/results.tgz" runs/plan.json runs/eval runs/d-*/log.jsonl runs/d-*/samples runs/*.log runs/c-test/README.md \
+        runs/q-corpus/README.md 2>/dev/null || true
+    ls -la "$OUT"; echo "$stage took $(( $(date +%s) - start )) s"
+}
+trap pack EXIT
 python3 -c "import gsplat, diffusers, datasets" 2>/dev/null || \
     python3 -m pip install -q --no-index --find-links .wheels gsplat plyfile diffusers datasets trimesh
 [ -n "$SMOKE" ] || nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
@@ -82,14 +93,14 @@ g = synthetic.batch_objects([0], 64).to('cuda'); render(g, ViewLayout().cameras(
         set -- $spec
         for k in $(seq 0 $(( $4 - 1 ))); do
             OMP_NUM_THREADS=2 python3 training/build_corpus.py --source procedural --split $1 --num-images $2 --size $SIZE \
-                --out runs/$3 --process-index $k --num-processes $4 --time-limit $(( $(left) - 300 )) --no-progress > runs/$3-$k.log 2>&1 &
+                --out runs/$3 --process-index $k --num-processes $4 --time-limit $(box 300) --no-progress > runs/$3-$k.log 2>&1 &
         done
     done
     wait; tail -qn1 runs/c-*.log
     echo "[$(left) s left] quadruples"
     # bf16 and a time box: the tiny teacher's 30-step CFG ODE ran at ~8 quadruples/s in fp32 beside two other builds.
     sim="python3 training/simulate.py --teacher $TEACHER --elevation-from-origin --batch-size 128 --shard-size 256 --no-progress
-        --dtype bfloat16 --time-limit $(( $(left) - 120 )) $SIM_EXTRA"
+        --dtype bfloat16 --time-limit $(box 120) $SIM_EXTRA"
     for pair in "corpus q-corpus" "test q-test" "heldout q-heldout"; do set -- $pair
         $sim --corpus runs/c-$1 --out runs/$2 > runs/$2.log 2>&1 &
     done
@@ -100,14 +111,14 @@ g = synthetic.batch_objects([0], 64).to('cuda'); render(g, ViewLayout().cameras(
     if [ "$(left)" -gt 240 ]; then
         plan; steps=$(python3 -c "import json; print(json.load(open('runs/plan.json'))['max_steps'])")
         echo "[$(left) s left] training the arms to $steps steps"
-        train_arms "$steps" $(( $(left) - 75 ))
+        train_arms "$steps" $(box 75)
     fi
 elif [ "$stage" = train ]; then
     plan; steps=$(python3 -c "import json; print(json.load(open('runs/plan.json'))['max_steps'])")
-    train_arms "$steps" $(( $(left) - 75 ))
+    train_arms "$steps" $(box 75)
 else
     plan; steps=$(python3 -c "import json; print(json.load(open('runs/plan.json'))['max_steps'])")
-    train_arms "$steps" $(( $(left) - ${EVAL_SECONDS:-270} ))
+    train_arms "$steps" $(box ${EVAL_SECONDS:-270})
     echo "[$(left) s left] evaluation"
     pipes=""; for arm in $ARMS; do pipes="$pipes --pipeline $arm=runs/d-$arm/pipeline"; done
     pipes="$pipes $EVAL_EXTRA"
@@ -120,11 +131,3 @@ else
     wait; tail -n 12 runs/eval/distill.log; tail -n 40 runs/eval/teacher.log
 fi
 
-if true; then  # every call brings back what exists, so a later failure loses nothing
-    # Back through $OUT: the main and baseline students (fp16 shards; the frozen tokenizer is hub/efficientnet-lite0),
-    # logs, plans, sample grids and evaluation results.
-    tar --exclude image_encoder -cf - runs/d-main/pipeline runs/d-baseline-3d/pipeline 2>/dev/null | split -b 15m - "$OUT/students.tar.part-" || true
-    tar -czf "$OUT/results.tgz" runs/plan.json runs/eval runs/d-*/log.jsonl runs/d-*/samples runs/*.log runs/c-test/README.md \
-        runs/q-corpus/README.md 2>/dev/null || true
-fi
-ls -la "$OUT"; echo "$stage took $(( $(date +%s) - start )) s"
