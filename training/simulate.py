@@ -15,8 +15,10 @@ procedural corpus row's recorded elevation is used instead, so the cameras are t
 
 --ground-truth (procedural corpora only): OI are the object's true renders at C instead of the teacher's
 samples, from the row's recorded object seed, yaw and elevation: the data of the 3D-only baseline
-(training/train_3d_baseline.py) and of student-vs-ground-truth evaluation. N is still stored (seed and hash). Cameras C: the teacher's layout, the 4
-output views at azimuth 0/90/180/270 then the input view (azimuth 0) as the 5th frame, all at that elevation.
+(training/train_3d_baseline.py) and of student-vs-ground-truth evaluation. N is still stored (seed and hash).
+
+Cameras C: the teacher's layout, the 4 output views at azimuth 0/90/180/270 then the input view (azimuth 0)
+as the 5th frame, all at that elevation.
 
 Dataset (`datasets`, parquet shards under OUT/data/, see training/data.py), one row per quadruple:
   index           int64   q
@@ -154,6 +156,8 @@ class Simulator:
         layout = teacher.layout
         self.azimuths = [float(a) for a in layout.azimuths(0.0)] + [0.0]
         self.radius, self.fov = float(layout.radius), float(layout.fov_deg)
+        # --ground-truth rebuilds the corpus's objects at the size it rendered them.
+        self.corpus_gaussians = int((data.read_manifest(args.corpus) or {}).get("num_gaussians", 8192))
 
     def __call__(self, indices: List[int]) -> list:
         s = self.args.seeds_per_image
@@ -278,7 +282,6 @@ def main(argv=None) -> data.BuildReport:
     if args.ground_truth:
         teacher_id = "ground-truth"
     simulator = Simulator(teacher, corpus, args, teacher_id)
-    simulator.corpus_gaussians = int((data.read_manifest(args.corpus) or {}).get("num_gaussians", 8192))
     out = Path(args.out)
     manifest = {
         "kind": "dd3g-quadruples", "total": total, "shard_size": args.shard_size, "batch_size": args.batch_size,
