@@ -56,7 +56,10 @@ train_arms() {  # max steps, time limit: all arms side by side
         python3 $(arm_command $arm "$1" "$2") > "runs/d-$arm.log" 2>&1 &
     done
     wait
-    for arm in $ARMS; do echo "== $arm"; tr '\r' '\n' < "runs/d-$arm.log" | grep -v "^\s*$" | tail -3; tail -1 "runs/d-$arm/log.jsonl"; done
+    for arm in $ARMS; do
+        echo "== $arm"; tr "\r" "\n" < "runs/d-$arm.log" | grep -v "^\s*$" | tail -3 || true
+        tail -1 "runs/d-$arm/log.jsonl" 2>/dev/null || echo "(no log line yet)"
+    done
 }
 
 plan() {  # the speed probe and runs/plan.json, once
