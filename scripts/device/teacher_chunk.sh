@@ -4,7 +4,8 @@
 #                                                # (eager, while gsplat compiles), profiles 10 steps, trains
 #   bash scripts/device/teacher_chunk.sh next    # resumes runs/mvdm-tiny-s2 and trains on
 # Each chunk exports the EMA teacher and returns it through $OUT as teacher.tar.part-* (join with cat, untar).
-# Needs .wheels (scripts: ../shared/scripts/gpu-wheels.sh) carried. Continues hub/mvdm-tiny (EMA at step 1,498).
+# Needs .wheels (scripts: ../shared/scripts/gpu-wheels.sh) carried. Continues hub/mvdm-tiny (EMA at step
+# INIT_STEP, default 6,239); TEACHER_EXTRA passes more flags (e.g. "--high-noise-fraction 0.5").
 set -eo pipefail
 mode=${1:-next}
 start=$(date +%s)
@@ -22,16 +23,16 @@ g = synthetic.batch_objects([0], 64).to('cuda'); render(g, ViewLayout().cameras(
     timeout 240 python3 benchmarks/simulate_throughput.py --teacher imagedream --device cuda --batches 8,32 \
         --json "$OUT/imagedream_eager.json" 2>&1 | grep -v Warning || echo "imagedream throughput did not finish"
     wait $warm; cat runs/gsplat-warm.log | tail -2
-    init="--init-from hub/mvdm-tiny --init-step 1498 --profile-steps 10"
+    init="--init-from hub/mvdm-tiny --init-step ${INIT_STEP:-6239} --profile-steps 10"
 else
-    init="--init-from hub/mvdm-tiny --init-step 1498"
+    init="--init-from hub/mvdm-tiny --init-step ${INIT_STEP:-6239}"
 fi
 now=$(date +%s)
 limit=$(( budget - (now - start) - 75 ))   # leave time for the pool build (~20 s) and the export
 echo "training for ${limit} s"
 python3 training/train_teacher.py --output-dir runs/mvdm-tiny-s2 --resume latest $init \
     --max-steps 12000 --warmup-steps 200 --batch-size 64 --pool-size 2048 --checkpoint-every 500 \
-    --sample-every 1000 --log-every 50 --time-limit "$limit" --export runs/teacher-export 2>&1 \
+    --sample-every 1000 --log-every 50 --time-limit "$limit" --export runs/teacher-export $TEACHER_EXTRA 2>&1 \
     | tr "\r" "\n" | tee "$OUT/train_${mode}.log" | tail -60
 tail -3 runs/mvdm-tiny-s2/log.jsonl
 cp runs/mvdm-tiny-s2/log.jsonl "$OUT/log.jsonl"
