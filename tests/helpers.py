@@ -38,6 +38,18 @@ def randomize_zero_layers(model: torch.nn.Module, std: float = 0.02) -> None:
                 param.normal_(std=std)
 
 
+def toy_teacher_pipeline(seed: int = 0, tokenizer_size: int = 224):
+    """A TinyMVDMPipeline with a toy UNet (16 px frames) and the real frozen tokenizer at `tokenizer_size`."""
+    from dd3g.models.mv_unet import MultiViewUNet
+    from dd3g.teachers.tiny import TinyMVDMPipeline, training_scheduler
+
+    torch.manual_seed(seed)
+    unet = MultiViewUNet(**TOY_UNET)
+    randomize_zero_layers(unet)
+    tokenizer = EfficientNetLite0Tokenizer.from_imagenet(image_size=tokenizer_size)
+    return TinyMVDMPipeline(unet.eval(), tokenizer, training_scheduler())
+
+
 def toy_pipeline(seed: int = 0) -> DD3GPipeline:
     scheduler = DDIMScheduler(num_train_timesteps=1000, prediction_type="v_prediction", timestep_spacing="trailing", clip_sample=False)
     return DD3GPipeline(

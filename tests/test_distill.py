@@ -6,21 +6,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from dd3g.models.image_tokenizer import EfficientNetLite0Tokenizer
-from dd3g.models.mv_unet import MultiViewUNet
 from dd3g.pipeline import DD3GPipeline
-from dd3g.teachers.tiny import TinyMVDMPipeline, training_scheduler
-from tests.helpers import TOY_UNET, randomize_zero_layers, rgba_image
+from tests.helpers import rgba_image, toy_teacher_pipeline
 from training import build_corpus, distill, simulate
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("distill")
-    torch.manual_seed(0)
-    unet = MultiViewUNet(**TOY_UNET)
-    randomize_zero_layers(unet)
-    TinyMVDMPipeline(unet.eval(), EfficientNetLite0Tokenizer.from_imagenet(image_size=64), training_scheduler()).save_pretrained(root / "teacher")
+    toy_teacher_pipeline(tokenizer_size=64).save_pretrained(root / "teacher")
     build_corpus.main(["--source", "procedural", "--num-images", "2", "--size", "32", "--num-gaussians", "256", "--out", str(root / "corpus"), "--no-progress"])
     simulate.main(["--teacher", str(root / "teacher"), "--corpus", str(root / "corpus"), "--out", str(root / "quadruples"),
                    "--seeds-per-image", "2", "--steps", "2", "--batch-size", "2", "--no-progress"])

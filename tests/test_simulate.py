@@ -7,12 +7,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from dd3g.models.image_tokenizer import EfficientNetLite0Tokenizer
-from dd3g.models.mv_unet import MultiViewUNet
 from dd3g.randomness import noise_from_seeds, noise_sha256
-from dd3g.teachers.tiny import TinyMVDMPipeline, TinyTeacher, training_scheduler
+from dd3g.teachers.tiny import TinyTeacher
 from training import build_corpus, data, simulate
-from tests.helpers import TOY_UNET, randomize_zero_layers
+from tests.helpers import toy_teacher_pipeline
 
 # 3 corpus images x 2 seeds = 6 quadruples; batches of 2 inside shards of 4 (shards 0-3 and 4-5).
 SETTINGS = ["--seeds-per-image", "2", "--steps", "2", "--guidance-scale", "2.0", "--batch-size", "2", "--shard-size", "4", "--no-progress"]
@@ -21,11 +19,7 @@ SETTINGS = ["--seeds-per-image", "2", "--steps", "2", "--guidance-scale", "2.0",
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("simulate")
-    torch.manual_seed(0)
-    unet = MultiViewUNet(**TOY_UNET)
-    randomize_zero_layers(unet)
-    tokenizer = EfficientNetLite0Tokenizer.from_imagenet(image_size=64)
-    TinyMVDMPipeline(unet.eval(), tokenizer, training_scheduler()).save_pretrained(root / "teacher")
+    toy_teacher_pipeline(tokenizer_size=64).save_pretrained(root / "teacher")
     build_corpus.main(["--source", "procedural", "--num-images", "3", "--size", "32", "--num-gaussians", "256",
                        "--out", str(root / "corpus"), "--no-progress"])
     return root
