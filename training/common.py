@@ -180,16 +180,29 @@ def image_grid(rows: list[torch.Tensor], path: Path, background=(1.0, 1.0, 1.0))
 
 
 class StepProfiler:
-    """torch.profiler over `steps` steps after 2 warm-up steps; prints the named phases and the top kernels."""
+    """torch.profiler over `steps` training steps after `warmup` steps; prints the named phases and the top
+    kernels once, then does nothing. steps = 0: never profiles (phases are no-ops)."""
 
     def __init__(self, steps: int, device, warmup: int = 2):
-        self.device, self.warmup, self.remaining, self.prof = device, warmup, steps, None
-        self.remaining_total = steps
+        self.steps, self.device, self.warmup, self.remaining = steps, device, warmup, steps
+        self.prof = None
 
-    def step(self) -> bool:
-        """Call after each step; True once the profile is done (and printed)."""
+    @property
+    def done(self) -> bool:
+        return self.remaining <= 0
+
+    def phase(self, name: str):
+        """A named range in the profile (a no-op when not profiling)."""
+        from contextlib import nullcontext
+
+        return nullcontext() if self.done else torch.profiler.record_function(name)
+
+    def step(self) -> None:
+        """Call after each training step."""
         from torch.profiler import ProfilerActivity, profile
 
+        if self.done:
+            return
         if self.warmup > 0:
             self.warmup -= 1
             if self.warmup == 0:
@@ -197,21 +210,13 @@ class StepProfiler:
                 self.prof = profile(activities=activities)
                 self.prof.__enter__()
                 self.start = time.time()
-            return False
+            return
         self.remaining -= 1
-        if self.remaining > 0:
-            return False
+        if not self.done:
+            return
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         self.prof.__exit__(None, None, None)
         sort = "cuda_time_total" if self.device.type == "cuda" else "cpu_time_total"
         print(self.prof.key_averages().table(sort_by=sort, row_limit=30), flush=True)
-        print(f"{self.remaining_total} profiled steps took {time.time() - self.start:.3f} s", flush=True)
-        return True
-
-
-def phase(profiler, name: str):
-    """A named range in the profile (a no-op when not profiling)."""
-    from contextlib import nullcontext
-
-    return torch.profiler.record_function(name) if profiler is not None else nullcontext()
+        print(f"{self.steps} profiled steps took {time.time() - self.start:.3f} s", flush=True)

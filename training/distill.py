@@ -36,7 +36,7 @@ from dd3g.randomness import generator, noise_from_seeds, noise_sha256, sample_se
 from dd3g.rendering import render  # noqa: E402
 from dd3g.teachers.tiny import TinyTeacher  # noqa: E402
 from training.common import (  # noqa: E402
-    JsonlLog, StepProfiler, image_grid, make_accelerator, optimization_step, phase, resolve_resume, restore_checkpoint,
+    JsonlLog, StepProfiler, image_grid, make_accelerator, optimization_step, resolve_resume, restore_checkpoint,
     save_checkpoint, warmup_cosine,
 )
 
@@ -255,18 +255,17 @@ def main(argv=None):
     global_batch = args.batch_size * accelerator.num_processes
     start_time = time.time()
     progress = tqdm(total=stop_at, initial=step, desc="distill", disable=not accelerator.is_local_main_process)
-    profiler = StepProfiler(args.profile_steps, device) if args.profile_steps and accelerator.is_main_process else None
+    profiler = StepProfiler(args.profile_steps if accelerator.is_main_process else 0, device)
     while step < stop_at:
         first = step * global_batch + accelerator.process_index * args.batch_size
         indices = list(range(first, first + args.batch_size))
-        with phase(profiler, "load_batch"):
+        with profiler.phase("load_batch"):
             batch = data.batch(indices)
-        with phase(profiler, "forward_losses"), accelerator.autocast():
+        with profiler.phase("forward_losses"), accelerator.autocast():
             losses, gaussians, renders = distillation_step(student, teacher, tokenizer, batch, args, step, indices, lpips_model)
-        with phase(profiler, "backward_step_ema"):
+        with profiler.phase("backward_step_ema"):
             grad_norm = optimization_step(accelerator, student, optimizer, lr_schedule, ema, losses["total"])
-        if profiler is not None and profiler.step():
-            profiler = None
+        profiler.step()
         step += 1
         progress.update(1)
         if step % args.log_every == 0 or step == stop_at:

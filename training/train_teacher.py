@@ -39,7 +39,7 @@ from dd3g.rendering import render  # noqa: E402
 from dd3g.teachers.tiny import TinyMVDMPipeline, TinyTeacher, training_scheduler  # noqa: E402
 from training import synthetic  # noqa: E402
 from training.common import (  # noqa: E402
-    JsonlLog, StepProfiler, image_grid, make_accelerator, optimization_step, phase, resolve_resume, restore_checkpoint,
+    JsonlLog, StepProfiler, image_grid, make_accelerator, optimization_step, resolve_resume, restore_checkpoint,
     save_checkpoint, warmup_cosine,
 )
 
@@ -263,17 +263,16 @@ def main(argv=None):
     global_batch = args.batch_size * accelerator.num_processes
     start_time = time.time()
     progress = tqdm(total=stop_at, initial=step, desc="teacher", disable=not accelerator.is_local_main_process)
-    profiler = StepProfiler(args.profile_steps, device) if args.profile_steps and accelerator.is_main_process else None
+    profiler = StepProfiler(args.profile_steps if accelerator.is_main_process else 0, device)
     while step < stop_at:
         first = step * global_batch + accelerator.process_index * args.batch_size
-        with phase(profiler, "sample_batch"):
+        with profiler.phase("sample_batch"):
             batch = sample_batch(args, pool, layout, range(first, first + args.batch_size), args.seed, size, device)
-        with phase(profiler, "forward"), accelerator.autocast():
+        with profiler.phase("forward"), accelerator.autocast():
             loss = training_loss(unet, tokenizer, scheduler, batch)
-        with phase(profiler, "backward_step_ema"):
+        with profiler.phase("backward_step_ema"):
             grad_norm = optimization_step(accelerator, unet, optimizer, lr_schedule, ema, loss)
-        if profiler is not None and profiler.step():
-            profiler = None
+        profiler.step()
         step += 1
         progress.update(1)
         if step % args.log_every == 0 or step == stop_at:
