@@ -169,3 +169,17 @@ def test_an_unfinished_quadruple_build_is_refused_unless_allowed(world, tmp_path
         distill.main([*common, "--output-dir", str(tmp_path / "refused")])
     assert distill.main([*common, "--output-dir", str(tmp_path / "allowed"), "--allow-incomplete"]) == 1
     assert "training on its 2 finished quadruples of 4" in capsys.readouterr().err
+
+
+def test_quadruple_noise_is_checked_against_its_hash_once_per_row(world, monkeypatch):
+    data = distill.QuadrupleBatches(str(world / "quadruples"), (4, 4, 16, 16))
+    calls = []
+    real_hash = distill.noise_sha256
+    monkeypatch.setattr(distill, "noise_sha256", lambda n: calls.append(1) or real_hash(n))
+    data.batch([0, 1])
+    data.batch([0, 1])  # the same rows again (a later epoch): not re-hashed
+    assert len(calls) == 2
+    fresh = distill.QuadrupleBatches(str(world / "quadruples"), (4, 4, 16, 16))
+    monkeypatch.setattr(distill, "noise_sha256", lambda n: "0" * 64)  # a noise that no longer matches its row
+    with pytest.raises(SystemExit, match="does not match its stored hash"):
+        fresh.batch([0])

@@ -116,6 +116,7 @@ class QuadrupleBatches:
             done = sum(len(r) for r in completed_rows(folder))
             print(f"warning: {folder} is incomplete: training on its {done} finished quadruples of {total}", file=sys.stderr)
         self.noise_shape, self.verify_hashes = noise_shape, verify_hashes
+        self.verified_seeds = set()  # each row's N is checked against its hash once, not every epoch
         if len(self.rows) == 0:
             raise SystemExit(f"no quadruples in {folder}")
 
@@ -125,8 +126,11 @@ class QuadrupleBatches:
         noise = noise_from_seeds(self.noise_shape, seeds)  # the teacher's own N, re-drawn from its seed
         if self.verify_hashes:
             for n, r in zip(noise, rows):
+                if int(r["seed"]) in self.verified_seeds:
+                    continue
                 if noise_sha256(n) != r["noise_sha256"]:
                     raise SystemExit(f"quadruple seed {r['seed']}: re-drawn noise does not match its stored hash")
+                self.verified_seeds.add(int(r["seed"]))
         return {
             "image": torch.stack([decode_png(r["image"]) for r in rows]),  # [B, 4, S, S]
             "views": torch.stack([torch.stack([decode_png(v) for v in r["views"]]) for r in rows]),  # [B, V, 4, s, s]
