@@ -7,7 +7,7 @@ the input frame, through the real `MultiViewTeacher.simulate` (conditioning, sam
 `imagedream` writes a randomly initialised checkpoint of the published sizes (SD-2.1 UNet with ImageDream's
 image-prompt adapter, SD VAE, OpenCLIP ViT-H towers, a toy tokenizer) to a temporary folder and loads it
 through `ImageDreamTeacher.from_pretrained`, so the timed path is the one real weights take. `--compile`
-wraps the UNet in torch.compile (max-autotune-no-cudagraphs: shapes repeat but CFG batches differ).
+wraps the UNet in torch.compile (default mode; `--compile max-autotune-no-cudagraphs` tunes kernels for minutes).
 Goal for the ImageDream-size UNet on an H100: >= 8 quadruples/s.
 """
 
@@ -70,7 +70,8 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--guidance-scale", type=float, default=None, help="default: the teacher's (tiny 3, ImageDream 5)")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--compile", action="store_true")
+    p.add_argument("--compile", nargs="?", const="default", default=None, metavar="MODE",
+                   help="torch.compile the UNet (mode: default, or e.g. max-autotune-no-cudagraphs, which tunes for minutes)")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
@@ -79,13 +80,13 @@ def main(argv=None):
         teacher = build_teacher(args.teacher, device, dtype, Path(tmp))
         if args.compile:
             unet = teacher.unet
-            unet.forward = torch.compile(unet.forward, mode="max-autotune-no-cudagraphs")
+            unet.forward = torch.compile(unet.forward, mode=args.compile)
         guidance = teacher.default_guidance_scale if args.guidance_scale is None else args.guidance_scale
         rows = []
         for batch in (int(b) for b in args.batches.split(",")):
             with torch.inference_mode():
                 row = measure(teacher, batch, args.steps, guidance, args.repeats, device)
-            row.update(teacher=args.teacher, dtype=args.dtype, compiled=args.compile, device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu")
+            row.update(teacher=args.teacher, dtype=args.dtype, compiled=args.compile or False, device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu")
             rows.append(row)
             print(json.dumps(row), flush=True)
     if args.json:

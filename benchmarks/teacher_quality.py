@@ -25,6 +25,7 @@ from dd3g.fitting import leave_one_out_psnr  # noqa: E402
 from dd3g.metrics import psnr, ssim  # noqa: E402
 from dd3g.preprocess import composite_on  # noqa: E402
 from dd3g.rendering import render  # noqa: E402
+from dd3g.teachers.base import camera_sensitivity  # noqa: E402
 from dd3g.teachers.tiny import TinyTeacher  # noqa: E402
 from training import synthetic  # noqa: E402
 from training.common import image_grid  # noqa: E402
@@ -81,31 +82,6 @@ def evaluate_split(teacher, split: str, count: int, args, device, out_dir: Path)
 
 
 @torch.no_grad()
-def camera_sensitivity(teacher, inputs, truth, elevation, timestep: int = 999, seed: int = 0) -> float:
-    """Does the teacher read its cameras? Its one-step x0 prediction with the output cameras as rendered vs
-    turned by 90 degrees: mean change / the mean difference between neighbouring true views. At the default
-    t = 999 the noised frames carry no trace of the views, so only the input and the cameras can tell the views
-    apart: a camera-blind model scores ~0, a camera-aware one a large fraction of 1 (its prediction from pure
-    noise is a blurred expectation, so somewhat under 1)."""
-    b = truth.shape[0]
-    x0 = teacher.encode(truth.flatten(0, 1)).unflatten(0, truth.shape[:2])  # [B, V, C, h, w]
-    alpha_bar = teacher.sampling_scheduler(1).alphas_cumprod[timestep].to(x0.device)
-    eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed)).to(x0.device)
-    x_t = alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * eps
-    cond = teacher.condition(inputs)
-    timesteps = torch.zeros(b, x0.shape[1] + 1, device=x0.device)
-    timesteps[:, :-1] = timestep
-    frames = torch.cat([x_t, cond.input_frame[:, None]], dim=1)
-    predictions = []
-    for offset in (0.0, 90.0):
-        output = teacher.denoise(frames, timesteps, teacher.cameras(b, elevation, offset), cond.context)[:, :-1]
-        eps_hat = teacher.to_epsilon(output, x_t, torch.full((b,), timestep, device=x0.device), teacher.sampling_scheduler(1))
-        predictions.append((x_t - (1 - alpha_bar).sqrt() * eps_hat) / alpha_bar.sqrt())
-    moved = (predictions[1] - predictions[0]).abs().mean()
-    expected = (x0.roll(-1, dims=1) - x0).abs().mean()
-    return float(moved / expected.clamp_min(1e-8))
-
-
 def determinism(teacher, device, steps: int) -> dict:
     images = torch.rand(3, 4, 64, 64, generator=torch.Generator().manual_seed(0)).to(device)
     a = teacher.simulate(images, seeds=[1, 2, 3], num_steps=steps).views

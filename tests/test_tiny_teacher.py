@@ -72,7 +72,7 @@ def test_save_load(teacher, images, tmp_path):
 
 
 def test_camera_sensitivity_tells_a_camera_blind_teacher(teacher):
-    """benchmarks/teacher_quality.camera_sensitivity: ~0 when the UNet cannot see the rays, clearly > 0 when it can."""
+    """dd3g.teachers.base.camera_sensitivity: ~0 when the UNet cannot see the rays, clearly > 0 when it can."""
     import copy
     import sys
     from pathlib import Path
@@ -80,8 +80,7 @@ def test_camera_sensitivity_tells_a_camera_blind_teacher(teacher):
     from dd3g.rendering import render
     from training import synthetic
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    from teacher_quality import camera_sensitivity
+    from dd3g.teachers.base import camera_sensitivity
 
     objects = synthetic.batch_objects([synthetic.split_seed("val", i) for i in range(2)], 256)
     elevation = torch.zeros(2)
@@ -93,3 +92,31 @@ def test_camera_sensitivity_tells_a_camera_blind_teacher(teacher):
         blind.unet.conv_in.weight[:, teacher.unet.config.in_channels:] = 0  # the Plücker-ray inputs cut off
     assert camera_sensitivity(blind, inputs, truth, elevation) < 1e-6
     assert seeing > 0.01
+
+
+def test_high_noise_expert_takes_the_top_timesteps_and_round_trips(tmp_path):
+    """With an expert, rows at t >= high_noise_start go to it and the others to the main UNet; it saves and loads."""
+    from dd3g.teachers.tiny import TinyMVDMPipeline
+
+    base, other = toy_teacher_pipeline(seed=0, tokenizer_size=64), toy_teacher_pipeline(seed=1, tokenizer_size=64)
+    both = TinyMVDMPipeline(base.unet, base.image_encoder, base.scheduler, high_noise_unet=other.unet, high_noise_start=995)
+    both.save_pretrained(tmp_path / "t", safe_serialization=True)
+    loaded = TinyTeacher.from_pretrained(tmp_path / "t")
+    assert loaded.pipe.config.high_noise_start == 995 and loaded.pipe.high_noise_unet is not None
+    teacher, alone, expert = TinyTeacher(both), TinyTeacher(base), TinyTeacher(other)
+    cond = teacher.condition(torch.rand(3, 4, 32, 32, generator=torch.Generator().manual_seed(0)))
+    frames = torch.cat([torch.randn(3, 4, 4, 16, 16, generator=torch.Generator().manual_seed(1)), cond.input_frame[:, None]], dim=1)
+    timesteps = torch.zeros(3, 5)
+    timesteps[:, :4] = torch.tensor([999.0, 500.0, 995.0])[:, None]
+    cameras = teacher.cameras(3, torch.zeros(3), 0.0)
+    mixed = teacher.denoise(frames, timesteps, cameras, cond.context)
+    low = alone.denoise(frames, timesteps, cameras, cond.context)
+    high = expert.denoise(frames, timesteps, cameras, cond.context)
+    assert torch.allclose(mixed[1], low[1], atol=1e-5) and torch.allclose(mixed[[0, 2]], high[[0, 2]], atol=1e-5)
+    assert not torch.allclose(low[0], high[0], atol=1e-3)
+    assert torch.allclose(loaded.denoise(frames, timesteps, cameras, cond.context), mixed, atol=1e-5)
+    # Without an expert the folder has no high_noise_unet and the main UNet takes every timestep.
+    base.save_pretrained(tmp_path / "plain", safe_serialization=True)
+    plain = TinyTeacher.from_pretrained(tmp_path / "plain")
+    assert plain.pipe.high_noise_unet is None
+    assert torch.allclose(plain.denoise(frames, timesteps, cameras, cond.context), low, atol=1e-5)

@@ -87,3 +87,26 @@ def test_high_noise_fraction_moves_that_share_of_timesteps_to_the_top_of_the_ran
     args.high_noise_fraction = 0.5
     share = (draw() >= 800).float().mean()
     assert 0.45 < share < 0.8  # half moved, plus the uniform draws that were high already
+    args.high_noise_fraction, args.high_noise_start = 1.0, 950
+    assert (draw() >= 950).all()
+
+
+def test_expert_run_trains_only_the_top_timesteps_and_exports_beside_its_base(tmp_path):
+    """--expert-for: the export keeps the base teacher's UNet as is and adds the trained high-noise expert."""
+    _run(tmp_path / "base", "--max-steps", "2", "--export", str(tmp_path / "base-teacher"))
+    args = train_teacher.parse_args(["--tiny-test", "--output-dir", "x", "--expert-for", "b", "--high-noise-start", "995"])
+    assert args.high_noise_fraction == 1.0
+    _run(tmp_path / "expert", "--max-steps", "2", "--expert-for", str(tmp_path / "base-teacher"), "--high-noise-start", "995",
+         "--sample-every", "2", "--export", str(tmp_path / "both"))
+    base, both = TinyTeacher.from_pretrained(tmp_path / "base-teacher"), TinyTeacher.from_pretrained(tmp_path / "both")
+    assert both.pipe.config.high_noise_start == 995
+    assert all(torch.equal(a, b) for a, b in zip(base.unet.state_dict().values(), both.unet.state_dict().values()))
+    trained = load_file(tmp_path / "expert" / "checkpoints" / "step-0000002" / "ema.safetensors")
+    expert = both.pipe.high_noise_unet.state_dict()
+    assert any(not torch.equal(expert[k], base.unet.state_dict()[k]) for k in expert)
+    # The sample grid during training scored the combined teacher, camera sensitivity included.
+    rows = [json.loads(line) for line in (tmp_path / "expert" / "log.jsonl").read_text().splitlines()]
+    assert any("camera_sensitivity_t999" in r for r in rows)
+    # The expert is the run's EMA weights (stored in fp16).
+    for i, param in enumerate(both.pipe.high_noise_unet.parameters()):
+        assert torch.allclose(param, trained[f"shadow.{i}"].float(), atol=1e-3, rtol=1e-3)

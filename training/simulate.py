@@ -295,12 +295,15 @@ def main(argv=None) -> data.BuildReport:
         manifest = data.check_manifest(out, manifest)
     except data.ManifestMismatch as exc:
         raise SystemExit(str(exc)) from exc
+    build_start = time.time()
     report = data.build_shards(
         out, total, args.shard_size, features(), simulator, batch_size=args.batch_size,
         process_index=process_index, num_processes=num_processes, stop_after=args.stop_after,
         progress=not args.no_progress, deadline=None if args.time_limit is None else started + args.time_limit, desc=f"quadruples[{process_index}/{num_processes}]",
     )
-    print(f"process {process_index}/{num_processes}: wrote {report.written_rows} quadruples", flush=True)
+    seconds = time.time() - build_start
+    print(f"process {process_index}/{num_processes}: wrote {report.written_rows} quadruples in {seconds:.1f} s "
+          f"({report.written_rows / max(seconds, 1e-9):.2f}/s)", flush=True)
     if wait is not None:
         wait()
         report.complete = len(data.completed_rows(out)) == len(data.shard_ranges(total, args.shard_size))

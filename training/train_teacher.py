@@ -36,6 +36,7 @@ from dd3g.models.mv_unet import MultiViewUNet  # noqa: E402
 from dd3g.preprocess import composite_on  # noqa: E402
 from dd3g.randomness import generator, sample_seed  # noqa: E402
 from dd3g.rendering import render  # noqa: E402
+from dd3g.teachers.base import camera_sensitivity  # noqa: E402
 from dd3g.teachers.tiny import TinyMVDMPipeline, TinyTeacher, training_scheduler  # noqa: E402
 from training import synthetic  # noqa: E402
 from training.common import (  # noqa: E402
@@ -67,8 +68,14 @@ def parse_args(argv=None):
     p.add_argument("--ema-decay", type=float, default=0.999)
     p.add_argument("--cond-dropout", type=float, default=0.1)
     p.add_argument("--high-noise-fraction", type=float, default=0.0,
-                   help="share of samples whose timestep is drawn from the top 20%% of the noise range, where only "
-                        "the input and the cameras tell the views apart (uniform t alone left the teacher camera-blind)")
+                   help="share of samples whose timestep is drawn from [--high-noise-start, 1000), where only the "
+                        "input and the cameras tell the views apart (uniform t alone left the teacher camera-blind)")
+    p.add_argument("--high-noise-start", type=int, default=800,
+                   help="first timestep of that range; at 64 px with the cosine schedule each view's mean colour "
+                        "still shows through the noise below ~995 (whole-image SNR > 1)")
+    p.add_argument("--expert-for", default=None, metavar="TEACHER",
+                   help="train the high-noise expert for this teacher folder instead: every sample at t >= "
+                        "--high-noise-start; samples and the export use TEACHER's UNet below that")
     p.add_argument("--guidance-scale", type=float, default=3.0, help="stored in the exported pipeline")
     p.add_argument("--pool-size", type=int, default=4096, help="procedural training objects built at the start")
     p.add_argument("--num-gaussians", type=int, default=8192, help="per procedural object")
@@ -87,6 +94,8 @@ def parse_args(argv=None):
     p.add_argument("--init-from", default=None, help="continue from weights alone (a checkpoint's model.safetensors folder "
                    "plus an exported teacher for the EMA), e.g. across machines; fresh optimizer, warm-up again")
     args = p.parse_args(argv)
+    if args.expert_for:
+        args.high_noise_fraction = 1.0
     if args.tiny_test:
         args.unet_preset = None
         args.pool_size = min(args.pool_size, 4)
@@ -123,7 +132,7 @@ def sample_batch(args, pool: Gaussians, layout: ViewLayout, global_indices, step
         offsets.append(float(torch.rand(1, generator=gen)) * 360.0)
         timestep = int(torch.randint(1000, (1,), generator=gen))
         if args.high_noise_fraction > 0 and float(torch.rand(1, generator=gen)) < args.high_noise_fraction:
-            timestep = 800 + timestep % 200
+            timestep = args.high_noise_start + timestep % (1000 - args.high_noise_start)
         timesteps.append(timestep)
         dropped.append(float(torch.rand(1, generator=gen)) < args.cond_dropout)
         noises.append(torch.randn((layout.num_views, 4, size, size), generator=gen))
@@ -192,17 +201,35 @@ def init_step_of(folder: Path, step: Optional[int] = None) -> int:
     return step
 
 
-def export_teacher(unet, ema, tokenizer, args, path: Path, dtype=torch.float16) -> TinyMVDMPipeline:
+def teacher_pipeline(model, tokenizer, args, base_unet=None) -> TinyMVDMPipeline:
+    """`model` as the teacher, or as the high-noise expert beside `base_unet` (--expert-for)."""
+    if base_unet is None:
+        return TinyMVDMPipeline(model, tokenizer, training_scheduler(), guidance_scale=args.guidance_scale)
+    return TinyMVDMPipeline(base_unet, tokenizer, training_scheduler(), high_noise_unet=model,
+                            guidance_scale=args.guidance_scale, high_noise_start=args.high_noise_start)
+
+
+def load_base_unet(args, device) -> Optional[MultiViewUNet]:
+    if not args.expert_for:
+        return None
+    return MultiViewUNet.from_pretrained(Path(args.expert_for) / "unet", use_safetensors=True).float().to(device).eval()
+
+
+def export_teacher(unet, ema, tokenizer, args, path: Path, dtype=torch.float16, base_unet=None) -> TinyMVDMPipeline:
     """The EMA weights as a TinyMVDMPipeline folder (fp16 safetensors, sharded under 15 MiB a file)."""
     export_unet = MultiViewUNet.from_config(unet.config)
     ema.copy_to(export_unet.parameters())
-    pipe = TinyMVDMPipeline(export_unet.to(dtype), tokenizer.to(dtype), training_scheduler(), guidance_scale=args.guidance_scale)
+    base = None if base_unet is None else MultiViewUNet.from_config(base_unet.config)
+    if base is not None:
+        base.load_state_dict(base_unet.state_dict())
+        base = base.to(dtype)
+    pipe = teacher_pipeline(export_unet.to(dtype), tokenizer.to(dtype), args, base)
     pipe.save_pretrained(path, safe_serialization=True, max_shard_size="12MB")
     return pipe
 
 
 @torch.no_grad()
-def sample_grid(unet, ema, tokenizer, args, layout, path: Path, device, num_objects: int = 4):
+def sample_grid(unet, ema, tokenizer, args, layout, path: Path, device, num_objects: int = 4, base_unet=None):
     """Validation objects: input | teacher's 4 views (EMA weights, DDIM) | the true 4 renders."""
     size = unet.config.sample_size if not hasattr(unet, "module") else unet.module.config.sample_size
     model = unet.module if hasattr(unet, "module") else unet
@@ -215,15 +242,17 @@ def sample_grid(unet, ema, tokenizer, args, layout, path: Path, device, num_obje
     ema.store(model.parameters())
     ema.copy_to(model.parameters())
     try:
-        pipe = TinyMVDMPipeline(model, tokenizer, training_scheduler(), guidance_scale=args.guidance_scale)
-        result = TinyTeacher(pipe).simulate(inputs, seeds=list(range(num_objects)), num_steps=args.sample_steps, elevation_deg=elevation)
+        teacher = TinyTeacher(teacher_pipeline(model, tokenizer, args, base_unet))
+        result = teacher.simulate(inputs, seeds=list(range(num_objects)), num_steps=args.sample_steps, elevation_deg=elevation)
+        # The failure uniform timesteps led to: 4 copies of the input view whatever the cameras say.
+        sensitivity = {f"camera_sensitivity_t{t}": camera_sensitivity(teacher, inputs, truth, elevation, timestep=t) for t in (999, 950)}
     finally:
         ema.restore(model.parameters())
     small_inputs = F.interpolate(inputs, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     rows = [torch.cat([small_inputs[i : i + 1], result.views[i].to(device), truth[i]]) for i in range(num_objects)]
     image_grid(rows, path)
     psnr = -10 * torch.log10(F.mse_loss(composite_on(result.views.to(device)), composite_on(truth)).clamp_min(1e-10))
-    return float(psnr)
+    return {"sample_psnr_white": float(psnr), **sensitivity}
 
 
 def main(argv=None):
@@ -258,6 +287,7 @@ def main(argv=None):
     if resume_from is not None:
         step = restore_checkpoint(accelerator, resume_from, ema)
     pool = build_pool(args, device)
+    base_unet = load_base_unet(args, device)
     size = (unet.module if hasattr(unet, "module") else unet).config.sample_size
     stop_at = min(args.max_steps, args.stop_after or args.max_steps)
     global_batch = args.batch_size * accelerator.num_processes
@@ -284,16 +314,16 @@ def main(argv=None):
         out_of_time = args.time_limit is not None and time.time() - start_time > args.time_limit
         if step % args.checkpoint_every == 0 or step == stop_at or out_of_time:
             save_checkpoint(accelerator, output_dir, step, {"args": vars(args)}, ema=ema)
-        if accelerator.is_main_process and (step % args.sample_every == 0 or step == stop_at):
-            psnr = sample_grid(unet, ema, tokenizer, args, layout, output_dir / "samples" / f"step-{step:07d}.png", device)
-            log.write(step=step, sample_psnr_white=psnr)
+        if accelerator.is_main_process and (step % args.sample_every == 0 or step == stop_at or out_of_time):
+            quality = sample_grid(unet, ema, tokenizer, args, layout, output_dir / "samples" / f"step-{step:07d}.png", device, base_unet=base_unet)
+            log.write(step=step, **quality)
         if out_of_time:
             accelerator.print(f"time limit reached at step {step}; resume with --resume latest")
             break
     progress.close()
     accelerator.wait_for_everyone()
     if accelerator.is_main_process and args.export:
-        export_teacher(accelerator.unwrap_model(unet), ema, tokenizer, args, Path(args.export))
+        export_teacher(accelerator.unwrap_model(unet), ema, tokenizer, args, Path(args.export), base_unet=base_unet)
     if accelerator.is_main_process and args.handoff:
         write_handoff(accelerator.unwrap_model(unet), ema, tokenizer, args, Path(args.handoff), step)
     return step

@@ -5,8 +5,14 @@ Frames are the 4 output views (noisy) plus the clean input image as a 5th frame,
 frozen EfficientNet-Lite0 tokens. v-prediction, 1000 training steps; sampled with DDIM (eta = 0, trailing).
 The unconditional branch of classifier-free guidance sees zero tokens and a zero input frame.
 
-Stored as `TinyMVDMPipeline` (save_pretrained layout: unet/, image_encoder/, scheduler/); `TinyTeacher` adapts
-it to the `MultiViewTeacher` interface.
+An optional high-noise expert (eDiff-I's ensemble of expert denoisers, with two members) takes the timesteps
+from `high_noise_start` up. At 64 px with the cosine schedule only t >= ~995 hides every view's mean colour in
+the noise, so only there must the network place the views from the input and the cameras alone; a single UNet
+trained on uniform t learns to read the noise instead and stays camera-blind at the sampler's first step
+(t = 999), which decides the views' layout. The expert is trained on that range alone.
+
+Stored as `TinyMVDMPipeline` (save_pretrained layout: unet/, image_encoder/, scheduler/, optionally
+high_noise_unet/); `TinyTeacher` adapts it to the `MultiViewTeacher` interface.
 """
 
 from __future__ import annotations
@@ -33,18 +39,27 @@ def training_scheduler() -> DDPMScheduler:
 class TinyMVDMPipeline(DiffusionPipeline):
     """Storage and one-call sampling for the tiny teacher: image -> 4 RGBA views."""
 
+    _optional_components = ["high_noise_unet"]
+
     def __init__(
         self,
         unet: MultiViewUNet,
         image_encoder: EfficientNetLite0Tokenizer,
         scheduler: DDPMScheduler,
+        high_noise_unet: Optional[MultiViewUNet] = None,
         radius: float = 2.0,
         fov_deg: float = 40.0,
         guidance_scale: float = 3.0,
+        high_noise_start: int = 1000,
     ):
         super().__init__()
-        self.register_modules(unet=unet, image_encoder=image_encoder, scheduler=scheduler)
-        self.register_to_config(radius=radius, fov_deg=fov_deg, guidance_scale=guidance_scale)
+        if high_noise_unet is not None:
+            shape = lambda u: (u.config.num_frames, u.config.in_channels, u.config.sample_size, u.config.camera_conditioning)  # noqa: E731
+            if shape(high_noise_unet) != shape(unet):
+                raise ValueError(f"high_noise_unet (frames, channels, size, camera conditioning) {shape(high_noise_unet)} "
+                                 f"must match unet's {shape(unet)}")
+        self.register_modules(unet=unet, image_encoder=image_encoder, scheduler=scheduler, high_noise_unet=high_noise_unet)
+        self.register_to_config(radius=radius, fov_deg=fov_deg, guidance_scale=guidance_scale, high_noise_start=high_noise_start)
 
     @torch.no_grad()
     def __call__(self, images: Tensor, seeds: Sequence[int], num_inference_steps: int = 30, guidance_scale: Optional[float] = None, elevation_deg=0.0) -> SimulationResult:
@@ -109,6 +124,20 @@ class TinyTeacher(MultiViewTeacher):
         return ((samples + 1) / 2).clamp(0, 1)
 
     def denoise(self, frames: Tensor, timesteps: Tensor, cameras: Cameras, context: Tensor) -> Tensor:
-        dtype = self.unet.dtype
-        camera = self.unet.camera_condition(cameras).to(dtype)
-        return self.unet(frames.to(dtype), timesteps, camera, context.to(dtype)).sample.float()
+        """frames [B, F, C, h, w], timesteps [B, F] (the output views share one t; the input frame is at 0)."""
+        expert = self.pipe.high_noise_unet
+        high = timesteps.amax(dim=1) >= self.pipe.config.high_noise_start if expert is not None else None  # [B]
+        if high is None or not high.any():
+            return self._run(self.unet, frames, timesteps, cameras, context)
+        if high.all():
+            return self._run(expert, frames, timesteps, cameras, context)
+        out = torch.empty(frames.shape, dtype=torch.float32, device=frames.device)
+        out[high] = self._run(expert, frames[high], timesteps[high], cameras[high], context[high])
+        out[~high] = self._run(self.unet, frames[~high], timesteps[~high], cameras[~high], context[~high])
+        return out
+
+    @staticmethod
+    def _run(unet: MultiViewUNet, frames: Tensor, timesteps: Tensor, cameras: Cameras, context: Tensor) -> Tensor:
+        dtype = unet.dtype
+        camera = unet.camera_condition(cameras).to(dtype)
+        return unet(frames.to(dtype), timesteps, camera, context.to(dtype)).sample.float()

@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
-# Distillation on one lent GPU machine, in back-to-back calls of < 10 minutes (a warm machine keeps runs/):
+# Teacher fine-tuning and distillation on one lent machine of 1+ GPUs, in back-to-back calls of < 10 minutes (a
+# warm machine keeps runs/):
+#   bash scripts/device/distill_session.sh teacher   # corpora, and TEACHER_VARIANTS fine-tunings of hub/mvdm-tiny
+#                                                    # side by side; the camera-aware one becomes runs/teacher
 #   bash scripts/device/distill_session.sh prepare   # corpora and quadruples (time-boxed; rerun to go on),
 #                                                    # then the arms start if time is left
 #   bash scripts/device/distill_session.sh train     # the arms train on (repeat while the budget allows)
@@ -8,19 +11,25 @@
 # The 4 arms share the GPU at equal budget (same --max-steps and batch): main (explicit + implicit verification,
 # the teacher's N), no-verification, fresh-noise, and the 3D-only baseline (ground-truth renders, fresh N).
 # A speed probe (25 steps of each arm, the main one profiled) sets --max-steps so that the slowest arm finishes
-# in TRAIN_SECONDS (default 700) of training. Needs .wheels carried; the teacher is hub/mvdm-tiny.
-# SMOKE=1 TEACHER=<toy teacher> rehearses it all on a CPU.
+# in TRAIN_SECONDS (default 700) of training. Needs .wheels carried; the teacher is runs/teacher when the
+# teacher stage made one, else hub/mvdm-tiny. Jobs spread over the GPUs (CUDA_VISIBLE_DEVICES); with 2+ GPUs the
+# prepare stage also measures 1- vs K-GPU scaling of simulate.py and distill.py under accelerate launch
+# (runs/scaling.json).
+# SMOKE=1 TEACHER_INIT=<toy teacher> INIT_STEP=<its step> rehearses it all on a CPU (or TEACHER=<toy teacher>
+# without the teacher stage).
 set -eo pipefail
 stage=${1:?prepare, train or finish}
 start=$(date +%s)
 budget=${CHUNK_SECONDS:-560}
 export PYTHONPATH=$PWD TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 PYTHONUNBUFFERED=1 TQDM_MININTERVAL=60
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" runs
-TEACHER=${TEACHER:-hub/mvdm-tiny}
+if [ -z "$TEACHER" ]; then TEACHER=hub/mvdm-tiny; [ -f runs/teacher/model_index.json ] && TEACHER=runs/teacher; fi
+echo "teacher: $TEACHER"
 # Sizes; SMOKE=1 shrinks everything for a CPU rehearsal of the orchestration (with TEACHER=a toy teacher).
 if [ -n "$SMOKE" ]; then
     N_CORPUS=8 N_TRAIN=8 N_TEST=4 N_HELDOUT=4 SIZE=32 SIM_EXTRA="--steps 2" DISTILL_EXTRA="--tiny-test" EVAL_EXTRA="--fit-steps 2 --device cpu --batch 4"
     TEACHER_EVAL_EXTRA="--objects 2 --batch 2 --fit-steps 2 --steps 2 --num-gaussians 256 --input-size 32 --device cpu"
+    TEACHER_TRAIN_EXTRA="--tiny-test --stop-after 4 --sample-steps 2" SCALE_IMAGES=2 SCALE_STEPS=10
 fi
 N_CORPUS=${N_CORPUS:-1024} N_TRAIN=${N_TRAIN:-1024} N_TEST=${N_TEST:-48} N_HELDOUT=${N_HELDOUT:-32} SIZE=${SIZE:-128}
 left() { echo $(( budget - ($(date +%s) - start) )); }
@@ -30,7 +39,8 @@ pack() {  # on every exit, failures included: bring back what exists, so nothing
     # plan, sample grids and evaluation results.
     tar --exclude image_encoder -cf - runs/d-main/pipeline runs/d-baseline-3d/pipeline 2>/dev/null \
         | split -b 15m - "$OUT/students.tar.part-" || true
-    tar -czf "$OUT/results.tgz" runs/plan.json runs/eval runs/d-*/log.jsonl runs/d-*/samples runs/*.log runs/c-test/README.md \
+    [ "$stage" = teacher ] && [ -d runs/teacher ] && tar -C runs --exclude image_encoder -cf - teacher | split -b 15m - "$OUT/teacher.tar.part-"
+    tar -czf "$OUT/results.tgz" runs/plan.json runs/scaling.json runs/teacher-choice.json runs/choice runs/t-*/log.jsonl runs/t-*/samples runs/eval runs/d-*/log.jsonl runs/d-*/samples runs/*.log runs/c-test/README.md \
         runs/q-corpus/README.md 2>/dev/null || true
     ls -la "$OUT"; echo "$stage took $(( $(date +%s) - start )) s"
 }
@@ -38,6 +48,13 @@ trap pack EXIT
 python3 -c "import gsplat, diffusers, datasets" 2>/dev/null || \
     python3 -m pip install -q --no-index --find-links .wheels gsplat plyfile diffusers datasets trimesh
 [ -n "$SMOKE" ] || nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+export NGPU=$(python3 -c "import torch; print(max(torch.cuda.device_count(), 1))")
+on_gpu() { local k=$1; shift; CUDA_VISIBLE_DEVICES=$(( k % NGPU )) "$@"; }  # job k on GPU k mod NGPU
+launch() {  # accelerate launch over all GPUs (one process without CUDA)
+    if [ "$NGPU" -gt 1 ] && [ -z "$SMOKE" ]; then
+        python3 -m accelerate.commands.launch --config_file training/accelerate/multi_gpu.yaml --num_processes "$NGPU" "$@"
+    else python3 "$@"; fi
+}
 
 ARMS="main no-verification fresh-noise baseline-3d"
 arm_command() {  # arm, max steps, time limit
@@ -52,8 +69,10 @@ arm_command() {  # arm, max steps, time limit
     esac
 }
 train_arms() {  # max steps, time limit: all arms side by side
+    local k=0
     for arm in $ARMS; do
-        python3 $(arm_command $arm "$1" "$2") > "runs/d-$arm.log" 2>&1 &
+        on_gpu $k python3 $(arm_command $arm "$1" "$2") > "runs/d-$arm.log" 2>&1 &
+        k=$(( k + 1 ))
     done
     wait
     for arm in $ARMS; do
@@ -65,9 +84,11 @@ train_arms() {  # max steps, time limit: all arms side by side
 plan() {  # the speed probe and runs/plan.json, once
     [ -f runs/plan.json ] && return 0
     echo "[$(left) s left] speed probe"
+    local k=0
     for arm in $ARMS; do
         profile=""; if [ $arm = main ]; then profile="--profile-steps 10"; fi
-        python3 $(arm_command $arm 100000 600 | sed "s#runs/d-$arm#runs/probe-$arm#g; s#--log-every 25#--log-every 5#; s#--export [^ ]*##") \
+        k=$(( k + 1 ))
+        on_gpu $(( k - 1 )) python3 $(arm_command $arm 100000 600 | sed "s#runs/d-$arm#runs/probe-$arm#g; s#--log-every 25#--log-every 5#; s#--export [^ ]*##") \
             --stop-after 25 $profile > runs/probe-$arm.log 2>&1 &
     done
     wait
@@ -81,34 +102,149 @@ for arm in "main no-verification fresh-noise baseline-3d".split():
     rates[arm] = 15 / (rows[25] - rows[10])
 train_seconds = float(os.environ.get("TRAIN_SECONDS", "700"))
 max_steps = max(int(os.environ.get("MIN_STEPS", "100")), int(min(rates.values()) * train_seconds * 0.9) // 50 * 50)
-json.dump({"rates_steps_per_s_4_arms_sharing": rates, "max_steps": max_steps, "train_seconds": train_seconds}, open("runs/plan.json", "w"), indent=1)
+json.dump({"rates_steps_per_s_side_by_side": rates, "gpus": int(os.environ["NGPU"]), "max_steps": max_steps, "train_seconds": train_seconds}, open("runs/plan.json", "w"), indent=1)
 print(json.dumps(json.load(open("runs/plan.json"))))
 PY
 }
 
-if [ "$stage" = prepare ]; then
+warm_gsplat() {  # gsplat JIT-compiles its CUDA code once per machine (~80 s of CPU)
     [ -n "$SMOKE" ] || python3 -c "from dd3g.rendering import render; from training import synthetic; from dd3g.cameras import ViewLayout
 g = synthetic.batch_objects([0], 64).to('cuda'); render(g, ViewLayout().cameras(32, 32)); print('gsplat ready')"
-    echo "[$(left) s left] corpora"
+}
+
+build_corpora() {  # $1: seconds to keep free after the build
     # Object generation is CPU work (~12 items/s a process in the first run): 3 processes for each large corpus
-    # (shards split by number), 2 threads each, so 8 builds share the 16 cores instead of oversubscribing them.
+    # (shards split by number), 2 threads each, so 8 builds share the cores instead of oversubscribing them.
     for spec in "corpus $N_CORPUS c-corpus 3" "train $N_TRAIN c-train 3" "test $N_TEST c-test 1" "heldout $N_HELDOUT c-heldout 1"; do
-        set -- $spec
+        set -- $spec "$1"
         for k in $(seq 0 $(( $4 - 1 ))); do
-            OMP_NUM_THREADS=2 python3 training/build_corpus.py --source procedural --split $1 --num-images $2 --size $SIZE \
-                --out runs/$3 --process-index $k --num-processes $4 --time-limit $(box 300) --no-progress > runs/$3-$k.log 2>&1 &
+            OMP_NUM_THREADS=2 nice -n 5 python3 training/build_corpus.py --source procedural --split $1 --num-images $2 --size $SIZE \
+                --out runs/$3 --process-index $k --num-processes $4 --time-limit $(box $5) --no-progress > runs/$3-$k.log 2>&1 &
         done
     done
     wait; tail -qn1 runs/c-*.log
+}
+
+# Teacher variants, one per line: name, then train_teacher.py flags. Uniform timesteps left hub/mvdm-tiny
+# camera-blind: at 64 px only t >= ~995 hides every view's mean colour in the noise, and there (the sampler's first
+# step, which lays the views out) the UNet reads the noise instead of the cameras. Fine-tuning it with more top-noise
+# samples did not fix that at toy scale; a separate high-noise expert (--expert-for) is the main candidate.
+INIT_HUB="--init-from ${TEACHER_INIT:-hub/mvdm-tiny} --init-step ${INIT_STEP:-6239}"
+TEACHER_VARIANTS=${TEACHER_VARIANTS:-"expert-scratch --expert-for ${TEACHER_INIT:-hub/mvdm-tiny} --high-noise-start 995
+expert-hub --expert-for ${TEACHER_INIT:-hub/mvdm-tiny} --high-noise-start 995 $INIT_HUB
+expert-scratch-990 --expert-for ${TEACHER_INIT:-hub/mvdm-tiny} --high-noise-start 990
+mixed-hub --high-noise-fraction 0.5 --high-noise-start 995 $INIT_HUB"}
+train_teacher_variant() {  # name, flags...: train until the box closes
+    local name=$1; shift
+    python3 training/train_teacher.py --output-dir runs/t-$name --resume latest --max-steps 20000 --warmup-steps 100 \
+        --batch-size 64 --pool-size 2048 --ema-decay 0.998 --checkpoint-every 250 --sample-every 250 --log-every 50 \
+        --time-limit $(box 75) --export runs/t-$name/teacher "$@" $TEACHER_TRAIN_EXTRA > runs/t-$name.log 2>&1
+}
+choose_teacher() {  # the variant (or the starting teacher) whose imagined views match the true renders best
+    local k=0 quick="--objects ${CHOICE_OBJECTS:-16} --batch 16 --fit-steps 0 --splits val"
+    [ -n "$SMOKE" ] && quick="$TEACHER_EVAL_EXTRA --splits val"
+    for folder in ${TEACHER_INIT:-hub/mvdm-tiny} runs/t-*/teacher; do
+        [ -f "$folder/model_index.json" ] || continue
+        name=$(basename "$(dirname "$folder")"); [ "$folder" = "${TEACHER_INIT:-hub/mvdm-tiny}" ] && name=start
+        on_gpu $k python3 benchmarks/teacher_quality.py --teacher "$folder" $quick --out runs/choice/$name > runs/choice-$name.log 2>&1 &
+        k=$(( k + 1 ))
+    done
+    wait
+    python3 - <<'PY'
+import json, pathlib, shutil
+rows = {}
+for report in sorted(pathlib.Path("runs/choice").glob("*/teacher_quality.json")):
+    r = json.loads(report.read_text())
+    rows[report.parent.name] = {"teacher": r["teacher"], "imagined_psnr": r["val"]["psnr"]["imagined_views"],
+                                "copied_psnr": r["val"]["psnr"]["copied_view"], "camera_sensitivity": r["val"]["camera_sensitivity"]}
+if not rows:
+    raise SystemExit("no teacher could be scored")
+chosen = max(rows, key=lambda k: rows[k]["imagined_psnr"])
+shutil.rmtree("runs/teacher", ignore_errors=True)
+shutil.copytree(rows[chosen]["teacher"], "runs/teacher")
+report = {"variants": rows, "chosen": chosen, "rule": "the best PSNR of the imagined views (val objects, 30-step DDIM)"}
+pathlib.Path("runs/teacher-choice.json").write_text(json.dumps(report, indent=1))
+print(json.dumps(report, indent=1))
+PY
+}
+
+scaling() {  # 1 GPU vs all of them through accelerate launch: simulate.py and distill.py, the same work
+    [ -f runs/scaling.json ] && return 0
+    { [ "$NGPU" -gt 1 ] || [ -n "$SMOKE" ]; } || return 0
+    echo "[$(left) s left] scaling, 1 vs $NGPU GPUs"
+    local n=${SCALE_IMAGES:-192} steps=${SCALE_STEPS:-40}
+    local sim="training/simulate.py --teacher $TEACHER --corpus runs/c-corpus --num-images $n --elevation-from-origin
+        --batch-size 64 --shard-size 64 --dtype bfloat16 --no-progress $SIM_EXTRA"
+    local dis="training/distill.py --teacher $TEACHER --max-steps 1000 --stop-after $steps --batch-size 16 --log-every 5
+        --checkpoint-every 100000 --sample-every 100000 $DISTILL_EXTRA"
+    on_gpu 0 python3 $sim --out runs/scale-sim-1 > runs/scale-sim-1.log 2>&1
+    launch $sim --out runs/scale-sim-K > runs/scale-sim-K.log 2>&1
+    on_gpu 0 python3 $dis --quadruples runs/scale-sim-1 --output-dir runs/scale-d-1 > runs/scale-d-1.log 2>&1
+    launch $dis --quadruples runs/scale-sim-1 --output-dir runs/scale-d-K > runs/scale-d-K.log 2>&1
+    python3 - <<'PY'
+import json, os, pathlib, re
+import pyarrow.parquet as pq
+def sim_rate(log):  # all processes' quadruples over the slowest process's build time
+    rows = [(int(a), float(b)) for a, b in re.findall(r"wrote (\d+) quadruples in ([\d.]+) s", pathlib.Path(log).read_text())]
+    return sum(r for r, _ in rows) / max(s for _, s in rows), len(rows)
+def distill_rate(folder, per_process_batch=16):
+    rows = {r["step"]: r for r in map(json.loads, (pathlib.Path(folder) / "log.jsonl").read_text().splitlines()) if "elapsed_s" in r}
+    last = max(rows); first = 10 if 10 in rows and last > 10 else min(rows)
+    if last == first:
+        return None, rows[last].get("loss")
+    return (last - first) / (rows[last]["elapsed_s"] - rows[first]["elapsed_s"]), rows[last].get("loss")
+def views(folder):
+    shards = sorted(pathlib.Path(folder, "data").glob("*.parquet"))
+    return [pq.read_table(s, columns=["views"]).column("views").to_pylist() for s in shards]
+report = {"gpus": int(os.environ["NGPU"])}
+(one, _), (many, procs) = sim_rate("runs/scale-sim-1.log"), sim_rate("runs/scale-sim-K.log")
+report["simulate_quadruples_per_s"] = {"1": one, str(procs): many, "speedup": many / one}
+report["simulate_outputs_identical"] = views("runs/scale-sim-1") == views("runs/scale-sim-K")
+(s1, l1), (sk, lk) = distill_rate("runs/scale-d-1"), distill_rate("runs/scale-d-K")
+report["distill_steps_per_s"] = {"1": s1, str(procs): sk}
+if s1 and sk:
+    report["distill_samples_per_s"] = {"1": 16 * s1, str(procs): 16 * procs * sk, "speedup": procs * sk / s1}
+report["distill_last_loss"] = {"1": l1, str(procs): lk}
+pathlib.Path("runs/scaling.json").write_text(json.dumps(report, indent=1))
+print(json.dumps(report, indent=1))
+PY
+}
+
+if [ "$stage" = teacher ]; then
+    warm_gsplat
+    echo "[$(left) s left] corpora (background) and teacher variants"
+    build_corpora 90 > runs/corpora.log 2>&1 &
+    k=0
+    while read -r variant; do
+        on_gpu $k train_teacher_variant $variant &
+        k=$(( k + 1 ))
+    done <<< "$TEACHER_VARIANTS"
+    wait; cat runs/corpora.log
+    for log in runs/t-*/log.jsonl; do echo "$log"; grep camera_sensitivity "$log" | tail -2; done
+    echo "[$(left) s left] choosing the teacher"
+    choose_teacher
+    exit 0
+fi
+
+if [ "$stage" = prepare ]; then
+    warm_gsplat
+    echo "[$(left) s left] corpora"
+    build_corpora 300
+    scaling || echo "scaling measurement failed (see runs/scale-*.log); going on"
     echo "[$(left) s left] quadruples"
     # bf16 and a time box: the tiny teacher's 30-step CFG ODE ran at ~8 quadruples/s in fp32 beside two other builds.
-    sim="python3 training/simulate.py --teacher $TEACHER --elevation-from-origin --batch-size 128 --shard-size 256 --no-progress
+    # The training quadruples over all GPUs (accelerate launch); the small builds beside them, spread over the GPUs.
+    sim="training/simulate.py --teacher $TEACHER --elevation-from-origin --batch-size 128 --shard-size 256 --no-progress
         --dtype bfloat16 --time-limit $(box 120) $SIM_EXTRA"
-    for pair in "corpus q-corpus" "test q-test" "heldout q-heldout"; do set -- $pair
-        $sim --corpus runs/c-$1 --out runs/$2 > runs/$2.log 2>&1 &
+    launch $sim --corpus runs/c-corpus --out runs/q-corpus > runs/q-corpus.log 2>&1 &
+    k=0
+    for pair in "test q-test" "heldout q-heldout"; do set -- $pair
+        on_gpu $k python3 $sim --corpus runs/c-$1 --out runs/$2 > runs/$2.log 2>&1 &
+        k=$(( k + 1 ))
     done
     for pair in "train gt-train" "test gt-test" "heldout gt-heldout"; do set -- $pair
-        $sim --ground-truth --corpus runs/c-$1 --out runs/$2 > runs/$2.log 2>&1 &
+        on_gpu $k python3 $sim --ground-truth --corpus runs/c-$1 --out runs/$2 > runs/$2.log 2>&1 &
+        k=$(( k + 1 ))
     done
     wait; for f in runs/q-*.log runs/gt-*.log; do echo "$f: $(tr '\r' '\n' < $f | grep -E "wrote|complete" | tr '\n' ' ')"; done
     if [ "$(left)" -gt 240 ]; then
@@ -126,11 +262,15 @@ else
     pipes=""; for arm in $ARMS; do pipes="$pipes --pipeline $arm=runs/d-$arm/pipeline"; done
     pipes="$pipes $EVAL_EXTRA"
     mkdir -p runs/eval
-    ( python3 benchmarks/distill_quality.py --quadruples runs/q-test --truth runs/gt-test $pipes --count 192 --out runs/eval/test \
-      && python3 benchmarks/distill_quality.py --quadruples runs/q-heldout --truth runs/gt-heldout $pipes --count 128 \
+    ( on_gpu 0 python3 benchmarks/distill_quality.py --quadruples runs/q-test --truth runs/gt-test $pipes --count 192 --out runs/eval/test \
+      && on_gpu 0 python3 benchmarks/distill_quality.py --quadruples runs/q-heldout --truth runs/gt-heldout $pipes --count 128 \
          --diversity-images 8 --out runs/eval/heldout ) > runs/eval/distill.log 2>&1 &
-    python3 benchmarks/teacher_quality.py --teacher $TEACHER --objects 100 --batch 50 --fit-steps 200 --out runs/eval/teacher $TEACHER_EVAL_EXTRA \
+    on_gpu 0 python3 benchmarks/teacher_quality.py --teacher $TEACHER --objects 100 --batch 50 --fit-steps 200 --out runs/eval/teacher $TEACHER_EVAL_EXTRA \
         > runs/eval/teacher.log 2>&1 &
-    wait; tail -n 12 runs/eval/distill.log; tail -n 40 runs/eval/teacher.log
+    if [ "$NGPU" -gt 1 ]; then  # the last GPU is free now: the ImageDream-size ODE, torch.compile'd (issue 4's goal)
+        on_gpu $(( NGPU - 1 )) timeout $(box 20) python3 benchmarks/simulate_throughput.py --teacher imagedream --device cuda \
+            --batches 32 --repeats 2 --compile --json runs/eval/imagedream_compiled.json > runs/eval/imagedream.log 2>&1 &
+    fi
+    wait; tail -n 12 runs/eval/distill.log; tail -n 40 runs/eval/teacher.log; tail -n 3 runs/eval/imagedream.log 2>/dev/null
 fi
 
