@@ -131,14 +131,15 @@ build_corpora() {  # $1: seconds to keep free after the build
 # samples did not fix that at toy scale; a separate high-noise expert (--expert-for) is the main candidate.
 INIT_HUB="--init-from ${TEACHER_INIT:-hub/mvdm-tiny} --init-step ${INIT_STEP:-6239}"
 TEACHER_VARIANTS=${TEACHER_VARIANTS:-"expert-scratch --expert-for ${TEACHER_INIT:-hub/mvdm-tiny} --high-noise-start 995
-expert-hub --expert-for ${TEACHER_INIT:-hub/mvdm-tiny} --high-noise-start 995 $INIT_HUB
-expert-scratch-990 --expert-for ${TEACHER_INIT:-hub/mvdm-tiny} --high-noise-start 990
-mixed-hub --high-noise-fraction 0.5 --high-noise-start 995 $INIT_HUB"}
+expert-hub --expert-for ${TEACHER_INIT:-hub/mvdm-tiny} --high-noise-start 995 $INIT_HUB"}
 train_teacher_variant() {  # name, flags...: train until the box closes
     local name=$1; shift
-    python3 training/train_teacher.py --output-dir runs/t-$name --resume latest --max-steps 20000 --warmup-steps 100 \
-        --batch-size 64 --pool-size 2048 --ema-decay 0.998 --checkpoint-every 250 --sample-every 250 --log-every 50 \
-        --time-limit $(box 75) --export runs/t-$name/teacher "$@" $TEACHER_TRAIN_EXTRA > runs/t-$name.log 2>&1
+    # 4 threads: the corpus builds share the CPU (at the default of one thread per core, the first try ran 10x slow).
+    # The time limit starts after the pool build (~30 s); TEACHER_TAIL (s) is kept for the choice and the quadruples.
+    OMP_NUM_THREADS=4 python3 training/train_teacher.py --output-dir runs/t-$name --resume latest --max-steps 20000 \
+        --warmup-steps 100 --batch-size 64 --pool-size 1024 --ema-decay 0.998 --checkpoint-every 250 --sample-every 250 \
+        --log-every 50 --time-limit $(box $(( ${TEACHER_TAIL:-150} + 40 ))) --export runs/t-$name/teacher "$@" \
+        $TEACHER_TRAIN_EXTRA > runs/t-$name.log 2>&1
 }
 choose_teacher() {  # the variant (or the starting teacher) whose imagined views match the true renders best
     local k=0 quick="--objects ${CHOICE_OBJECTS:-16} --batch 16 --fit-steps 0 --splits val"
@@ -210,34 +211,14 @@ print(json.dumps(report, indent=1))
 PY
 }
 
-if [ "$stage" = teacher ]; then
-    warm_gsplat
-    echo "[$(left) s left] corpora (background) and teacher variants"
-    build_corpora 90 > runs/corpora.log 2>&1 &
-    k=0
-    while read -r variant; do
-        on_gpu $k train_teacher_variant $variant &
-        k=$(( k + 1 ))
-    done <<< "$TEACHER_VARIANTS"
-    wait; cat runs/corpora.log
-    for log in runs/t-*/log.jsonl; do echo "$log"; grep camera_sensitivity "$log" | tail -2; done
-    echo "[$(left) s left] choosing the teacher"
-    choose_teacher
-    exit 0
-fi
-
-if [ "$stage" = prepare ]; then
-    warm_gsplat
-    echo "[$(left) s left] corpora"
-    build_corpora 300
-    scaling || echo "scaling measurement failed (see runs/scale-*.log); going on"
+simulate_all() {  # $1: seconds to keep free after the builds
     echo "[$(left) s left] quadruples"
     # bf16 and a time box: the tiny teacher's 30-step CFG ODE ran at ~8 quadruples/s in fp32 beside two other builds.
     # The training quadruples over all GPUs (accelerate launch); the small builds beside them, spread over the GPUs.
     sim="training/simulate.py --teacher $TEACHER --elevation-from-origin --batch-size 128 --shard-size 256 --no-progress
-        --dtype bfloat16 --time-limit $(box 120) $SIM_EXTRA"
+        --dtype bfloat16 --time-limit $(box $1) $SIM_EXTRA"
     launch $sim --corpus runs/c-corpus --out runs/q-corpus > runs/q-corpus.log 2>&1 &
-    k=0
+    local k=0
     for pair in "test q-test" "heldout q-heldout"; do set -- $pair
         on_gpu $k python3 $sim --corpus runs/c-$1 --out runs/$2 > runs/$2.log 2>&1 &
         k=$(( k + 1 ))
@@ -247,6 +228,32 @@ if [ "$stage" = prepare ]; then
         k=$(( k + 1 ))
     done
     wait; for f in runs/q-*.log runs/gt-*.log; do echo "$f: $(tr '\r' '\n' < $f | grep -E "wrote|complete" | tr '\n' ' ')"; done
+}
+
+if [ "$stage" = teacher ]; then
+    warm_gsplat
+    echo "[$(left) s left] corpora (background) and teacher variants"
+    build_corpora $(( ${TEACHER_TAIL:-150} + 40 )) > runs/corpora.log 2>&1 &
+    k=0
+    while read -r variant; do
+        on_gpu $k train_teacher_variant $variant &
+        k=$(( k + 1 ))
+    done <<< "$TEACHER_VARIANTS"
+    wait; cat runs/corpora.log
+    for log in runs/t-*/log.jsonl; do echo "$log"; grep camera_sensitivity "$log" | tail -2; done
+    echo "[$(left) s left] choosing the teacher"
+    choose_teacher
+    TEACHER=runs/teacher
+    simulate_all 15
+    exit 0
+fi
+
+if [ "$stage" = prepare ]; then
+    warm_gsplat
+    echo "[$(left) s left] corpora"
+    build_corpora 300
+    scaling || echo "scaling measurement failed (see runs/scale-*.log); going on"
+    simulate_all 120
     if [ "$(left)" -gt 240 ]; then
         plan; steps=$(python3 -c "import json; print(json.load(open('runs/plan.json'))['max_steps'])")
         echo "[$(left) s left] training the arms to $steps steps"
@@ -256,21 +263,23 @@ elif [ "$stage" = train ]; then
     plan; steps=$(python3 -c "import json; print(json.load(open('runs/plan.json'))['max_steps'])")
     train_arms "$steps" $(box 75)
 else
+    scaling || echo "scaling measurement failed (see runs/scale-*.log); going on"
     plan; steps=$(python3 -c "import json; print(json.load(open('runs/plan.json'))['max_steps'])")
     train_arms "$steps" $(box ${EVAL_SECONDS:-270})
     echo "[$(left) s left] evaluation"
     pipes=""; for arm in $ARMS; do pipes="$pipes --pipeline $arm=runs/d-$arm/pipeline"; done
     pipes="$pipes $EVAL_EXTRA"
     mkdir -p runs/eval
-    ( on_gpu 0 python3 benchmarks/distill_quality.py --quadruples runs/q-test --truth runs/gt-test $pipes --count 192 --out runs/eval/test \
-      && on_gpu 0 python3 benchmarks/distill_quality.py --quadruples runs/q-heldout --truth runs/gt-heldout $pipes --count 128 \
-         --diversity-images 8 --out runs/eval/heldout ) > runs/eval/distill.log 2>&1 &
-    on_gpu 0 python3 benchmarks/teacher_quality.py --teacher $TEACHER --objects 100 --batch 50 --fit-steps 200 --out runs/eval/teacher $TEACHER_EVAL_EXTRA \
+    ( on_gpu 0 timeout $(box 15) python3 benchmarks/distill_quality.py --quadruples runs/q-test --truth runs/gt-test $pipes \
+        --count ${TEST_COUNT:-192} --out runs/eval/test \
+      && on_gpu 0 timeout $(box 15) python3 benchmarks/distill_quality.py --quadruples runs/q-heldout --truth runs/gt-heldout $pipes \
+         --count ${HELDOUT_COUNT:-128} --diversity-images 8 --out runs/eval/heldout ) > runs/eval/distill.log 2>&1 &
+    on_gpu 0 timeout $(box 15) python3 benchmarks/teacher_quality.py --teacher $TEACHER --objects ${TEACHER_EVAL_OBJECTS:-100} --batch 50 --fit-steps 200 --out runs/eval/teacher $TEACHER_EVAL_EXTRA \
         > runs/eval/teacher.log 2>&1 &
     if [ "$NGPU" -gt 1 ]; then  # the last GPU is free now: the ImageDream-size ODE, torch.compile'd (issue 4's goal)
         on_gpu $(( NGPU - 1 )) timeout $(box 20) python3 benchmarks/simulate_throughput.py --teacher imagedream --device cuda \
             --batches 32 --repeats 2 --compile --json runs/eval/imagedream_compiled.json > runs/eval/imagedream.log 2>&1 &
     fi
-    wait; tail -n 12 runs/eval/distill.log; tail -n 40 runs/eval/teacher.log; tail -n 3 runs/eval/imagedream.log 2>/dev/null
+    wait; tail -n 12 runs/eval/distill.log; tail -n 40 runs/eval/teacher.log; tail -n 3 runs/eval/imagedream.log 2>/dev/null || true
 fi
 
