@@ -110,3 +110,11 @@ def test_expert_run_trains_only_the_top_timesteps_and_exports_beside_its_base(tm
     # The expert is the run's EMA weights (stored in fp16).
     for i, param in enumerate(both.pipe.high_noise_unet.parameters()):
         assert torch.allclose(param, trained[f"shadow.{i}"].float(), atol=1e-3, rtol=1e-3)
+    # A later expert run continues from that expert, not from the main UNet.
+    again = _run(tmp_path / "again", "--max-steps", "5", "--stop-after", "3", "--expert-for", str(tmp_path / "base-teacher"),
+                 "--init-from", str(tmp_path / "both"), "--init-step", "2")
+    assert again == 3  # one step on from the init step
+    first = load_file(tmp_path / "again" / "checkpoints" / "step-0000003" / "model.safetensors")
+    moved_from_expert = sum(float((first[k] - v).abs().max()) for k, v in expert.items())
+    moved_from_base = sum(float((first[k] - v).abs().max()) for k, v in base.unet.state_dict().items())
+    assert moved_from_expert < moved_from_base

@@ -171,8 +171,9 @@ def training_loss(unet, tokenizer, scheduler, batch) -> torch.Tensor:
     return F.mse_loss(prediction.float(), target.float())
 
 
-def init_from_weights(unet: MultiViewUNet, ema, folder: Path, step: Optional[int] = None) -> int:
-    """Continue from weights alone; returns the step to continue at.
+def init_from_weights(unet: MultiViewUNet, ema, folder: Path, step: Optional[int] = None, component: str = "unet") -> int:
+    """Continue from weights alone; returns the step to continue at. `component`: the teacher folder's UNet to
+    start from (`high_noise_unet` to continue an expert).
 
     `folder` is a --handoff folder (fp32 model.safetensors, the EMA as teacher/, trainer_state.json) or an
     exported teacher folder such as hub/mvdm-tiny (its EMA weights then start both the model and the EMA,
@@ -181,7 +182,7 @@ def init_from_weights(unet: MultiViewUNet, ema, folder: Path, step: Optional[int
     from safetensors.torch import load_file
 
     teacher_dir = folder / "teacher" if (folder / "teacher").is_dir() else folder
-    exported = MultiViewUNet.from_pretrained(teacher_dir / "unet", use_safetensors=True).float()
+    exported = MultiViewUNet.from_pretrained(teacher_dir / component, use_safetensors=True).float()
     if (folder / "model.safetensors").is_file():
         unet.load_state_dict(load_file(folder / "model.safetensors"))
     else:
@@ -277,7 +278,10 @@ def main(argv=None):
         # The LR schedule restarts at the init step; a resumed chunk of such a run needs that offset too.
         restart_step = init_step_of(Path(args.init_from), args.init_step)
         if resume_from is None:
-            step = init_from_weights(unet, ema, Path(args.init_from), restart_step)
+            # An expert run continues a teacher's expert when it has one, else starts from its main UNet.
+            has_expert = (Path(args.init_from) / "high_noise_unet").is_dir()
+            component = "high_noise_unet" if args.expert_for and has_expert else "unet"
+            step = init_from_weights(unet, ema, Path(args.init_from), restart_step, component)
             accelerator.print(f"initialised from weights in {args.init_from} at step {step}")
     optimizer = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=args.weight_decay, betas=(0.9, 0.99))
     lr_schedule = warmup_cosine(optimizer, args.warmup_steps, args.max_steps, restart_step=restart_step)
