@@ -118,3 +118,29 @@ def test_expert_run_trains_only_the_top_timesteps_and_exports_beside_its_base(tm
     moved_from_expert = sum(float((first[k] - v).abs().max()) for k, v in expert.items())
     moved_from_base = sum(float((first[k] - v).abs().max()) for k, v in base.unet.state_dict().items())
     assert moved_from_expert < moved_from_base
+
+
+def test_example_accelerate_configs_parse_and_the_cpu_one_launches(tmp_path):
+    """training/accelerate/*.yaml are valid accelerate configs; `accelerate launch` with cpu.yaml trains a step."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    repo = Path(__file__).resolve().parents[1]
+    configs = {p.stem: ClusterConfig.from_yaml_file(str(p)) for p in (repo / "training" / "accelerate").glob("*.yaml")}
+    assert set(configs) == {"cpu", "single_gpu", "multi_gpu", "multi_node"}
+    assert configs["multi_gpu"].distributed_type == "MULTI_GPU" and configs["multi_gpu"].num_processes >= 2
+    node = configs["multi_node"]
+    assert node.num_machines > 1 and node.num_processes % node.num_machines == 0 and node.main_process_ip
+    assert configs["cpu"].use_cpu and not configs["single_gpu"].use_cpu
+    result = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(repo / "training/accelerate/cpu.yaml"),
+         "training/train_teacher.py", "--tiny-test", "--output-dir", str(tmp_path / "run"), "--max-steps", "1",
+         "--sample-every", "1000"],
+        capture_output=True, text=True, timeout=300, cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "run" / "checkpoints" / "step-0000001" / "model.safetensors").is_file()
