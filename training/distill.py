@@ -291,6 +291,7 @@ def main(argv=None):
     if args.export and accelerator.is_main_process:
         framing = input_framing(data.batch(range(min(256, len(data.rows))))["image"])
         export_pipeline(accelerator.unwrap_model(student), ema, teacher, Path(args.export), framing)
+    accelerator.end_training()  # releases the process group of a multi-GPU run
     return step
 
 

@@ -330,6 +330,7 @@ def main(argv=None):
         export_teacher(accelerator.unwrap_model(unet), ema, tokenizer, args, Path(args.export), base_unet=base_unet)
     if accelerator.is_main_process and args.handoff:
         write_handoff(accelerator.unwrap_model(unet), ema, tokenizer, args, Path(args.handoff), step)
+    accelerator.end_training()  # releases the process group of a multi-GPU run
     return step
 
 
