@@ -245,7 +245,7 @@ def sample_grid(unet, ema, tokenizer, args, layout, path: Path, device, num_obje
     try:
         teacher = TinyTeacher(teacher_pipeline(model, tokenizer, args, base_unet))
         result = teacher.simulate(inputs, seeds=list(range(num_objects)), num_steps=args.sample_steps, elevation_deg=elevation)
-        # The failure uniform timesteps led to: 4 copies of the input view whatever the cameras say.
+        # Uniform timesteps left the teacher ignoring its cameras at the sampler's first step (t = 999): watch it.
         sensitivity = {f"camera_sensitivity_t{t}": camera_sensitivity(teacher, inputs, truth, elevation, timestep=t) for t in (999, 950)}
     finally:
         ema.restore(model.parameters())
