@@ -1,24 +1,25 @@
 #!/usr/bin/env bash
 # Teacher fine-tuning and distillation on one lent machine of 1+ GPUs, in back-to-back calls of < 10 minutes (a
 # warm machine keeps runs/):
-#   bash scripts/device/distill_session.sh teacher   # corpora, and TEACHER_VARIANTS fine-tunings of hub/mvdm-tiny
-#                                                    # side by side; the camera-aware one becomes runs/teacher
+#   bash scripts/device/distill_session.sh teacher   # corpora; TEACHER_VARIANTS (high-noise expert candidates for
+#                                                    # hub/mvdm-tiny) side by side, the one whose imagined views
+#                                                    # match the truth best becomes runs/teacher; quadruples
 #   bash scripts/device/distill_session.sh prepare   # corpora and quadruples (time-boxed; rerun to go on),
 #                                                    # then the arms start if time is left
 #   bash scripts/device/distill_session.sh train     # the arms train on (repeat while the budget allows)
 #   bash scripts/device/distill_session.sh finish    # the arms train on, then evaluation
 # Every call brings back the main and baseline students and the results through $OUT.
-# The 4 arms share the GPU at equal budget (same --max-steps and batch): main (explicit + implicit verification,
+# The 4 arms share the GPUs at equal budget (same --max-steps and batch): main (explicit + implicit verification,
 # the teacher's N), no-verification, fresh-noise, and the 3D-only baseline (ground-truth renders, fresh N).
 # A speed probe (25 steps of each arm, the main one profiled) sets --max-steps so that the slowest arm finishes
 # in TRAIN_SECONDS (default 700) of training. Needs .wheels carried; the teacher is runs/teacher when the
 # teacher stage made one, else hub/mvdm-tiny. Jobs spread over the GPUs (CUDA_VISIBLE_DEVICES); with 2+ GPUs the
-# prepare stage also measures 1- vs K-GPU scaling of simulate.py and distill.py under accelerate launch
+# prepare and finish stages also measure 1- vs K-GPU scaling of simulate.py and distill.py under accelerate launch
 # (runs/scaling.json).
 # SMOKE=1 TEACHER_INIT=<toy teacher> INIT_STEP=<its step> rehearses it all on a CPU (or TEACHER=<toy teacher>
 # without the teacher stage).
 set -eo pipefail
-stage=${1:?prepare, train or finish}
+stage=${1:?teacher, prepare, train or finish}
 start=$(date +%s)
 budget=${CHUNK_SECONDS:-560}
 export PYTHONPATH=$PWD TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 PYTHONUNBUFFERED=1 TQDM_MININTERVAL=60

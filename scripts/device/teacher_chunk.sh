@@ -6,6 +6,8 @@
 # Each chunk exports the EMA teacher and returns it through $OUT as teacher.tar.part-* (join with cat, untar).
 # Needs .wheels (scripts: ../shared/scripts/gpu-wheels.sh) carried. Continues hub/mvdm-tiny (EMA at step
 # INIT_STEP, default 6,239); TEACHER_EXTRA passes more flags (e.g. "--high-noise-fraction 0.5").
+# It trains the main UNet only: its export has no high-noise expert, so pair it with one afterwards
+# (train_teacher.py --expert-for runs/teacher-export, or the teacher stage of distill_session.sh).
 set -eo pipefail
 mode=${1:-next}
 start=$(date +%s)
