@@ -183,3 +183,21 @@ def test_quadruple_noise_is_checked_against_its_hash_once_per_row(world, monkeyp
     monkeypatch.setattr(distill, "noise_sha256", lambda n: "0" * 64)  # a noise that no longer matches its row
     with pytest.raises(SystemExit, match="does not match its stored hash"):
         fresh.batch([0])
+
+
+def test_phase_one_starts_as_the_teachers_first_step_unet(world, tmp_path):
+    """With a high-noise expert, the teacher's first sampler step (t = 999) runs the expert: phase 1 copies it."""
+    from dd3g.teachers.tiny import TinyMVDMPipeline
+
+    main, other = toy_teacher_pipeline(seed=0, tokenizer_size=64), toy_teacher_pipeline(seed=1, tokenizer_size=64)
+    TinyMVDMPipeline(main.unet, main.image_encoder, main.scheduler, high_noise_unet=other.unet,
+                     high_noise_start=995).save_pretrained(tmp_path / "teacher")
+    distill.main(["--tiny-test", "--teacher", str(tmp_path / "teacher"), "--quadruples", str(world / "quadruples"),
+                  "--output-dir", str(tmp_path / "run"), "--max-steps", "1", "--lr", "1e-12", "--no-verification",
+                  "--sample-every", "1000"])
+    weights = load_file(tmp_path / "run" / "checkpoints" / "step-0000001" / "model.safetensors")
+    phase1 = {k[len("unet."):]: v for k, v in weights.items() if k.startswith("unet.")}
+    expert, base = other.unet.state_dict(), main.unet.state_dict()
+    assert phase1.keys() == expert.keys()
+    assert all(torch.allclose(phase1[k], expert[k], atol=1e-6) for k in expert)  # a 1e-12 step moves nothing visible
+    assert not all(torch.allclose(phase1[k], base[k], atol=1e-6) for k in base)

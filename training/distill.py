@@ -234,11 +234,17 @@ def main(argv=None):
     log = JsonlLog(output_dir / "log.jsonl", enabled=accelerator.is_main_process)
 
     teacher = TinyTeacher.from_pretrained(args.teacher, device=device)
-    teacher.pipe.unet.requires_grad_(False).eval()
+    for unet in (teacher.pipe.unet, teacher.pipe.high_noise_unet):
+        if unet is not None:
+            unet.requires_grad_(False).eval()
     tokenizer = teacher.pipe.image_encoder
     torch.manual_seed(args.seed)  # phase-2 initial weights only
     phase2 = dict(patch_size=4, gaussians_per_token=4, width=32, num_heads=2, blocks_before_means=1, blocks_before_shape=1, blocks_before_appearance=1) if args.tiny_test else {}
-    student = PEPD.from_teacher(teacher.pipe.unet, preset=None if args.tiny_test else args.preset, **phase2).float().train()
+    # Phase 1 runs once on N at the sampler's first timestep: it starts as the UNet the teacher runs there (its
+    # high-noise expert when it has one; the main UNet is camera-blind at that timestep).
+    first_step = teacher.sampling_scheduler(1).timesteps[0].item()
+    student = PEPD.from_teacher(teacher.unet_for_timestep(int(first_step)), preset=None if args.tiny_test else args.preset,
+                                phase1_timestep=int(first_step), **phase2).float().train()
     lpips_model = None
     try:
         from dd3g.metrics import LPIPS

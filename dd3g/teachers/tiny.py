@@ -136,6 +136,11 @@ class TinyTeacher(MultiViewTeacher):
         out[~high] = self._run(self.unet, frames[~high], timesteps[~high], cameras[~high], context[~high])
         return out
 
+    def unet_for_timestep(self, timestep: int) -> MultiViewUNet:
+        """The UNet that denoises at `timestep`: the high-noise expert from `high_noise_start` up, if there is one."""
+        expert = self.pipe.high_noise_unet
+        return expert if expert is not None and timestep >= self.pipe.config.high_noise_start else self.unet
+
     @staticmethod
     def _run(unet: MultiViewUNet, frames: Tensor, timesteps: Tensor, cameras: Cameras, context: Tensor) -> Tensor:
         dtype = unet.dtype
