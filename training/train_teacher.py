@@ -17,6 +17,7 @@ draws exactly what the uninterrupted one would have, and 1 or K processes see th
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import sys
@@ -220,10 +221,7 @@ def export_teacher(unet, ema, tokenizer, args, path: Path, dtype=torch.float16, 
     """The EMA weights as a TinyMVDMPipeline folder (fp16 safetensors, sharded under 15 MiB a file)."""
     export_unet = MultiViewUNet.from_config(unet.config)
     ema.copy_to(export_unet.parameters())
-    base = None if base_unet is None else MultiViewUNet.from_config(base_unet.config)
-    if base is not None:
-        base.load_state_dict(base_unet.state_dict())
-        base = base.to(dtype)
+    base = None if base_unet is None else copy.deepcopy(base_unet).to(dtype)  # the training copy stays fp32
     pipe = teacher_pipeline(export_unet.to(dtype), tokenizer.to(dtype), args, base)
     pipe.save_pretrained(path, safe_serialization=True, max_shard_size="12MB")
     return pipe

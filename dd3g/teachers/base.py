@@ -209,7 +209,8 @@ def camera_sensitivity(teacher, inputs, truth, elevation, timestep: int = 999, s
     noise is a blurred expectation, so somewhat under 1)."""
     b = truth.shape[0]
     x0 = teacher.encode(truth.flatten(0, 1)).unflatten(0, truth.shape[:2])  # [B, V, C, h, w]
-    alpha_bar = teacher.sampling_scheduler(1).alphas_cumprod[timestep].to(x0.device)
+    scheduler = teacher.sampling_scheduler(1)
+    alpha_bar = scheduler.alphas_cumprod[timestep].to(x0.device)
     eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed)).to(x0.device)
     x_t = alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * eps
     cond = teacher.condition(inputs)
@@ -219,7 +220,7 @@ def camera_sensitivity(teacher, inputs, truth, elevation, timestep: int = 999, s
     predictions = []
     for offset in (0.0, 90.0):
         output = teacher.denoise(frames, timesteps, teacher.cameras(b, elevation, offset), cond.context)[:, :-1]
-        eps_hat = teacher.to_epsilon(output, x_t, torch.full((b,), timestep, device=x0.device), teacher.sampling_scheduler(1))
+        eps_hat = teacher.to_epsilon(output, x_t, torch.full((b,), timestep, device=x0.device), scheduler)
         predictions.append((x_t - (1 - alpha_bar).sqrt() * eps_hat) / alpha_bar.sqrt())
     moved = (predictions[1] - predictions[0]).abs().mean()
     expected = (x0.roll(-1, dims=1) - x0).abs().mean()

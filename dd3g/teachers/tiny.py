@@ -126,8 +126,10 @@ class TinyTeacher(MultiViewTeacher):
     def denoise(self, frames: Tensor, timesteps: Tensor, cameras: Cameras, context: Tensor) -> Tensor:
         """frames [B, F, C, h, w], timesteps [B, F] (the output views share one t; the input frame is at 0)."""
         expert = self.pipe.high_noise_unet
-        high = timesteps.amax(dim=1) >= self.pipe.config.high_noise_start if expert is not None else None  # [B]
-        if high is None or not high.any():
+        if expert is None:
+            return self._run(self.unet, frames, timesteps, cameras, context)
+        high = timesteps.amax(dim=1) >= self.pipe.config.high_noise_start  # [B]
+        if not high.any():
             return self._run(self.unet, frames, timesteps, cameras, context)
         if high.all():
             return self._run(expert, frames, timesteps, cameras, context)

@@ -91,9 +91,9 @@ plan() {  # the speed probe and runs/plan.json, once
     local k=0
     for arm in $ARMS; do
         profile=""; if [ $arm = main ]; then profile="--profile-steps 10"; fi
-        k=$(( k + 1 ))
-        OMP_NUM_THREADS=$ARM_THREADS on_gpu $(( k - 1 )) python3 $(arm_command $arm 100000 600 | sed "s#runs/d-$arm#runs/probe-$arm#g; s#--log-every 25#--log-every 5#; s#--export [^ ]*##") \
+        OMP_NUM_THREADS=$ARM_THREADS on_gpu $k python3 $(arm_command $arm 100000 600 | sed "s#runs/d-$arm#runs/probe-$arm#g; s#--log-every 25#--log-every 5#; s#--export [^ ]*##") \
             --stop-after 25 $profile > runs/probe-$arm.log 2>&1 &
+        k=$(( k + 1 ))
     done
     wait
     tr '\r' '\n' < runs/probe-main.log | grep -A 22 "Self CPU %" | head -24
@@ -133,9 +133,10 @@ build_corpora() {  # $1: seconds to keep free after the build
 # camera-blind: at 64 px only t >= ~995 hides every view's mean colour in the noise, and there (the sampler's first
 # step, which lays the views out) the UNet reads the noise instead of the cameras. Fine-tuning it with more top-noise
 # samples did not fix that at toy scale; a separate high-noise expert (--expert-for) is the main candidate.
-INIT_HUB="--init-from ${TEACHER_INIT:-hub/mvdm-tiny} --init-step ${INIT_STEP:-6239}"
-TEACHER_VARIANTS=${TEACHER_VARIANTS:-"expert-scratch --expert-for ${TEACHER_INIT:-hub/mvdm-tiny} --high-noise-start 995
-expert-hub --expert-for ${TEACHER_INIT:-hub/mvdm-tiny} --high-noise-start 995 $INIT_HUB"}
+TEACHER_INIT=${TEACHER_INIT:-hub/mvdm-tiny}
+INIT_HUB="--init-from $TEACHER_INIT --init-step ${INIT_STEP:-6239}"
+TEACHER_VARIANTS=${TEACHER_VARIANTS:-"expert-scratch --expert-for $TEACHER_INIT --high-noise-start 995
+expert-hub --expert-for $TEACHER_INIT --high-noise-start 995 $INIT_HUB"}
 train_teacher_variant() {  # name, flags...: train until the box closes
     local name=$1; shift
     # 4 threads: the corpus builds share the CPU (at the default of one thread per core, the first try ran 10x slow).
@@ -148,9 +149,9 @@ train_teacher_variant() {  # name, flags...: train until the box closes
 choose_teacher() {  # the variant (or the starting teacher) whose imagined views match the true renders best
     local k=0 quick="--objects ${CHOICE_OBJECTS:-16} --batch 16 --fit-steps 0 --splits val"
     [ -n "$SMOKE" ] && quick="$TEACHER_EVAL_EXTRA --splits val"
-    for folder in ${TEACHER_INIT:-hub/mvdm-tiny} runs/t-*/teacher; do
+    for folder in $TEACHER_INIT runs/t-*/teacher; do
         [ -f "$folder/model_index.json" ] || continue
-        name=$(basename "$(dirname "$folder")"); [ "$folder" = "${TEACHER_INIT:-hub/mvdm-tiny}" ] && name=start
+        name=$(basename "$(dirname "$folder")"); [ "$folder" = "$TEACHER_INIT" ] && name=start
         on_gpu $k python3 benchmarks/teacher_quality.py --teacher "$folder" $quick --out runs/choice/$name > runs/choice-$name.log 2>&1 &
         k=$(( k + 1 ))
     done
@@ -192,7 +193,7 @@ import pyarrow.parquet as pq
 def sim_rate(log):  # all processes' quadruples over the slowest process's build time
     rows = [(int(a), float(b)) for a, b in re.findall(r"wrote (\d+) quadruples in ([\d.]+) s", pathlib.Path(log).read_text())]
     return sum(r for r, _ in rows) / max(s for _, s in rows), len(rows)
-def distill_rate(folder, per_process_batch=16):
+def distill_rate(folder):
     rows = {r["step"]: r for r in map(json.loads, (pathlib.Path(folder) / "log.jsonl").read_text().splitlines()) if "elapsed_s" in r}
     last = max(rows); first = 10 if 10 in rows and last > 10 else min(rows)
     if last == first:
