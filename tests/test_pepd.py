@@ -37,6 +37,26 @@ def test_noise_is_an_input():
     assert not torch.allclose(a.means, c.means, atol=1e-4)  # another N, another object
 
 
+def test_noise_reaches_phase_2_past_the_unet():
+    """A UNet that drops N at the first timestep (as the teacher's does) must not make the student seed-blind."""
+    student = toy_student()
+    noise, frame, cams, tokens = _inputs(student)
+    real_unet_forward = student.unet.forward
+
+    def noise_blind_unet(frames, *args, **kwargs):  # phase 1 sees the same frames whatever N is
+        return real_unet_forward(torch.zeros_like(frames), *args, **kwargs)
+
+    student.unet.forward = noise_blind_unet
+    a = student(noise, frame, cams, tokens).gaussians
+    b = student(torch.randn_like(noise), frame, cams, tokens).gaussians
+    assert not torch.allclose(a.means, b.means, atol=1e-4)
+    student.noise_embed.weight.data.zero_()
+    student.noise_embed.bias.data.zero_()
+    c = student(noise, frame, cams, tokens).gaussians
+    d = student(torch.randn_like(noise), frame, cams, tokens).gaussians
+    assert torch.allclose(c.means, d.means)  # ...and that path is the only one left
+
+
 def test_decoding_is_progressive():
     """Positions come from the first blocks only, scale/rotation do not see the appearance blocks."""
     student = toy_student()

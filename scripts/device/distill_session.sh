@@ -8,14 +8,14 @@
 #                                                    # then the arms start if time is left
 #   bash scripts/device/distill_session.sh train     # the arms train on (repeat while the budget allows)
 #   bash scripts/device/distill_session.sh finish    # the arms train on, then evaluation
-# Every call brings back the main and baseline students and the results through $OUT.
+# Every call brings back the students and the results through $OUT (see pack).
 # The 4 arms share the GPUs at equal budget (same --max-steps and batch): main (explicit + implicit verification,
 # the teacher's N), no-verification, fresh-noise, and the 3D-only baseline (ground-truth renders, fresh N).
-# A speed probe (25 steps of each arm, the main one profiled) sets --max-steps so that the slowest arm finishes
-# in TRAIN_SECONDS (default 700) of training. Needs .wheels carried; the teacher is runs/teacher when the
-# teacher stage made one, else hub/mvdm-tiny. Jobs spread over the GPUs (CUDA_VISIBLE_DEVICES); with 2+ GPUs the
-# prepare and finish stages also measure 1- vs K-GPU scaling of simulate.py and distill.py under accelerate launch
-# (runs/scaling.json).
+# A speed probe (the arms' first 20 steps) sets --max-steps so that the slowest arm finishes in TRAIN_SECONDS
+# (default 700) of training. Needs .wheels carried; the teacher is runs/teacher when the teacher stage made one,
+# else hub/mvdm-tiny. Jobs spread over the GPUs (CUDA_VISIBLE_DEVICES); with 2+ GPUs the prepare and finish stages
+# also measure 1- vs K-GPU scaling of simulate.py and distill.py under accelerate launch (runs/scaling.json;
+# SCALING=0 skips it).
 # SMOKE=1 TEACHER_INIT=<toy teacher> INIT_STEP=<its step> rehearses it all on a CPU (or TEACHER=<toy teacher>
 # without the teacher stage).
 set -eo pipefail
@@ -36,11 +36,14 @@ N_CORPUS=${N_CORPUS:-1024} N_TRAIN=${N_TRAIN:-1024} N_TEST=${N_TEST:-48} N_HELDO
 left() { echo $(( budget - ($(date +%s) - start) )); }
 box() { local t=$(( $(left) - $1 )); [ "$t" -lt 60 ] && t=60; echo "$t"; }  # a time box: what is left less $1, >= 60 s
 pack() {  # on every exit, failures included: bring back what exists, so nothing done is lost
-    # The main and baseline students (fp16 shards; the frozen tokenizer is hub/efficientnet-lite0), logs, the
-    # plan, sample grids and evaluation results.
-    tar --exclude image_encoder -cf - runs/d-main/pipeline runs/d-baseline-3d/pipeline 2>/dev/null \
-        | split -b 15m - "$OUT/students.tar.part-" || true
+    # The students (fp16 shards; the frozen tokenizer is hub/efficientnet-lite0): main always, the 3D-only baseline
+    # from the train stage on (8 files of 16 MiB come back; a tiny student is 26 MiB). The held-out quadruple sets once
+    # (prepare), so the evaluation can be rerun on the CPU. Logs, the plan, sample grids, evaluation results.
+    local students=runs/d-main/pipeline
+    [ "$stage" = train ] || [ "$stage" = finish ] && students="$students runs/d-baseline-3d/pipeline"
+    tar --exclude image_encoder -cf - $students 2>/dev/null | split -b 15m - "$OUT/students.tar.part-" || true
     [ "$stage" = teacher ] && [ -d runs/teacher ] && tar -C runs --exclude image_encoder -cf - teacher | split -b 15m - "$OUT/teacher.tar.part-"
+    [ "$stage" = prepare ] && tar -cf - runs/q-test runs/q-heldout runs/gt-test runs/gt-heldout 2>/dev/null | split -b 15m - "$OUT/eval-sets.tar.part-"
     tar -czf "$OUT/results.tgz" runs/plan.json runs/scaling.json runs/teacher-choice.json runs/choice runs/t-*/log.jsonl runs/t-*/samples runs/eval runs/d-*/log.jsonl runs/d-*/samples runs/*.log runs/c-test/README.md \
         runs/q-corpus/README.md 2>/dev/null || true
     ls -la "$OUT"; echo "$stage took $(( $(date +%s) - start )) s"
@@ -58,11 +61,14 @@ launch() {  # accelerate launch over all GPUs (one process without CUDA)
 }
 
 ARMS="main no-verification fresh-noise baseline-3d"
+# Batch 64, not 16: one arm's step is mostly host work (kernel launches of a tiny model: 3 steps/s alone at batch 16
+# with the GPU busy 12% of the time), so a larger batch is nearly free samples.
+export ARM_BATCH=${ARM_BATCH:-64}
 # The arms share the CPU: at torch's default (a thread per core each) the 4 arms ran 5-12x slower than one alone
 # (2026-11-30, 2x H200, 32 cores: 0.25-0.6 steps/s against 3.0), their forward being mostly host work.
 ARM_THREADS=${ARM_THREADS:-$(( $(nproc) / 4 > 0 ? $(nproc) / 4 : 1 ))}
 arm_command() {  # arm, max steps, time limit
-    local common="--teacher $TEACHER --output-dir runs/d-$1 --max-steps $2 --batch-size 16 --lr 2e-4 --warmup-steps 200
+    local common="--teacher $TEACHER --output-dir runs/d-$1 --max-steps $2 --batch-size $ARM_BATCH --lr 2e-4 --warmup-steps 200
         --checkpoint-every 200 --sample-every 100000 --log-every 25 --resume latest --time-limit $3 --export runs/d-$1/pipeline
         --allow-incomplete $DISTILL_EXTRA"
     case $1 in
@@ -88,25 +94,26 @@ train_arms() {  # max steps, time limit: all arms side by side
 plan() {  # the speed probe and runs/plan.json, once
     [ -f runs/plan.json ] && return 0
     echo "[$(left) s left] speed probe"
+    # The probe's steps are the arms' first steps (same folders, resumed later): the warm-up and the verification
+    # ramp do not depend on --max-steps this early (the ramp's weight is ~0 before 20% of the run).
     local k=0
     for arm in $ARMS; do
-        profile=""; if [ $arm = main ]; then profile="--profile-steps 10"; fi
-        OMP_NUM_THREADS=$ARM_THREADS on_gpu $k python3 $(arm_command $arm 100000 600 | sed "s#runs/d-$arm#runs/probe-$arm#g; s#--log-every 25#--log-every 5#; s#--export [^ ]*##") \
-            --stop-after 25 $profile > runs/probe-$arm.log 2>&1 &
+        OMP_NUM_THREADS=$ARM_THREADS on_gpu $k python3 $(arm_command $arm 100000 600 | sed "s#--log-every 25#--log-every 5#; s#--export [^ ]*##") \
+            --stop-after 20 > runs/probe-$arm.log 2>&1 &
         k=$(( k + 1 ))
     done
     wait
-    tr '\r' '\n' < runs/probe-main.log | grep -A 22 "Self CPU %" | head -24
     # TRAIN_SECONDS: the training time the arms will get over all calls; 10% is kept as a margin.
     python3 - <<'PY'
-import json, pathlib, os, time
+import json, pathlib, os
 rates = {}
 for arm in "main no-verification fresh-noise baseline-3d".split():
-    rows = {r["step"]: r["elapsed_s"] for r in map(json.loads, pathlib.Path(f"runs/probe-{arm}/log.jsonl").read_text().splitlines()) if "elapsed_s" in r}
-    rates[arm] = 15 / (rows[25] - rows[10])
+    rows = {r["step"]: r["elapsed_s"] for r in map(json.loads, pathlib.Path(f"runs/d-{arm}/log.jsonl").read_text().splitlines()) if "elapsed_s" in r}
+    rates[arm] = 15 / (rows[20] - rows[5])
 train_seconds = float(os.environ.get("TRAIN_SECONDS", "700"))
 max_steps = max(int(os.environ.get("MIN_STEPS", "100")), int(min(rates.values()) * train_seconds * 0.9) // 50 * 50)
-json.dump({"rates_steps_per_s_side_by_side": rates, "gpus": int(os.environ["NGPU"]), "max_steps": max_steps, "train_seconds": train_seconds}, open("runs/plan.json", "w"), indent=1)
+json.dump({"rates_steps_per_s_side_by_side": rates, "gpus": int(os.environ["NGPU"]), "batch_size": int(os.environ["ARM_BATCH"]),
+           "max_steps": max_steps, "train_seconds": train_seconds}, open("runs/plan.json", "w"), indent=1)
 print(json.dumps(json.load(open("runs/plan.json"))))
 PY
 }
@@ -175,7 +182,7 @@ PY
 }
 
 scaling() {  # 1 GPU vs all of them through accelerate launch: simulate.py and distill.py, the same work
-    [ -f runs/scaling.json ] && return 0
+    [ -f runs/scaling.json ] || [ "${SCALING:-1}" = 0 ] && return 0
     { [ "$NGPU" -gt 1 ] || [ -n "$SMOKE" ]; } || return 0
     echo "[$(left) s left] scaling, 1 vs $NGPU GPUs"
     local n=${SCALE_IMAGES:-192} steps=${SCALE_STEPS:-40}
@@ -228,9 +235,15 @@ simulate_all() {  # $1: seconds to keep free after the builds
         on_gpu $k python3 $sim --corpus runs/c-$1 --out runs/$2 > runs/$2.log 2>&1 &
         k=$(( k + 1 ))
     done
-    for pair in "train gt-train" "test gt-test" "heldout gt-heldout"; do set -- $pair
+    for pair in "test gt-test" "heldout gt-heldout"; do set -- $pair
         on_gpu $k python3 $sim --ground-truth --corpus runs/c-$1 --out runs/$2 > runs/$2.log 2>&1 &
         k=$(( k + 1 ))
+    done
+    # The 3D-only baseline's targets: its noise is fresh, so one seed per object; object generation is CPU work
+    # (~4 quadruples/s a process), so 4 processes split the shards.
+    for j in 0 1 2 3; do
+        OMP_NUM_THREADS=2 on_gpu $j python3 $sim --ground-truth --seeds-per-image 1 --batch-size 64 --shard-size 64 --corpus runs/c-train --out runs/gt-train \
+            --process-index $j --num-processes 4 > runs/gt-train-$j.log 2>&1 &
     done
     wait; for f in runs/q-*.log runs/gt-*.log; do echo "$f: $(tr '\r' '\n' < $f | grep -E "wrote|complete" | tr '\n' ' ')"; done
 }
@@ -275,16 +288,16 @@ else
     pipes=""; for arm in $ARMS; do pipes="$pipes --pipeline $arm=runs/d-$arm/pipeline"; done
     pipes="$pipes $EVAL_EXTRA"
     mkdir -p runs/eval
-    ( on_gpu 0 timeout $(box 15) python3 benchmarks/distill_quality.py --quadruples runs/q-test --truth runs/gt-test $pipes \
-        --count ${TEST_COUNT:-192} --out runs/eval/test \
-      && on_gpu 0 timeout $(box 15) python3 benchmarks/distill_quality.py --quadruples runs/q-heldout --truth runs/gt-heldout $pipes \
-         --count ${HELDOUT_COUNT:-128} --diversity-images 8 --out runs/eval/heldout ) > runs/eval/distill.log 2>&1 &
-    on_gpu 0 timeout $(box 15) python3 benchmarks/teacher_quality.py --teacher $TEACHER --objects ${TEACHER_EVAL_OBJECTS:-100} --batch 50 --fit-steps 200 --out runs/eval/teacher $TEACHER_EVAL_EXTRA \
-        > runs/eval/teacher.log 2>&1 &
+    # Held-out objects of the teacher's test split (vs the teacher, the truth, the per-sample ceiling; determinism)
+    # and of the held-out family (diversity across seeds), side by side.
+    on_gpu 0 timeout $(box 15) python3 benchmarks/distill_quality.py --quadruples runs/q-test --truth runs/gt-test $pipes \
+        --count ${TEST_COUNT:-192} --out runs/eval/test > runs/eval/distill-test.log 2>&1 &
+    on_gpu 1 timeout $(box 15) python3 benchmarks/distill_quality.py --quadruples runs/q-heldout --truth runs/gt-heldout $pipes \
+        --count ${HELDOUT_COUNT:-128} --diversity-images 8 --out runs/eval/heldout > runs/eval/distill-heldout.log 2>&1 &
     if [ "$NGPU" -gt 1 ]; then  # the last GPU is free now: the ImageDream-size ODE, torch.compile'd (issue 4's goal)
         on_gpu $(( NGPU - 1 )) timeout $(box 20) python3 benchmarks/simulate_throughput.py --teacher imagedream --device cuda \
             --batches 32 --repeats 2 --compile --json runs/eval/imagedream_compiled.json > runs/eval/imagedream.log 2>&1 &
     fi
-    wait; tail -n 12 runs/eval/distill.log; tail -n 40 runs/eval/teacher.log; tail -n 3 runs/eval/imagedream.log 2>/dev/null || true
+    wait; tail -n 14 runs/eval/distill-*.log; tail -n 3 runs/eval/imagedream.log 2>/dev/null || true
 fi
 
