@@ -9,6 +9,10 @@ image-prompt adapter, SD VAE, OpenCLIP ViT-H towers, a toy tokenizer) to a tempo
 through `ImageDreamTeacher.from_pretrained`, so the timed path is the one real weights take. `--compile`
 wraps the UNet in torch.compile (default mode; `--compile max-autotune-no-cudagraphs` tunes kernels for minutes).
 Goal for the ImageDream-size UNet on an H100: >= 8 quadruples/s.
+
+`--count-flops` counts the floating-point operations of one quadruple's ODE (torch.utils.flop_counter, one
+sample run on the device: the UNet steps with CFG, conditioning and decoding) and reports each row's achieved
+TFLOP/s, to tell a slow implementation from a goal beyond what the hardware can do.
 """
 
 from __future__ import annotations
@@ -61,6 +65,22 @@ def measure(teacher, batch: int, steps: int, guidance: float, repeats: int, devi
     return {"batch": batch, "steps": steps, "guidance_scale": guidance, "seconds": best, "quadruples_per_s": batch / best}
 
 
+def ode_flops(teacher, steps: int, guidance: float) -> int:
+    """Floating-point operations of one quadruple's full ODE (one sample through the teacher's own simulate).
+
+    Counted at 1 and 2 sampler steps and extrapolated (every step runs the same UNet work; within 1% of a direct
+    count on the toy size), so a CPU can count the full-size teacher."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    image = torch.rand(1, 4, 256, 256, generator=torch.Generator().manual_seed(0))
+    counts = []
+    for num_steps in (1, 2):
+        with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+            teacher.simulate(image, [0], num_steps=num_steps, guidance_scale=guidance)
+        counts.append(counter.get_total_flops())
+    return counts[0] + (steps - 1) * (counts[1] - counts[0])
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--teacher", default="tiny", choices=["tiny", "imagedream", "imagedream-tiny"], help="imagedream-tiny: a toy-size smoke run")
@@ -72,6 +92,7 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--compile", nargs="?", const="default", default=None, metavar="MODE",
                    help="torch.compile the UNet (mode: default, or e.g. max-autotune-no-cudagraphs, which tunes for minutes)")
+    p.add_argument("--count-flops", action="store_true", help="also count one quadruple's FLOPs and report TFLOP/s")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
@@ -82,11 +103,14 @@ def main(argv=None):
             unet = teacher.unet
             unet.forward = torch.compile(unet.forward, mode=args.compile)
         guidance = teacher.default_guidance_scale if args.guidance_scale is None else args.guidance_scale
+        flops = ode_flops(teacher, args.steps, guidance) if args.count_flops else None
         rows = []
         for batch in (int(b) for b in args.batches.split(",")):
             with torch.inference_mode():
                 row = measure(teacher, batch, args.steps, guidance, args.repeats, device)
             row.update(teacher=args.teacher, dtype=args.dtype, compiled=args.compile or False, device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu")
+            if flops is not None:
+                row.update(tflop_per_quadruple=flops / 1e12, achieved_tflop_per_s=flops * row["quadruples_per_s"] / 1e12)
             rows.append(row)
             print(json.dumps(row), flush=True)
     if args.json:

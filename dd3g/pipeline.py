@@ -237,7 +237,7 @@ def _looks_local(path) -> bool:
 
 def _check_checkpoint_folder(path: Path) -> None:
     if not path.exists():
-        hint = " (no trained dd3g-tiny ships yet: pass a checkpoint folder)" if path == DEFAULT_CHECKPOINT else ""
+        hint = " (the shipped dd3g-tiny is missing from this install: reinstall, or pass a checkpoint folder)" if path == DEFAULT_CHECKPOINT else ""
         raise CheckpointError(f"checkpoint folder {path} does not exist{hint}")
     if not path.is_dir():
         raise CheckpointError(f"checkpoint {path} is not a folder (expected a save_pretrained folder with model_index.json)")

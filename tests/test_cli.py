@@ -95,10 +95,13 @@ def test_usage_errors_exit_2_with_one_line(checkpoint, image, tmp_path, capsys, 
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
 
 
-def test_missing_default_model_says_so(image, tmp_path, capsys):
+def test_missing_default_model_says_so(image, tmp_path, capsys, monkeypatch):
+    import dd3g.pipeline
+
+    monkeypatch.setattr(dd3g.pipeline, "DEFAULT_CHECKPOINT", tmp_path / "hub" / "dd3g-tiny")
     assert main([str(image), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
-    assert "no trained dd3g-tiny ships yet" in err
+    assert "the shipped dd3g-tiny is missing" in err
 
 
 def test_real_subprocess(checkpoint, image, tmp_path):
