@@ -104,9 +104,12 @@ def determinism(pipe, teacher_data, indices, size) -> dict:
 
 
 def diversity(pipe, teacher_data, args, lpips_model, size, device) -> dict:
-    """Mean pairwise back-view LPIPS across the seeds of one image, student vs teacher; front-view fidelity."""
+    """Mean pairwise back-view LPIPS across the seeds of one image, student vs teacher; front-view fidelity; and
+    whether the student follows its own N: its MSE against its own seed's views vs the other seeds' views, beside
+    the floor of any N-blind model (the teacher's seed-mean against each seed)."""
     seeds = args.seeds_per_image
     student_spread, teacher_spread, student_front, teacher_front = [], [], [], []
+    own, other, blind_floor = [], [], []
     for image in range(args.diversity_images):
         batch = teacher_data.batch([image * seeds + j for j in range(seeds)])
         pred, taught = student_views(pipe, batch, size), batch["views"].to(device)
@@ -116,12 +119,19 @@ def diversity(pipe, teacher_data, args, lpips_model, size, device) -> dict:
         source = composite_on(F.interpolate(batch["image"], size=(size, size), mode="bilinear", antialias=True)).to(device)
         student_front.append(psnr(composite_on(pred[:, 0]), source).mean().item())
         teacher_front.append(psnr(composite_on(taught[:, 0]), source).mean().item())
+        pred_rgb, taught_rgb = composite_on(pred), composite_on(taught)  # [S, V, 3, s, s]
+        pairwise = ((pred_rgb[:, None] - taught_rgb[None]) ** 2).flatten(2).mean(-1)  # [S student, S teacher]
+        own.append(pairwise.diagonal().mean().item())
+        other.append(pairwise[~torch.eye(seeds, dtype=torch.bool, device=pairwise.device)].mean().item())
+        blind_floor.append(((taught_rgb - taught_rgb.mean(0, keepdim=True)) ** 2).mean().item())
     mean = lambda xs: sum(xs) / max(1, len(xs))  # noqa: E731
     return {
         "images": args.diversity_images, "seeds_per_image": seeds,
         "back_view_lpips_student": mean(student_spread), "back_view_lpips_teacher": mean(teacher_spread),
         "spread_ratio": mean(student_spread) / max(1e-8, mean(teacher_spread)),
         "front_view_psnr_vs_input_student": mean(student_front), "front_view_psnr_vs_input_teacher": mean(teacher_front),
+        # N-use: own < other means the student's output follows its N; floor = what no N-blind model can go below.
+        "mse_vs_own_seed": mean(own), "mse_vs_other_seeds": mean(other), "mse_floor_of_n_blind_model": mean(blind_floor),
     }
 
 

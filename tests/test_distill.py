@@ -1,5 +1,6 @@
 """Distillation at toy size on the CPU: it learns from quadruples, resumes exactly, exports a loadable pipeline."""
 
+import argparse
 import json
 
 import pytest
@@ -7,6 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from dd3g.pipeline import DD3GPipeline
+from dd3g.preprocess import composite_on
 from tests.helpers import rgba_image, toy_teacher_pipeline
 from training import build_corpus, distill, simulate
 
@@ -130,7 +132,7 @@ def test_two_processes_match_one_with_the_same_global_batch(world, tmp_path):
     assert diff.max() <= 2 * 2 * distill.parse_args(args + ["--output-dir", "x"]).lr + 1e-6
 
 
-def test_distill_quality_benchmark_scores_students_against_teacher_and_truth(world, tmp_path):
+def test_distill_quality_benchmark_scores_students_against_teacher_and_truth(world, tmp_path, monkeypatch):
     import sys
     from pathlib import Path
 
@@ -158,6 +160,25 @@ def test_distill_quality_benchmark_scores_students_against_teacher_and_truth(wor
     same = dq.compare(views, views, __import__("dd3g.metrics", fromlist=["LPIPS"]).LPIPS.from_pretrained())
     assert (same["psnr"] > 100).all() and same["lpips"].abs().max() < 1e-5
     assert report["teacher_vs_truth"]["psnr"]["all"] < 40
+    # N-use: a student that outputs the teacher's seed-mean whatever its N follows no seed (own = other) and sits
+    # exactly on the N-blind floor; one that outputs each seed's own views is at 0 against its own seed.
+    teacher_data = distill.QuadrupleBatches(str(world / "quadruples"), (4, 4, 16, 16))
+    args = argparse.Namespace(seeds_per_image=2, diversity_images=2)
+    lpips_model = __import__("dd3g.metrics", fromlist=["LPIPS"]).LPIPS.from_pretrained()
+    size = teacher_data.batch([0])["views"].shape[-1]
+    def seed_mean(pipe, batch, size):  # opaque views whose colour on white is the mean of the teacher's
+        mean = composite_on(batch["views"]).mean(0, keepdim=True).expand(batch["views"].shape[0], -1, -1, -1, -1)
+        return torch.cat([mean, torch.ones_like(mean[:, :, :1])], dim=2)
+
+    for name, fake in (("mean", seed_mean), ("own", lambda pipe, batch, size: batch["views"])):
+        monkeypatch.setattr(dq, "student_views", fake)
+        result = dq.diversity(None, teacher_data, args, lpips_model, size, torch.device("cpu"))
+        assert result["mse_floor_of_n_blind_model"] > 0  # the teacher's seeds differ
+        if name == "mean":
+            assert result["mse_vs_own_seed"] == pytest.approx(result["mse_vs_other_seeds"], rel=1e-5)
+            assert result["mse_vs_own_seed"] == pytest.approx(result["mse_floor_of_n_blind_model"], rel=1e-4)
+        else:
+            assert result["mse_vs_own_seed"] == 0 and result["mse_vs_other_seeds"] > result["mse_floor_of_n_blind_model"]
 
 
 def test_an_unfinished_quadruple_build_is_refused_unless_allowed(world, tmp_path, capsys):
