@@ -4,17 +4,18 @@ Phase 1 (pattern extraction) is the teacher's multi-view UNet run *once*, at the
 on the same noise N and cameras C the teacher's ODE started from, with the input image as the clean 5th
 frame. Its last decoder feature map holds per-view "patterns": the input view copied, the others imagined.
 
-Phase 2 (progressive decoding) patchifies the 4 output views' patterns into tokens, adds each patch of N itself,
-concatenates the frozen tokenizer's image tokens, and runs transformer blocks over all of them. Heads tap the stack at increasing
-depth: positions first, then scale + rotation, then opacity + colour. After the position head, Fourier
-features of the decoded positions are added to the view tokens, so later blocks attend with geometry known.
-Every view token emits `gaussians_per_token` Gaussians.
+Phase 2 (progressive decoding) patchifies the 4 output views' patterns into tokens, adds each patch of N
+itself, concatenates the frozen tokenizer's image tokens, and runs transformer blocks over all of them. Heads
+tap the stack at increasing depth: positions first, then scale + rotation, then opacity + colour. After the
+position head, Fourier features of the decoded positions are added to the view tokens, so later blocks attend
+with geometry known. Every view token emits `gaussians_per_token` Gaussians.
 
 Why N reaches phase 2 directly: at the first sampler timestep the teacher's UNet sees next to no signal, so its
 prediction (v ~ -x0 under v-prediction) is a function of the image and cameras alone; a UNet trained there learns
 to drop N, and its features carry little of it. Yet the teacher's later steps keep N (its epsilon part) and that is
 what makes its seeds differ. Without this path a student sees almost nothing that tells one seed from another and
-learns the per-image mean (measured on a CPU toy: outputs for different seeds agreed to 46.6 dB).
+learns the per-image mean (measured on a CPU toy: outputs for different seeds agreed to 46.6 dB). The path makes
+N readable, not used: the shipped 1,050-step student still ignores it (hub/dd3g-tiny/README.md).
 """
 
 from __future__ import annotations

@@ -294,7 +294,7 @@ else
         --count ${TEST_COUNT:-192} --out runs/eval/test > runs/eval/distill-test.log 2>&1 &
     on_gpu 1 timeout $(box 15) python3 benchmarks/distill_quality.py --quadruples runs/q-heldout --truth runs/gt-heldout $pipes \
         --count ${HELDOUT_COUNT:-128} --diversity-images 8 --out runs/eval/heldout > runs/eval/distill-heldout.log 2>&1 &
-    if [ "$NGPU" -gt 1 ]; then  # the last GPU is free now: the ImageDream-size ODE, torch.compile'd (issue 4's goal)
+    if [ "$NGPU" -gt 1 ]; then  # the ImageDream-size ODE, torch.compile'd, beside the last GPU's evaluation (not a clean figure)
         on_gpu $(( NGPU - 1 )) timeout $(box 20) python3 benchmarks/simulate_throughput.py --teacher imagedream --device cuda \
             --batches 32 --repeats 2 --compile --json runs/eval/imagedream_compiled.json > runs/eval/imagedream.log 2>&1 &
     fi
