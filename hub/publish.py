@@ -97,7 +97,8 @@ def stage_model(source: Path, target: Path, model_repo: str, dataset_repo: Optio
         "",
         "A DD3G generator: one RGBA image in, 3D Gaussians out, in one forward pass of a student distilled from a "
         "multi-view diffusion model (*Distilling Multi-view Diffusion Models into 3D Generators*, "
-        "Qin et al., arXiv 2504.00457). A different seed gives a different plausible object.",
+        "Qin et al., arXiv 2504.00457). The seed selects the noise the student starts from; the card below says "
+        "how much the objects of different seeds differ for this checkpoint.",
         "",
         f"Try it in the Space: [{space_repo}](https://huggingface.co/spaces/{space_repo}).",
         "",
