@@ -100,11 +100,11 @@ def main(argv=None):
     torch.backends.cuda.matmul.allow_tf32 = True
     with tempfile.TemporaryDirectory() as tmp:
         teacher = build_teacher(args.teacher, device, dtype, Path(tmp))
+        guidance = teacher.default_guidance_scale if args.guidance_scale is None else args.guidance_scale
+        flops = ode_flops(teacher, args.steps, guidance) if args.count_flops else None  # eager: the counter sees every op
         if args.compile:
             unet = teacher.unet
             unet.forward = torch.compile(unet.forward, mode=args.compile)
-        guidance = teacher.default_guidance_scale if args.guidance_scale is None else args.guidance_scale
-        flops = ode_flops(teacher, args.steps, guidance) if args.count_flops else None
         rows = []
         for batch in (int(b) for b in args.batches.split(",")):
             with torch.inference_mode():

@@ -166,6 +166,7 @@ def test_distill_quality_benchmark_scores_students_against_teacher_and_truth(wor
     args = argparse.Namespace(seeds_per_image=2, diversity_images=2)
     lpips_model = __import__("dd3g.metrics", fromlist=["LPIPS"]).LPIPS.from_pretrained()
     size = teacher_data.batch([0])["views"].shape[-1]
+
     def seed_mean(pipe, batch, size):  # opaque views whose colour on white is the mean of the teacher's
         mean = composite_on(batch["views"]).mean(0, keepdim=True).expand(batch["views"].shape[0], -1, -1, -1, -1)
         return torch.cat([mean, torch.ones_like(mean[:, :, :1])], dim=2)
