@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT))
 
 from dd3g.export import turntable_frames  # noqa: E402
 from dd3g.pipeline import DD3GPipeline  # noqa: E402
-from dd3g.preprocess import preprocess  # noqa: E402
+from dd3g.preprocess import composite_on, preprocess  # noqa: E402
 from training.common import image_grid  # noqa: E402
 
 
@@ -39,7 +39,7 @@ def main(argv=None):
         gaussians = pipe(str(path), seeds=[0]).gaussians[0]
         frames = torch.from_numpy(turntable_frames(gaussians, args.frames, args.size)).permute(0, 3, 1, 2).float() / 255  # [T, 3, s, s]
         source = F.interpolate(source, size=(args.size, args.size), mode="bilinear", antialias=True)
-        source = source[:, :3] * source[:, 3:] + (1 - source[:, 3:])  # on white, like the renders
+        source = composite_on(source)  # on white, like the renders
         rows.append(torch.cat([source, frames]))
     print(image_grid(rows, Path(args.out)))
 

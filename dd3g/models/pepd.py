@@ -239,8 +239,11 @@ class PEPD(ModelMixin, ConfigMixin):
 
         # Tokens: patchified patterns + the same patch of N + the ray through each patch centre + which view.
         p, g = cfg.patch_size, self.grid
-        patches = features.reshape(b, v, -1, g, p, g, p).permute(0, 1, 3, 5, 2, 4, 6).flatten(4)  # [B, V, g, g, Cf*p*p]
-        noise_patches = noise.reshape(b, v, -1, g, p, g, p).permute(0, 1, 3, 5, 2, 4, 6).flatten(4)  # [B, V, g, g, C*p*p]
+
+        def patchify(x: Tensor) -> Tensor:  # [B, V, C, H, W] -> [B, V, g, g, C*p*p]
+            return x.reshape(b, v, -1, g, p, g, p).permute(0, 1, 3, 5, 2, 4, 6).flatten(4)
+
+        patches, noise_patches = patchify(features), patchify(noise)  # [B, V, g, g, Cf*p*p], [B, V, g, g, C*p*p]
         rays = cameras[:, :v].resized(g, g).plucker_rays().to(noise.dtype).permute(0, 1, 3, 4, 2)  # [B, V, g, g, 6]
         view_tokens = (self.patch_embed(patches) + self.noise_embed(noise_patches) + self.ray_embed(rays)
                        + self.view_embed[None, :, None, None])
