@@ -79,7 +79,8 @@ def test_high_noise_fraction_moves_that_share_of_timesteps_to_the_top_of_the_ran
 
     args = train_teacher.parse_args(["--tiny-test", "--output-dir", "unused"])
     pool = train_teacher.build_pool(args, torch.device("cpu"))
-    draw = lambda: train_teacher.sample_batch(args, pool, ViewLayout(), range(64), 0, 16, torch.device("cpu"))["timesteps"]  # noqa: E731
+    args.batch_size = 64
+    draw = lambda: train_teacher.sample_batch(args, pool, ViewLayout(), 0, 16, torch.device("cpu"))["timesteps"]  # noqa: E731
     uniform = draw()
     assert (uniform >= 800).float().mean() < 0.4
     args.high_noise_fraction = 1.0
@@ -89,6 +90,39 @@ def test_high_noise_fraction_moves_that_share_of_timesteps_to_the_top_of_the_ran
     assert 0.45 < share < 0.8  # half moved, plus the uniform draws that were high already
     args.high_noise_fraction, args.high_noise_start = 1.0, 950
     assert (draw() >= 950).all()
+
+
+def test_k_processes_draw_the_slices_of_the_one_process_batch_and_steps_differ():
+    """A batch is keyed by (run seed, step): process k of K renders rows [k*b, (k+1)*b) of the one-process batch."""
+    from dd3g.cameras import ViewLayout
+
+    args = train_teacher.parse_args(["--tiny-test", "--output-dir", "unused"])
+    pool = train_teacher.build_pool(args, torch.device("cpu"))
+    args.batch_size = 4
+    whole = train_teacher.sample_batch(args, pool, ViewLayout(), 3, 16, torch.device("cpu"))
+    args.batch_size = 2
+    halves = [train_teacher.sample_batch(args, pool, ViewLayout(), 3, 16, torch.device("cpu"), k, 2) for k in (0, 1)]
+    for key in ("noise", "timesteps", "dropped"):
+        assert torch.equal(torch.cat([h[key] for h in halves]), whole[key]), key
+    for key in ("views", "input_view"):  # the same objects and cameras; the splatter's sums may round by batch
+        assert torch.allclose(torch.cat([h[key] for h in halves]), whole[key], atol=1e-5), key
+    assert torch.equal(torch.cat([h["cameras"].viewmats for h in halves]), whole["cameras"].viewmats)
+    args.batch_size = 4
+    other = train_teacher.sample_batch(args, pool, ViewLayout(), 4, 16, torch.device("cpu"))
+    assert not torch.equal(other["noise"], whole["noise"]) and not torch.equal(other["views"], whole["views"])
+
+
+def test_a_kept_expert_is_exported_beside_the_trained_main_unet(tmp_path):
+    """--keep-expert-from: the main UNet trains, the export carries the given teacher's expert unchanged."""
+    _run(tmp_path / "base", "--max-steps", "2", "--export", str(tmp_path / "base-teacher"))
+    _run(tmp_path / "expert", "--max-steps", "1", "--expert-for", str(tmp_path / "base-teacher"), "--high-noise-start", "990",
+         "--export", str(tmp_path / "with-expert"))
+    _run(tmp_path / "main", "--max-steps", "2", "--keep-expert-from", str(tmp_path / "with-expert"),
+         "--init-from", str(tmp_path / "with-expert"), "--init-step", "2", "--max-steps", "4", "--export", str(tmp_path / "out"))
+    kept, out = TinyTeacher.from_pretrained(tmp_path / "with-expert"), TinyTeacher.from_pretrained(tmp_path / "out")
+    assert out.pipe.config.high_noise_start == 990
+    assert all(torch.equal(a, b) for a, b in zip(kept.pipe.high_noise_unet.state_dict().values(), out.pipe.high_noise_unet.state_dict().values()))
+    assert any(not torch.equal(a, b) for a, b in zip(kept.unet.state_dict().values(), out.unet.state_dict().values()))
 
 
 def test_expert_run_trains_only_the_top_timesteps_and_exports_beside_its_base(tmp_path):

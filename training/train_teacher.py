@@ -9,8 +9,10 @@ views at the teacher's resolution and the input view (for the clean 5th frame an
 learns v-prediction on the 4 views; image tokens and the input frame are dropped together with probability
 `--cond-dropout` (classifier-free guidance). bf16 on CUDA, EMA, AdamW with warm-up and cosine decay.
 
-Every per-sample draw comes from a generator keyed by (run seed, global sample index), so a resumed run
-draws exactly what the uninterrupted one would have, and 1 or K processes see the same samples.
+Every draw comes from generators keyed by (run seed, step) over the whole global batch, so a resumed run draws
+exactly what the uninterrupted one would have, and 1 or K processes see the same samples. The data stays on the
+device: the object pool lives there, views are rendered there with gsplat, noise is drawn there; the optimizer is
+fused and `--compile` compiles the UNet (`benchmarks/teacher_step.py` compares the full step with the model alone).
 `--time-limit` stops cleanly (with a checkpoint) before a wall-clock budget runs out; `--resume latest` goes on.
 """
 
@@ -77,6 +79,9 @@ def parse_args(argv=None):
     p.add_argument("--expert-for", default=None, metavar="TEACHER",
                    help="train the high-noise expert for this teacher folder instead: every sample at t >= "
                         "--high-noise-start; samples and the export use TEACHER's UNet below that")
+    p.add_argument("--keep-expert-from", default=None, metavar="TEACHER",
+                   help="train the main UNet and export it beside TEACHER's high-noise expert (samples use it too)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the UNet (pays off on runs of many minutes)")
     p.add_argument("--guidance-scale", type=float, default=3.0, help="stored in the exported pipeline")
     p.add_argument("--pool-size", type=int, default=4096, help="procedural training objects built at the start")
     p.add_argument("--num-gaussians", type=int, default=8192, help="per procedural object")
@@ -95,6 +100,8 @@ def parse_args(argv=None):
     p.add_argument("--init-from", default=None, help="continue from weights alone (a checkpoint's model.safetensors folder "
                    "plus an exported teacher for the EMA), e.g. across machines; fresh optimizer, warm-up again")
     args = p.parse_args(argv)
+    if args.expert_for and args.keep_expert_from:
+        p.error("--expert-for trains an expert; --keep-expert-from keeps one: choose one")
     if args.expert_for:
         args.high_noise_fraction = 1.0
     if args.tiny_test:
@@ -121,55 +128,73 @@ def build_pool(args, device) -> Gaussians:
     return synthetic.batch_objects(seeds, args.num_gaussians).to(device)
 
 
-def sample_batch(args, pool: Gaussians, layout: ViewLayout, global_indices, step_seed: int, size: int, device):
-    """Render one batch. Everything random is keyed by the sample's global index."""
-    pool_ids, yaws, elevations, offsets, timesteps, dropped, noises = [], [], [], [], [], [], []
+def sample_batch(args, pool: Gaussians, layout: ViewLayout, step: int, size: int, device, process_index: int = 0,
+                 num_processes: int = 1):
+    """Render this process's slice of global batch `step`.
+
+    Every draw comes from generators keyed by (run seed, step) and is made for the whole global batch at once:
+    the scalars (object, yaw, elevation, output-view offset, timestep, dropout) in one call on the CPU, the noise on
+    the device. So a resumed run draws what the uninterrupted one drew, 1 or K processes see the same samples, and
+    no host work or host-device copy grows with the batch (a per-sample CPU loop of draws and CPU noise was half
+    of the step before).
+    """
+    total, rows = args.batch_size * num_processes, slice(process_index * args.batch_size, (process_index + 1) * args.batch_size)
+    scalars = torch.rand((total, 7), generator=generator(sample_seed(args.seed, "teacher-batch", step)))[rows]  # [B, 7]
+    pool_ids = (scalars[:, 0] * pool.batch_shape[0]).long().clamp_max(pool.batch_shape[0] - 1)
+    yaws = scalars[:, 1] * 2 * math.pi
     low, high = args.elevation_range
-    for index in global_indices:
-        gen = generator(sample_seed(step_seed, index))
-        pool_ids.append(int(torch.randint(pool.batch_shape[0], (1,), generator=gen)))
-        yaws.append(float(torch.rand(1, generator=gen)) * 2 * math.pi)
-        elevations.append(low + (high - low) * float(torch.rand(1, generator=gen)))
-        offsets.append(float(torch.rand(1, generator=gen)) * 360.0)
-        timestep = int(torch.randint(1000, (1,), generator=gen))
-        if args.high_noise_fraction > 0 and float(torch.rand(1, generator=gen)) < args.high_noise_fraction:
-            timestep = args.high_noise_start + timestep % (1000 - args.high_noise_start)
-        timesteps.append(timestep)
-        dropped.append(float(torch.rand(1, generator=gen)) < args.cond_dropout)
-        noises.append(torch.randn((layout.num_views, 4, size, size), generator=gen))
-    objects = pool[torch.tensor(pool_ids, device=device)].rotated_about_y(torch.tensor(yaws, device=device))
-    elevation = torch.tensor(elevations)
-    cameras = layout.cameras(size, size, elevation_deg=elevation, azimuth_offset_deg=torch.tensor(offsets), include_input=True).to(device)
+    elevation = low + (high - low) * scalars[:, 2]  # [B] degrees
+    offsets = scalars[:, 3] * 360.0
+    timesteps = (scalars[:, 4] * 1000).long().clamp_max(999)
+    if args.high_noise_fraction > 0:
+        top = args.high_noise_start + timesteps % (1000 - args.high_noise_start)
+        timesteps = torch.where(scalars[:, 5] < args.high_noise_fraction, top, timesteps)
+    dropped = scalars[:, 6] < args.cond_dropout
+    noise_generator = torch.Generator(device=device).manual_seed(sample_seed(args.seed, "teacher-noise", step))
+    noise = torch.randn((total, layout.num_views, 4, size, size), generator=noise_generator, device=device)[rows]  # [B, V, 4, s, s]
+    objects = pool[pool_ids.to(device, non_blocking=True)].rotated_about_y(yaws.to(device, non_blocking=True))
+    cameras = layout.cameras(size, size, elevation_deg=elevation, azimuth_offset_deg=offsets, include_input=True).to(device)
     with torch.no_grad():
         views = render(objects, cameras[:, : layout.num_views], background=None).rgba()  # [B, V, 4, s, s]
         input_view = render(objects, layout.input_camera(args.input_size, args.input_size, elevation).to(device), background=None).rgba()[:, 0]
     return {
         "views": views, "input_view": input_view, "cameras": cameras,
-        "timesteps": torch.tensor(timesteps, device=device), "dropped": torch.tensor(dropped, device=device),
-        "noise": torch.stack(noises).to(device),
+        "timesteps": timesteps.to(device, non_blocking=True), "dropped": dropped.to(device, non_blocking=True), "noise": noise,
     }
 
 
-def training_loss(unet, tokenizer, scheduler, batch) -> torch.Tensor:
+def model_inputs(unet, tokenizer, scheduler, batch) -> dict:
+    """The UNet's inputs and target for a rendered batch: noised views + the clean input frame, timesteps, camera
+    rays, image tokens (zeroed with the frame for dropped samples), and the v-prediction target."""
     views, size = batch["views"], batch["views"].shape[-1]
     b, v = views.shape[:2]
     x0 = views * 2 - 1  # [B, V, 4, s, s]
     noise, t = batch["noise"], batch["timesteps"]
     x_t = scheduler.add_noise(x0, noise, t)
-    target = scheduler.get_velocity(x0, noise, t)
     input_view = batch["input_view"]  # [B, 4, S, S]
     with torch.no_grad():
         tokens = tokenizer(composite_on(input_view).to(tokenizer.dtype))  # [B, L, D]
     frame = F.interpolate(input_view, size=(size, size), mode="bilinear", antialias=True, align_corners=False) * 2 - 1
     keep = (~batch["dropped"]).to(x0.dtype)
-    tokens = tokens * keep.view(b, 1, 1).to(tokens.dtype)
-    frame = frame * keep.view(b, 1, 1, 1)
-    frames = torch.cat([x_t, frame[:, None]], dim=1)  # [B, V+1, 4, s, s]
-    timesteps = torch.cat([t[:, None].expand(b, v), torch.zeros_like(t)[:, None]], dim=1).float()
     model = unet.module if hasattr(unet, "module") else unet
-    camera = model.camera_condition(batch["cameras"])
-    prediction = unet(frames, timesteps, camera, tokens).sample[:, :v]
-    return F.mse_loss(prediction.float(), target.float())
+    return {
+        "frames": torch.cat([x_t, (frame * keep.view(b, 1, 1, 1))[:, None]], dim=1),  # [B, V+1, 4, s, s]
+        "timesteps": torch.cat([t[:, None].expand(b, v), torch.zeros_like(t)[:, None]], dim=1).float(),  # [B, V+1]
+        "camera": model.camera_condition(batch["cameras"]),
+        "tokens": tokens * keep.view(b, 1, 1).to(tokens.dtype),
+        "target": scheduler.get_velocity(x0, noise, t),  # [B, V, 4, s, s]
+    }
+
+
+def unet_loss(unet, inputs: dict) -> torch.Tensor:
+    """v-prediction MSE on the output views (the input frame is clean and not scored)."""
+    v = inputs["target"].shape[1]
+    prediction = unet(inputs["frames"], inputs["timesteps"], inputs["camera"], inputs["tokens"]).sample[:, :v]
+    return F.mse_loss(prediction.float(), inputs["target"].float())
+
+
+def training_loss(unet, tokenizer, scheduler, batch) -> torch.Tensor:
+    return unet_loss(unet, model_inputs(unet, tokenizer, scheduler, batch))
 
 
 def init_from_weights(unet: MultiViewUNet, ema, folder: Path, step: Optional[int] = None, component: str = "unet") -> int:
@@ -203,12 +228,21 @@ def init_step_of(folder: Path, step: Optional[int] = None) -> int:
     return step
 
 
-def teacher_pipeline(model, tokenizer, args, base_unet=None) -> TinyMVDMPipeline:
-    """`model` as the teacher, or as the high-noise expert beside `base_unet` (--expert-for)."""
-    if base_unet is None:
+def teacher_pipeline(model, tokenizer, args, base_unet=None, expert_unet=None) -> TinyMVDMPipeline:
+    """`model` as the teacher (beside a kept `expert_unet`, --keep-expert-from), or as the high-noise expert
+    beside `base_unet` (--expert-for)."""
+    if base_unet is None and expert_unet is None:
         return TinyMVDMPipeline(model, tokenizer, training_scheduler(), guidance_scale=args.guidance_scale)
-    return TinyMVDMPipeline(base_unet, tokenizer, training_scheduler(), high_noise_unet=model,
-                            guidance_scale=args.guidance_scale, high_noise_start=args.high_noise_start)
+    main, expert = (base_unet, model) if base_unet is not None else (model, expert_unet)
+    return TinyMVDMPipeline(main, tokenizer, training_scheduler(), high_noise_unet=expert,
+                            guidance_scale=args.guidance_scale, high_noise_start=high_noise_start_of(args))
+
+
+def high_noise_start_of(args) -> int:
+    """Where the expert takes over: this run's --high-noise-start for an expert run, else the kept expert's own."""
+    if args.keep_expert_from:
+        return int(json.loads((Path(args.keep_expert_from) / "model_index.json").read_text())["high_noise_start"])
+    return args.high_noise_start
 
 
 def load_base_unet(args, device) -> Optional[MultiViewUNet]:
@@ -217,18 +251,29 @@ def load_base_unet(args, device) -> Optional[MultiViewUNet]:
     return MultiViewUNet.from_pretrained(Path(args.expert_for) / "unet", use_safetensors=True).float().to(device).eval()
 
 
-def export_teacher(unet, ema, tokenizer, args, path: Path, dtype=torch.float16, base_unet=None) -> TinyMVDMPipeline:
+def load_kept_expert(args, device) -> Optional[MultiViewUNet]:
+    if not args.keep_expert_from:
+        return None
+    folder = Path(args.keep_expert_from) / "high_noise_unet"
+    if not folder.is_dir():
+        raise SystemExit(f"--keep-expert-from {args.keep_expert_from}: that teacher has no high_noise_unet/")
+    return MultiViewUNet.from_pretrained(folder, use_safetensors=True).float().to(device).eval()
+
+
+def export_teacher(unet, ema, tokenizer, args, path: Path, dtype=torch.float16, base_unet=None, expert_unet=None) -> TinyMVDMPipeline:
     """The EMA weights as a TinyMVDMPipeline folder (fp16 safetensors, sharded under 15 MiB a file)."""
     export_unet = MultiViewUNet.from_config(unet.config)
     ema.copy_to(export_unet.parameters())
-    base = None if base_unet is None else copy.deepcopy(base_unet).to(dtype)  # the training copy stays fp32
-    pipe = teacher_pipeline(export_unet.to(dtype), tokenizer.to(dtype), args, base)
+    # The training copies stay fp32.
+    base = None if base_unet is None else copy.deepcopy(base_unet).to(dtype)
+    expert = None if expert_unet is None else copy.deepcopy(expert_unet).to(dtype)
+    pipe = teacher_pipeline(export_unet.to(dtype), copy.deepcopy(tokenizer).to(dtype), args, base, expert)
     pipe.save_pretrained(path, safe_serialization=True, max_shard_size="12MB")
     return pipe
 
 
 @torch.no_grad()
-def sample_grid(unet, ema, tokenizer, args, layout, path: Path, device, num_objects: int = 4, base_unet=None):
+def sample_grid(unet, ema, tokenizer, args, layout, path: Path, device, num_objects: int = 4, base_unet=None, expert_unet=None):
     """Validation objects: input | teacher's 4 views (EMA weights, DDIM) | the true 4 renders."""
     size = unet.config.sample_size if not hasattr(unet, "module") else unet.module.config.sample_size
     model = unet.module if hasattr(unet, "module") else unet
@@ -241,7 +286,7 @@ def sample_grid(unet, ema, tokenizer, args, layout, path: Path, device, num_obje
     ema.store(model.parameters())
     ema.copy_to(model.parameters())
     try:
-        teacher = TinyTeacher(teacher_pipeline(model, tokenizer, args, base_unet))
+        teacher = TinyTeacher(teacher_pipeline(model, tokenizer, args, base_unet, expert_unet))
         result = teacher.simulate(inputs, seeds=list(range(num_objects)), num_steps=args.sample_steps, elevation_deg=elevation)
         # Uniform timesteps left the teacher ignoring its cameras at the sampler's first step (t = 999): watch it.
         sensitivity = {f"camera_sensitivity_t{t}": camera_sensitivity(teacher, inputs, truth, elevation, timestep=t) for t in (999, 950)}
@@ -281,25 +326,27 @@ def main(argv=None):
             component = "high_noise_unet" if args.expert_for and has_expert else "unet"
             step = init_from_weights(unet, ema, Path(args.init_from), restart_step, component)
             accelerator.print(f"initialised from weights in {args.init_from} at step {step}")
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=args.weight_decay, betas=(0.9, 0.99))
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=args.weight_decay, betas=(0.9, 0.99),
+                                  fused=device.type == "cuda")  # one kernel for all parameters, no host loop
     lr_schedule = warmup_cosine(optimizer, args.warmup_steps, args.max_steps, restart_step=restart_step)
     unet, optimizer, lr_schedule = accelerator.prepare(unet, optimizer, lr_schedule)
+    if args.compile:
+        unet.forward = torch.compile(unet.forward)  # the wrapper stays, so saving and DDP see the same module
     ema.to(device)
 
     if resume_from is not None:
         step = restore_checkpoint(accelerator, resume_from, ema)
     pool = build_pool(args, device)
     base_unet = load_base_unet(args, device)
+    expert_unet = load_kept_expert(args, device)
     size = (unet.module if hasattr(unet, "module") else unet).config.sample_size
     stop_at = min(args.max_steps, args.stop_after or args.max_steps)
-    global_batch = args.batch_size * accelerator.num_processes
     start_time = time.time()
     progress = tqdm(total=stop_at, initial=step, desc="teacher", disable=not accelerator.is_local_main_process)
     profiler = StepProfiler(args.profile_steps if accelerator.is_main_process else 0, device)
     while step < stop_at:
-        first = step * global_batch + accelerator.process_index * args.batch_size
         with profiler.phase("sample_batch"):
-            batch = sample_batch(args, pool, layout, range(first, first + args.batch_size), args.seed, size, device)
+            batch = sample_batch(args, pool, layout, step, size, device, accelerator.process_index, accelerator.num_processes)
         with profiler.phase("forward"), accelerator.autocast():
             loss = training_loss(unet, tokenizer, scheduler, batch)
         with profiler.phase("backward_step_ema"):
@@ -317,7 +364,8 @@ def main(argv=None):
         if step % args.checkpoint_every == 0 or step == stop_at or out_of_time:
             save_checkpoint(accelerator, output_dir, step, {"args": vars(args)}, ema=ema)
         if accelerator.is_main_process and (step % args.sample_every == 0 or step == stop_at or out_of_time):
-            quality = sample_grid(unet, ema, tokenizer, args, layout, output_dir / "samples" / f"step-{step:07d}.png", device, base_unet=base_unet)
+            quality = sample_grid(unet, ema, tokenizer, args, layout, output_dir / "samples" / f"step-{step:07d}.png", device,
+                                  base_unet=base_unet, expert_unet=expert_unet)
             log.write(step=step, **quality)
         if out_of_time:
             accelerator.print(f"time limit reached at step {step}; resume with --resume latest")
@@ -325,20 +373,20 @@ def main(argv=None):
     progress.close()
     accelerator.wait_for_everyone()
     if accelerator.is_main_process and args.export:
-        export_teacher(accelerator.unwrap_model(unet), ema, tokenizer, args, Path(args.export), base_unet=base_unet)
+        export_teacher(accelerator.unwrap_model(unet), ema, tokenizer, args, Path(args.export), base_unet=base_unet, expert_unet=expert_unet)
     if accelerator.is_main_process and args.handoff:
-        write_handoff(accelerator.unwrap_model(unet), ema, tokenizer, args, Path(args.handoff), step)
+        write_handoff(accelerator.unwrap_model(unet), ema, tokenizer, args, Path(args.handoff), step, expert_unet)
     accelerator.end_training()  # releases the process group of a multi-GPU run
     return step
 
 
-def write_handoff(unet, ema, tokenizer, args, folder: Path, step: int) -> None:
+def write_handoff(unet, ema, tokenizer, args, folder: Path, step: int, expert_unet=None) -> None:
     """Weights-only state small enough to carry between machines (no optimizer moments)."""
     from safetensors.torch import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().float().cpu().contiguous() for k, v in unet.state_dict().items()}, folder / "model.safetensors")
-    export_teacher(unet, ema, tokenizer, args, folder / "teacher")
+    export_teacher(unet, ema, tokenizer, args, folder / "teacher", expert_unet=expert_unet)
     (folder / "trainer_state.json").write_text(json.dumps({"step": step, "args": vars(args)}, indent=1))
 
 
