@@ -223,3 +223,52 @@ def test_phase_one_starts_as_the_teachers_first_step_unet(world, tmp_path):
     assert phase1.keys() == expert.keys()
     assert all(torch.allclose(phase1[k], expert[k], atol=1e-6) for k in expert)  # a 1e-12 step moves nothing visible
     assert not all(torch.allclose(phase1[k], base[k], atol=1e-6) for k in base)
+
+
+def test_epochs_read_whole_image_groups_in_a_keyed_order_that_changes_each_epoch():
+    data = distill.QuadrupleBatches.__new__(distill.QuadrupleBatches)  # the ordering alone, on 12 images x 4 seeds
+    data.rows = list(range(48))
+    data.image_of_row = torch.arange(48) // 4
+    data.groups = [list(range(4 * g, 4 * g + 4)) for g in range(12)]
+    data._epoch_order = (None, None)
+    first, second = data.training_rows(range(48), seed=0), data.training_rows(range(48, 96), seed=0)
+    assert sorted(first) == sorted(second) == list(range(48))  # each epoch reads every row once
+    assert first != second and first != list(range(48))  # shuffled, and differently each epoch
+    for rows in (first, second):
+        images = [r // 4 for r in rows]
+        assert all(len(set(images[k : k + 4])) == 1 for k in range(0, 48, 4))  # an image's seeds stay together
+    assert data.training_rows(range(48, 96), seed=0) == second  # keyed: the same on a rerun or resume
+    assert data.training_rows(range(4, 8), seed=0) == first[4:8]  # any slice of the global batch alone
+    assert data.training_rows(range(48), seed=1) != first
+
+
+def test_seed_deviation_loss_is_blind_to_the_per_image_mean_and_zero_only_for_seed_aware_predictions():
+    gen = torch.Generator().manual_seed(0)
+    target = torch.rand(6, 3, 8, 8, generator=gen)  # 2 images x 3 seeds
+    images = torch.tensor([0, 0, 0, 1, 1, 1])
+    per_image_mean = target.view(2, 3, 3, 8, 8).mean(1, keepdim=True).expand(2, 3, 3, 8, 8).reshape(6, 3, 8, 8)
+    seed_blind = distill.seed_deviation_loss(per_image_mean, target, images)
+    deviation = (target - per_image_mean).pow(2).mean()
+    assert float(seed_blind) == pytest.approx(float(deviation), rel=1e-5)  # what a seed-blind model pays
+    assert float(distill.seed_deviation_loss(target, target, images)) == 0
+    shifted = target + torch.tensor([0.3, 0.3, 0.3, -0.2, -0.2, -0.2]).view(6, 1, 1, 1)  # a wrong mean per image only
+    assert float(distill.seed_deviation_loss(shifted, target, images)) == pytest.approx(0, abs=1e-10)
+    singletons = distill.seed_deviation_loss(per_image_mean, target, torch.arange(6))  # no image has two seeds
+    assert float(singletons) == 0
+
+
+def test_preloaded_batches_equal_decoded_ones_and_training_runs_pixel_aligned_with_the_seed_term(world, tmp_path):
+    decoded = distill.QuadrupleBatches(str(world / "quadruples"), (4, 4, 16, 16))
+    preloaded = distill.QuadrupleBatches(str(world / "quadruples"), (4, 4, 16, 16))
+    preloaded.preload(torch.device("cpu"))
+    a, b = decoded.batch([3, 0]), preloaded.batch([3, 0])
+    for key in ("image", "views", "noise", "elevation", "image_ids"):
+        assert torch.equal(a[key], b[key]), key
+    assert a["seeds"] == b["seeds"]
+    out = tmp_path / "pixel"
+    assert _run(world, out, "--max-steps", "2", "--preload", "--position-mode", "pixel-aligned", "--seed-deviation-weight", "2",
+                "--no-verification", "--batch-size", "2", "--export", str(tmp_path / "pipe")) == 2
+    assert "seed_deviation" in _losses(out)[-1]
+    pipe = DD3GPipeline.from_pretrained(tmp_path / "pipe")
+    assert pipe.student.config.position_mode == "pixel-aligned"
+    assert torch.isfinite(pipe(rgba_image(), seeds=[0]).gaussians.means).all()

@@ -155,3 +155,48 @@ def test_presets():
     assert out.num_gaussians == 4 * size * size * 16
     with pytest.raises(ValueError, match="unknown PEPD preset"):
         PEPD.preset("huge")
+
+
+def _project(cameras, points):
+    """Pixel coordinates of world points in each camera.  cameras [B, V], points [B, V, N, 3] -> [B, V, N, 2]"""
+    homogeneous = torch.cat([points, torch.ones_like(points[..., :1])], dim=-1)  # [B, V, N, 4]
+    in_camera = (cameras.viewmats[..., None, :, :] @ homogeneous[..., None])[..., :3, 0]  # [B, V, N, 3]
+    pixels = (cameras.Ks[..., None, :, :] @ in_camera[..., None])[..., 0]
+    return pixels[..., :2] / pixels[..., 2:]
+
+
+def test_pixel_aligned_gaussians_sit_on_their_pixels_rays():
+    """Each Gaussian of view v projects into view v at the centre of its own pixel, within the object's depth range."""
+    student = toy_student(position_mode="pixel-aligned", gaussians_per_token=16)
+    noise, frame, cams, tokens = _inputs(student)
+    g = student(noise, frame, cams, tokens).gaussians
+    b, v, size, p = 2, 4, student.unet.config.sample_size, student.config.patch_size
+    means = g.means.reshape(b, v, -1, 3)  # [B, V, pixels, 3] in token order
+    pixels = _project(cams[:, :v], means)  # [B, V, pixels, 2]
+    rows, cols = torch.meshgrid(torch.arange(size) + 0.5, torch.arange(size) + 0.5, indexing="ij")
+    expected = torch.stack([cols, rows], dim=-1)  # [S, S, 2] (x, y)
+    g_ = size // p
+    expected = expected.reshape(g_, p, g_, p, 2).permute(0, 2, 1, 3, 4).reshape(-1, 2)  # token-major, pixel within
+    assert torch.allclose(pixels, expected.expand_as(pixels), atol=1e-3)
+    distance = means.norm(dim=-1)
+    assert distance.max() < student.config.position_bound * 1.5 + 0.1  # near the ball, not at the camera
+    with pytest.raises(ValueError, match="multiple of"):
+        toy_student(position_mode="pixel-aligned", gaussians_per_token=4)
+
+
+def test_input_colour_anchor_gives_view_0_the_input_frames_colours():
+    """With the anchor, view 0's Gaussians carry the input frame's pixel colours (up to the learned residual, made 0
+    here); the other views do not depend on the frame through this path."""
+    student = toy_student(position_mode="pixel-aligned", gaussians_per_token=16, input_colour_anchor=True)
+    with torch.no_grad():
+        student.head_appearance.weight.zero_()
+        student.head_appearance.bias.view(16, 4)[:, 1:] = 0
+    noise, frame, cams, tokens = _inputs(student)
+    colours = student(noise, frame, cams, tokens).gaussians.colors.reshape(2, 4, -1, 3)  # [B, V, pixels, 3]
+    size, p = student.unet.config.sample_size, student.config.patch_size
+    g_ = size // p
+    rgb = ((frame[:, :3] + 1) / 2).permute(0, 2, 3, 1).reshape(2, g_, p, g_, p, 3).permute(0, 1, 3, 2, 4, 5).reshape(2, -1, 3)
+    assert torch.allclose(colours[:, 0], rgb.clamp_min(0), atol=1e-5)
+    assert torch.allclose(colours[:, 1:], torch.full_like(colours[:, 1:], 0.5), atol=1e-6)
+    with pytest.raises(ValueError, match="input_colour_anchor needs"):
+        toy_student(input_colour_anchor=True)

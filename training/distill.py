@@ -10,8 +10,14 @@ from the stored seed and checked against the stored hash), the same cameras C an
 * implicit verification: the frozen teacher scores renders (canonical cameras or the layout rotated by a random
   azimuth, input frame kept) in the SDS form, weighted lambda * sigmoid((k - k0) / tau) over training.
 Ablations: `--no-verification`, `--fresh-noise` (the student gets a new N each time: no noise alignment).
-Per-sample randomness (verification azimuths, timesteps, fresh noise) is keyed by (run seed, global sample
-index, step), so resume is exact and 1-vs-K processes see the same samples.
+* optionally (`--seed-deviation-weight`), a term only a seed-aware student can lower: within each image's seeds in
+  the batch, every render's difference from their mean against the same for the teacher's views (MSE). Plain MSE
+  is this plus the error of the per-image mean; while the mean's error dominates, a student learns the mean and
+  drops N, so this weight tips the balance toward N.
+Rows are read in epochs of whole image groups (an image's seeds stay together), their order shuffled each epoch
+by a key of (run seed, epoch). Per-sample randomness (verification azimuths, timesteps, fresh noise) is keyed by
+(run seed, global sample index, step), so resume is exact and 1-vs-K processes see the same samples.
+`--preload` decodes every quadruple once and keeps them on the device (uint8 images, float32 N).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import math
 import sys
 import time
 from pathlib import Path
+from typing import Dict, List
 
 import numpy as np
 import torch
@@ -62,6 +69,12 @@ def parse_args(argv=None):
                    help="lambda of implicit verification (its loss is a per-element mean, like the RGB MSE)")
     p.add_argument("--verification-k0", type=float, default=0.3, help="ramp centre, fraction of max steps")
     p.add_argument("--verification-tau", type=float, default=0.05, help="ramp width, fraction of max steps")
+    p.add_argument("--seed-deviation-weight", type=float, default=0.0,
+                   help="weight of the per-image seed-deviation MSE (module docstring); 0 turns it off")
+    p.add_argument("--position-mode", default=None, choices=["free", "pixel-aligned"],
+                   help="override the preset's Gaussian placement (PEPD position_mode)")
+    p.add_argument("--no-colour-anchor", action="store_true", help="view 0's colours do not start from the input's pixels")
+    p.add_argument("--preload", action="store_true", help="decode all quadruples once and keep them on the device")
     p.add_argument("--no-verification", action="store_true", help="ablation: explicit supervision only")
     p.add_argument("--fresh-noise", action="store_true", help="ablation: a new N per step instead of the teacher's")
     p.add_argument("--checkpoint-every", type=int, default=1000)
@@ -119,9 +132,51 @@ class QuadrupleBatches:
         self.verified_seeds = set()  # each row's N is checked against its hash once, not every epoch
         if len(self.rows) == 0:
             raise SystemExit(f"no quadruples in {folder}")
+        columns = self.rows.column_names if hasattr(self.rows, "column_names") else []
+        images = self.rows["corpus_index"] if "corpus_index" in columns else list(range(len(self.rows)))
+        self.image_of_row = torch.tensor([int(i) for i in images])  # [R] which image a row's seed belongs to
+        groups: Dict[int, List[int]] = {}
+        for row, image in enumerate(self.image_of_row.tolist()):
+            groups.setdefault(image, []).append(row)
+        self.groups = list(groups.values())
+        self._epoch_order = (None, None)
+        self.preloaded = None
+
+    def training_rows(self, global_indices, seed: int) -> List[int]:
+        """Rows for global sample indices: epoch e = i // R reads whole image groups in an order keyed by (seed, e),
+        so an image's seeds share a batch and every epoch differs (the same for any process count and on resume)."""
+        total, rows = len(self.rows), []
+        for i in global_indices:
+            epoch, position = divmod(int(i), total)
+            if self._epoch_order[0] != (seed, epoch):
+                permutation = torch.randperm(len(self.groups), generator=generator(sample_seed(seed, "epoch", epoch)))
+                self._epoch_order = ((seed, epoch), [row for g in permutation.tolist() for row in self.groups[g]])
+            rows.append(self._epoch_order[1][position])
+        return rows
+
+    def preload(self, device) -> None:
+        """Decode every row once (hashes checked) and keep images and views as uint8, N as float32, on `device`."""
+        every = range(len(self.rows))
+        chunks = [self._decode([*every][k : k + 256]) for k in range(0, len(self.rows), 256)]
+        stack = lambda key, u8: torch.cat([c[key].mul(255).round().to(torch.uint8) if u8 else c[key] for c in chunks]).to(device)  # noqa: E731
+        self.preloaded = {"image": stack("image", True), "views": stack("views", True), "noise": stack("noise", False),
+                          "seeds": [s for c in chunks for s in c["seeds"]], "elevation": torch.cat([c["elevation"] for c in chunks])}
 
     def batch(self, indices) -> dict:
-        rows = [self.rows[int(i) % len(self.rows)] for i in indices]
+        rows = [int(i) % len(self.rows) for i in indices]
+        if self.preloaded is None:
+            out = self._decode(rows)
+        else:
+            index = torch.tensor(rows)
+            data = self.preloaded
+            device_index = index.to(data["image"].device, non_blocking=True)
+            out = {"image": data["image"][device_index].float() / 255, "views": data["views"][device_index].float() / 255,
+                   "noise": data["noise"][device_index], "seeds": [data["seeds"][r] for r in rows], "elevation": data["elevation"][index]}
+        out["image_ids"] = self.image_of_row[torch.tensor(rows)]  # [B] on the CPU
+        return out
+
+    def _decode(self, row_indices) -> dict:
+        rows = [self.rows[r] for r in row_indices]
         seeds = [int(r["seed"]) for r in rows]
         noise = noise_from_seeds(self.noise_shape, seeds)  # the teacher's own N, re-drawn from its seed
         if self.verify_hashes:
@@ -156,6 +211,23 @@ def explicit_loss(renders, views, args, lpips_model) -> dict:
     return losses
 
 
+def seed_deviation_loss(rendered: torch.Tensor, target: torch.Tensor, image_ids: torch.Tensor) -> torch.Tensor:
+    """MSE between each sample's difference from its image's mean over the batch's seeds, student vs teacher.
+
+    rendered, target [B, ...]; image_ids [B] (CPU). Images with one seed in the batch carry no such signal and are
+    left out; 0 when none has two.
+    """
+    _, inverse, counts = torch.unique(image_ids, return_inverse=True, return_counts=True)  # on the CPU: no device sync
+    shared = counts[inverse] > 1  # [B]
+    if not bool(shared.any()):
+        return rendered.sum() * 0
+    inverse, counts, shared = (x.to(rendered.device, non_blocking=True) for x in (inverse, counts, shared))
+    difference = (rendered - target).float()  # the mean-free part of this is what a seed-blind model cannot fit
+    sums = torch.zeros((len(counts),) + difference.shape[1:], device=difference.device).index_add_(0, inverse, difference)
+    deviation = difference - (sums / counts.view(-1, *[1] * (difference.dim() - 1)))[inverse]
+    return deviation[shared].pow(2).mean()
+
+
 def distillation_step(student, teacher, tokenizer, batch, args, step: int, global_indices, lpips_model):
     device = next(student.parameters()).device
     layout, size = teacher.layout, teacher.image_size
@@ -173,6 +245,11 @@ def distillation_step(student, teacher, tokenizer, batch, args, step: int, globa
     gaussians = student(noise, frame, cameras, tokens).gaussians
     renders = render(gaussians, cameras[:, : layout.num_views], background=None)
     losses = explicit_loss(renders, views, args, lpips_model)
+    if args.seed_deviation_weight > 0:
+        rendered_rgba = torch.cat([renders.rgb + (1 - renders.alpha), renders.alpha], dim=2)  # on white, + alpha
+        target_rgba = torch.cat([composite_on(views), views[:, :, 3:]], dim=2)
+        losses["seed_deviation"] = seed_deviation_loss(rendered_rgba, target_rgba, batch["image_ids"])
+        losses["total"] = losses["total"] + args.seed_deviation_weight * losses["seed_deviation"]
     weight = verification_weight(args, step)
     losses["verification_weight"] = torch.tensor(weight)
     total = losses["total"]
@@ -240,6 +317,12 @@ def main(argv=None):
     tokenizer = teacher.pipe.image_encoder
     torch.manual_seed(args.seed)  # phase-2 initial weights only
     phase2 = dict(patch_size=4, gaussians_per_token=4, width=32, num_heads=2, blocks_before_means=1, blocks_before_shape=1, blocks_before_appearance=1) if args.tiny_test else {}
+    if args.position_mode:
+        phase2["position_mode"] = args.position_mode
+        if args.position_mode == "pixel-aligned" and args.tiny_test:
+            phase2["gaussians_per_token"] = 16  # one per pixel of a 4 x 4 patch
+    if args.no_colour_anchor or args.position_mode == "free":
+        phase2["input_colour_anchor"] = False
     # Phase 1 runs once on N at the sampler's first timestep: it starts as the UNet the teacher runs there (its
     # high-noise expert when it has one; the main UNet is camera-blind at that timestep).
     first_step = teacher.sampling_scheduler(1).timesteps[0].item()
@@ -253,6 +336,8 @@ def main(argv=None):
     except (ImportError, FileNotFoundError) as error:
         accelerator.print(f"LPIPS unavailable ({error}); explicit supervision uses MSE terms only")
     data = QuadrupleBatches(args.quadruples, teacher.noise_shape, allow_incomplete=args.allow_incomplete)
+    if args.preload:
+        data.preload(device)
 
     ema = EMAModel(student.parameters(), decay=args.ema_decay, model_cls=PEPD, model_config=student.config, foreach=True)
     optimizer = torch.optim.AdamW(student.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99))
@@ -270,7 +355,7 @@ def main(argv=None):
         first = step * global_batch + accelerator.process_index * args.batch_size
         indices = list(range(first, first + args.batch_size))
         with profiler.phase("load_batch"):
-            batch = data.batch(indices)
+            batch = data.batch(data.training_rows(indices, args.seed))
         with profiler.phase("forward_losses"), accelerator.autocast():
             losses, gaussians, renders = distillation_step(student, teacher, tokenizer, batch, args, step, indices, lpips_model)
         with profiler.phase("backward_step_ema"):
@@ -286,8 +371,8 @@ def main(argv=None):
         if step % args.checkpoint_every == 0 or step == stop_at or out_of_time:
             save_checkpoint(accelerator, output_dir, step, {"args": vars(args)}, ema=ema)
         if accelerator.is_main_process and (step % args.sample_every == 0 or step == stop_at):
-            rows = [torch.cat([F.interpolate(batch["image"][i : i + 1], size=batch["views"].shape[-2:], mode="bilinear", antialias=True),
-                               batch["views"][i], renders.rgba()[i].detach().float().cpu()]) for i in range(min(4, len(indices)))]
+            rows = [torch.cat([F.interpolate(batch["image"][i : i + 1].cpu(), size=batch["views"].shape[-2:], mode="bilinear", antialias=True),
+                               batch["views"][i].cpu(), renders.rgba()[i].detach().float().cpu()]) for i in range(min(4, len(indices)))]
             image_grid(rows, output_dir / "samples" / f"step-{step:07d}.png")
         if out_of_time:
             accelerator.print(f"time limit reached at step {step}; resume with --resume latest")

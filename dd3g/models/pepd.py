@@ -72,6 +72,10 @@ def fourier_features(x: Tensor, num_frequencies: int) -> Tensor:
 # The teacher's sample space, where N and the clean input frame live: pixel RGBA in [-1, 1] (the tiny teacher)
 # or the latents of an SD VAE (ImageDream).
 SAMPLE_SPACES = ("rgba", "sd-vae")
+# Where a Gaussian's mean comes from: "free", a 3D point per Gaussian inside the ball; "pixel-aligned", a depth
+# along the ray through its own pixel of its view (Splatter Image / LGM style), so what a view's token sees in
+# its patch lands where that patch looks.
+POSITION_MODES = ("free", "pixel-aligned")
 
 
 def _init_config(model: ConfigMixin) -> Dict[str, Any]:
@@ -83,9 +87,11 @@ class PEPD(ModelMixin, ConfigMixin):
     """Noise + cameras + image -> 3D Gaussians in one pass."""
 
     PRESETS: Dict[str, Dict[str, Any]] = {
-        # 4 views x 16 x 16 tokens x 16 Gaussians = 16,384 Gaussians; phase 1 is the tiny teacher's UNet.
+        # 4 views x 16 x 16 tokens x 16 Gaussians = 16,384 Gaussians, one per pixel of the 4 views at 64 px, on that
+        # pixel's ray; the input view's Gaussians start from the input's colours. Phase 1 is the tiny teacher's UNet.
         "tiny": dict(unet_preset="tiny", patch_size=4, width=256, num_heads=4, blocks_before_means=2,
-                     blocks_before_shape=2, blocks_before_appearance=2, image_token_dim=112, sample_space="rgba"),
+                     blocks_before_shape=2, blocks_before_appearance=2, image_token_dim=112, sample_space="rgba",
+                     position_mode="pixel-aligned", input_colour_anchor=True),
         # 4 views x 32 x 32 latent tokens x 16 = 65,536 Gaussians; phase 1 mirrors ImageDream's UNet.
         "base": dict(unet_preset="base", patch_size=1, width=768, num_heads=12, blocks_before_means=4,
                      blocks_before_shape=2, blocks_before_appearance=2, image_token_dim=112, sample_space="sd-vae"),
@@ -116,10 +122,17 @@ class PEPD(ModelMixin, ConfigMixin):
         initial_opacity: float = 0.1,
         phase1_timestep: int = 999,
         sample_space: str = "rgba",
+        position_mode: str = "free",
+        input_colour_anchor: bool = False,
     ):
         super().__init__()
         if sample_space not in SAMPLE_SPACES:
             raise ValueError(f"sample_space must be one of {SAMPLE_SPACES}, got {sample_space!r}")
+        if position_mode not in POSITION_MODES:
+            raise ValueError(f"position_mode must be one of {POSITION_MODES}, got {position_mode!r}")
+        if input_colour_anchor and (position_mode != "pixel-aligned" or sample_space != "rgba"):
+            raise ValueError("input_colour_anchor needs position_mode='pixel-aligned' and sample_space='rgba' "
+                             "(view 0's Gaussians take the colours of the input frame's pixels)")
         if unet_config is None:
             if unet_preset is None:
                 raise ValueError("PEPD needs unet_preset or unet_config")
@@ -136,6 +149,9 @@ class PEPD(ModelMixin, ConfigMixin):
         if sample_size % patch_size:
             raise ValueError(f"patch_size {patch_size} must divide the UNet's sample size {sample_size}")
         self.grid = sample_size // patch_size
+        if position_mode == "pixel-aligned" and gaussians_per_token % (patch_size * patch_size):
+            raise ValueError(f"pixel-aligned Gaussians need gaussians_per_token ({gaussians_per_token}) to be a multiple of "
+                             f"the pixels of a patch ({patch_size}x{patch_size})")
         patch_dim = self.unet.feature_channels * patch_size * patch_size
 
         self.patch_embed = nn.Linear(patch_dim, width)
@@ -177,8 +193,10 @@ class PEPD(ModelMixin, ConfigMixin):
         shape_bias.data[:, 3] = 1.0
         appearance_bias = self.head_appearance.bias.view(k, 4)
         appearance_bias.data[:, 0] = math.log(cfg.initial_opacity / (1 - cfg.initial_opacity))
-        with torch.no_grad():
-            self.head_means.bias.normal_(std=0.5)  # distinct positions for the k Gaussians of a token
+        if cfg.position_mode == "free":
+            with torch.no_grad():
+                self.head_means.bias.normal_(std=0.5)  # distinct positions for the k Gaussians of a token
+        # pixel-aligned: zero bias, every Gaussian starts where its ray passes closest to the centre
 
     @classmethod
     def preset(cls, name: str, **overrides) -> "PEPD":
@@ -257,8 +275,11 @@ class PEPD(ModelMixin, ConfigMixin):
         for block in self.blocks_means:
             tokens = block(tokens)
         raw_means = self.head_means(self.norm_means(tokens[:, :num_view_tokens])).reshape(b, -1, k, 3)
-        radius = raw_means.norm(dim=-1, keepdim=True).clamp_min(1e-6)
-        means = raw_means * (cfg.position_bound * torch.tanh(radius) / radius)  # [B, T, k, 3] inside the ball
+        if cfg.position_mode == "pixel-aligned":
+            means = self._pixel_aligned_means(raw_means[..., 0], cameras[:, :v])  # [B, T, k, 3]
+        else:
+            radius = raw_means.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+            means = raw_means * (cfg.position_bound * torch.tanh(radius) / radius)  # [B, T, k, 3] inside the ball
         encoding = self.means_encoding(fourier_features(means.flatten(2) / cfg.position_bound, cfg.fourier_frequencies))
         tokens = torch.cat([tokens[:, :num_view_tokens] + encoding, tokens[:, num_view_tokens:]], dim=1)
         for block in self.blocks_shape:
@@ -268,6 +289,10 @@ class PEPD(ModelMixin, ConfigMixin):
             tokens = block(tokens)
         appearance = self.head_appearance(self.norm_appearance(tokens[:, :num_view_tokens])).reshape(b, -1, k, 4)
 
+        sh_dc = appearance[..., 1:]  # [B, T, k, 3]
+        if cfg.input_colour_anchor:
+            sh_dc = sh_dc + self._input_colour_anchor(input_frame, v)
+
         log_min, log_max = math.log(cfg.min_scale), math.log(cfg.max_scale)
         log_scales = log_min + (log_max - log_min) * torch.sigmoid(shape[..., :3])  # clamped scales
         gaussians = Gaussians(
@@ -275,8 +300,36 @@ class PEPD(ModelMixin, ConfigMixin):
             log_scales=log_scales.reshape(b, -1, 3),
             quats=shape[..., 3:].reshape(b, -1, 4),
             opacity_logits=appearance[..., 0].reshape(b, -1),
-            sh_dc=appearance[..., 1:].reshape(b, -1, 3),
+            sh_dc=sh_dc.reshape(b, -1, 3),
         )
         if not return_dict:
             return (gaussians,)
         return PEPDOutput(gaussians=gaussians)
+
+    def _per_token_pixels(self, x: Tensor) -> Tensor:
+        """A view-major pixel map to the Gaussians' layout: [B, V, H, W, C] -> [B, V*g*g, k, C], Gaussian j of a
+        token on pixel j mod p*p of its patch (row-major)."""
+        b, v, _, _, c = x.shape
+        g, p, k = self.grid, self.config.patch_size, self.config.gaussians_per_token
+        x = x.reshape(b, v, g, p, g, p, c).permute(0, 1, 2, 4, 3, 5, 6).reshape(b, v * g * g, p * p, c)
+        return x.repeat(1, 1, k // (p * p), 1)
+
+    def _pixel_aligned_means(self, raw_depth: Tensor, cameras: Cameras) -> Tensor:
+        """Means on each Gaussian's pixel ray: the ray's closest approach to the world origin, moved along the ray
+        by up to +-position_bound (the object's ball).  raw_depth [B, T, k] -> means [B, T, k, 3]"""
+        size = self.unet.config.sample_size
+        origins, dirs = cameras.resized(size, size).pixel_rays()  # [B, V, S, S, 3] each, S the phase-1 grid
+        origins, dirs = (self._per_token_pixels(x.to(raw_depth.dtype)) for x in (origins, dirs))  # [B, T, k, 3]
+        closest = -(origins * dirs).sum(-1)  # [B, T, k] depth of the point nearest the origin
+        depth = closest + self.config.position_bound * torch.tanh(raw_depth)
+        return origins + depth[..., None] * dirs
+
+    def _input_colour_anchor(self, input_frame: Tensor, num_views: int) -> Tensor:
+        """View 0 is the input camera (ViewLayout): its Gaussians start from the input frame's pixel colours, so
+        the photo's colours need not be relearned through the network.  [B, C, H, W] -> SH DC offsets [B, T, k, 3]"""
+        from ..gaussians import SH_C0
+
+        rgb = (input_frame[:, :3].float() + 1) / 2  # [B, 3, H, W] in [0, 1]
+        anchor = ((rgb - 0.5) / SH_C0).permute(0, 2, 3, 1)[:, None]  # [B, 1, H, W, 3]
+        views = torch.cat([anchor, torch.zeros_like(anchor).expand(-1, num_views - 1, -1, -1, -1)], dim=1)
+        return self._per_token_pixels(views).to(input_frame.dtype)
