@@ -22,12 +22,12 @@ import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Sequence, Union
+from typing import Any, BinaryIO, Callable, Sequence, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, UnidentifiedImageError
 
 __all__ = [
     "ImageInputError",
@@ -40,6 +40,9 @@ __all__ = [
     "preprocess",
     "composite_on",
     "u2netp_model_path",
+    "LIBRARY_MAX_PIXELS",
+    "SERVER_MAX_PIXELS",
+    "WORKING_SIDE",
 ]
 
 ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, BinaryIO, Image.Image, np.ndarray]
@@ -51,6 +54,19 @@ U2NETP_MD5 = "8e83ca70e441ab06c318d82300c84806"
 # rembg mask values below this (or above 1 - this) are noise, not coverage (see remove_background).
 MASK_FLOOR = 8.0 / 255.0
 FETCH_HINT = "run `python scripts/fetch_u2netp.py` once to install it"
+
+# Pixel limits, checked from the header before anything is decoded. Pillow holds at most 4 bytes a pixel
+# (RGB is stored as RGBX; 16-bit gray as 2 bytes), so a request decodes at most 4 x max_pixels bytes
+# (160 MB for the library's limit); everything after that works on a copy of at most WORKING_SIDE squared.
+LIBRARY_MAX_PIXELS = 40_000_000
+# For servers that preprocess several uploads at once (the app): 64 MB decoded at most per request.
+SERVER_MAX_PIXELS = 16_000_000
+# Longest side of the working copy: larger images are reduced while they load (JPEG by its decoder). The
+# object's box then still spans WORKING_SIDE x (its share of the image) pixels, far more than the model's
+# input needs unless the object is a speck in a huge photo.
+WORKING_SIDE = 2048
+# Rows converted at a time while building the working copy (a 6300-px row band of RGBA is 13 MB).
+BAND_ROWS = 512
 
 
 class ImageInputError(ValueError):
@@ -65,7 +81,8 @@ class BackgroundRemovalError(RuntimeError):
 class PreprocessConfig:
     size: int = 256  # output side S in pixels
     foreground_ratio: float = 0.85  # longest side of the alpha box / S
-    max_pixels: int = 40_000_000  # decompression-bomb limit, checked from the header before decoding
+    max_pixels: int = LIBRARY_MAX_PIXELS  # decompression-bomb limit, checked from the header before decoding
+    working_side: int = WORKING_SIDE  # larger images are reduced to this longest side while loading
     min_side: int = 8  # smaller images carry no usable object
     max_file_bytes: int = 50 * 1024 * 1024
     alpha_threshold: float = 0.5 / 255  # alpha above this belongs to the object's box
@@ -86,6 +103,8 @@ class PreprocessConfig:
             raise ValueError(f"alpha_threshold must be in [0, 1), got {self.alpha_threshold}")
         if self.max_pixels < 1 or self.min_side < 1 or self.max_file_bytes < 1:
             raise ValueError("max_pixels, min_side and max_file_bytes must be positive")
+        if int(self.working_side) < int(self.size):
+            raise ValueError(f"working_side must be >= size ({self.size}), got {self.working_side}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -93,28 +112,36 @@ class PreprocessConfig:
 # ----------------------------------------------------------------------------------------------
 
 
-def load_image(source: ImageSource, config: PreprocessConfig | None = None) -> Image.Image:
+def load_image(
+    source: ImageSource, config: PreprocessConfig | None = None, max_side: int | None = None
+) -> Image.Image:
     """Open and validate ``source`` and return it as a fully decoded RGBA PIL image.
 
     ``source``: a path (str / PathLike), encoded bytes, a binary file object, a PIL image, or a
     numpy array (HxW, HxWx1..4; uint8, uint16, bool, or float in [0, 1]). EXIF orientation is
-    applied; animated images give their first frame. Raises :class:`ImageInputError`.
+    applied; animated images give their first frame. ``max_side``: an image whose longer side is
+    larger is reduced by a whole factor (a premultiplied box filter) while it loads, to at most
+    ``max_side``; JPEGs then decode at 1/2, 1/4 or 1/8 size directly. Raises :class:`ImageInputError`.
     """
-    cfg = config or PreprocessConfig()
+    return _load(source, config or PreprocessConfig(), max_side)[0]
+
+
+def _load(source: ImageSource, cfg: PreprocessConfig, max_side: int | None) -> tuple[Image.Image, tuple[int, int]]:
+    """(RGBA image, (width, height) of the full-size image after EXIF orientation)."""
     if isinstance(source, np.ndarray):
-        return _from_array(source, cfg)
+        return _from_array(source, cfg, max_side)
     if isinstance(source, torch.Tensor):
         raise ImageInputError(
             "got a torch.Tensor; pass a PIL image, a numpy HxWxC array, encoded bytes or a path"
         )
     if isinstance(source, Image.Image):
-        return _decode(source, cfg, name="the image")
+        return _decode(source, cfg, "the image", max_side, opened_here=False)
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
         _check_file_bytes(len(data), cfg, "the image data")
-        return _open_bytes(data, cfg, name="the image data")
+        return _open_bytes(data, cfg, "the image data", max_side)
     if isinstance(source, (str, os.PathLike)):
-        return _open_path(Path(source), cfg)
+        return _open_path(Path(source), cfg, max_side)
     if hasattr(source, "read"):
         # Read at most one byte past the limit so a huge stream is refused without reading it all.
         data = source.read(cfg.max_file_bytes + 1)
@@ -123,14 +150,14 @@ def load_image(source: ImageSource, config: PreprocessConfig | None = None) -> I
         name = getattr(source, "name", None)
         name = f"'{name}'" if isinstance(name, str) else "the file object"
         _check_file_bytes(len(data), cfg, name, exact=False)  # read stopped one byte past the limit
-        return _open_bytes(bytes(data), cfg, name=name)
+        return _open_bytes(bytes(data), cfg, name, max_side)
     raise ImageInputError(
         f"unsupported image source of type {type(source).__name__}; pass a path, bytes, a binary "
         "file object, a PIL image or a numpy array"
     )
 
 
-def _open_path(path: Path, cfg: PreprocessConfig) -> Image.Image:
+def _open_path(path: Path, cfg: PreprocessConfig, max_side: int | None) -> tuple[Image.Image, tuple[int, int]]:
     if not path.exists():
         raise ImageInputError(f"image file not found: '{path}'")
     if path.is_dir():
@@ -144,7 +171,7 @@ def _open_path(path: Path, cfg: PreprocessConfig) -> Image.Image:
         data = path.read_bytes()
     except OSError as exc:
         raise ImageInputError(f"cannot read '{path}': {exc.strerror or exc}") from exc
-    return _open_bytes(data, cfg, name=f"'{path}'")
+    return _open_bytes(data, cfg, f"'{path}'", max_side)
 
 
 def _check_file_bytes(n: int, cfg: PreprocessConfig, name: str, exact: bool = True) -> None:
@@ -165,7 +192,7 @@ def _human_bytes(n: int) -> str:
 _BOMB_PIXELS_RE = re.compile(r"\((\d+) pixels\)")
 
 
-def _open_bytes(data: bytes, cfg: PreprocessConfig, name: str) -> Image.Image:
+def _open_bytes(data: bytes, cfg: PreprocessConfig, name: str, max_side: int | None) -> tuple[Image.Image, tuple[int, int]]:
     try:
         img = Image.open(io.BytesIO(data))  # lazy: reads the header only
     except Image.DecompressionBombError as exc:
@@ -184,7 +211,7 @@ def _open_bytes(data: bytes, cfg: PreprocessConfig, name: str) -> Image.Image:
         ) from exc
     with img:
         # Conversion happens inside the block: closing a Pillow image frees its pixel data.
-        return _decode(img, cfg, name=name)
+        return _decode(img, cfg, name, max_side, opened_here=True)
 
 
 def _too_many_pixels_message(name: str, claimed: str, cfg: PreprocessConfig) -> str:
@@ -194,8 +221,30 @@ def _too_many_pixels_message(name: str, claimed: str, cfg: PreprocessConfig) -> 
     )
 
 
-def _decode(img: Image.Image, cfg: PreprocessConfig, name: str) -> Image.Image:
-    """Validate size from the header, force a full decode, apply EXIF, convert to RGBA."""
+# EXIF orientation tag value -> the transpose that shows the picture upright (the EXIF specification's table).
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+_SWAPS_SIDES = (5, 6, 7, 8)
+
+
+def _exif_orientation(img: Image.Image) -> int:
+    try:
+        return int(img.getexif().get(ExifTags.Base.Orientation, 1))
+    except Exception:  # noqa: BLE001 - a broken EXIF block should not cost the user the image
+        return 1
+
+
+def _decode(
+    img: Image.Image, cfg: PreprocessConfig, name: str, max_side: int | None, opened_here: bool
+) -> tuple[Image.Image, tuple[int, int]]:
+    """Validate size from the header, decode (reduced past ``max_side``), orient upright, make RGBA."""
     w, h = img.size
     if w * h > cfg.max_pixels:
         # Checked before load(): the header alone tells the size, so nothing is decompressed.
@@ -206,6 +255,11 @@ def _decode(img: Image.Image, cfg: PreprocessConfig, name: str) -> Image.Image:
         )
     if getattr(img, "n_frames", 1) > 1:
         img.seek(0)  # animated GIF/WebP/APNG/multi-page TIFF: use the first frame
+    if opened_here and max_side and max(w, h) > max_side:
+        # JPEG decodes straight at 1/2, 1/4 or 1/8 size (other formats ignore this). Only on images
+        # opened here: draft changes the image object, which a caller's own image must not see.
+        shrink = max(w, h) / max_side
+        img.draft(None, (max(1, math.floor(w / shrink)), max(1, math.floor(h / shrink))))
     try:
         img.load()  # the full decode, so truncated or corrupt data fails here, not later
     except Exception as exc:  # noqa: BLE001 - decoders raise OSError, SyntaxError, ValueError, ...
@@ -214,29 +268,58 @@ def _decode(img: Image.Image, cfg: PreprocessConfig, name: str) -> Image.Image:
             f"{name}: {fmt}image data is truncated or corrupt ({exc}); the file was probably cut "
             "short by an incomplete download or upload: re-save or re-upload it"
         ) from exc
-    try:
-        img = ImageOps.exif_transpose(img)
-    except Exception:  # noqa: BLE001 - a broken EXIF block should not cost the user the image
-        pass
-    return _to_rgba(img, name)
+    factor = math.ceil(max(img.size) / max_side) if max_side else 1
+    rgba = _to_rgba(img, name, factor)
+    orientation = _exif_orientation(img)
+    if orientation in _UPRIGHT:
+        rgba = rgba.transpose(_UPRIGHT[orientation])
+    return rgba, ((h, w) if orientation in _SWAPS_SIDES else (w, h))
 
 
-def _to_rgba(img: Image.Image, name: str) -> Image.Image:
+def _to_rgba(img: Image.Image, name: str, factor: int = 1) -> Image.Image:
+    """The decoded image as 8-bit RGBA, box-reduced by ``factor``.
+
+    Built one band of rows at a time, so nothing full-size exists besides the decoded image itself
+    (a 16-bit or float image never becomes a full-size float array). Bands hold whole reduction
+    boxes, so the result equals reducing the whole image at once.
+    """
+    convert = _band_to_rgba(img, name)
+    w, h = img.size
+    out = Image.new("RGBA", (math.ceil(w / factor), math.ceil(h / factor)))
+    rows = factor * max(1, BAND_ROWS // factor)
+    for top in range(0, h, rows):
+        band = convert(img.crop((0, top, w, min(h, top + rows))))
+        # Pillow reduces RGBA premultiplied, so transparent pixels' colours do not bleed into the edge.
+        out.paste(band.reduce(factor) if factor > 1 else band, (0, top // factor))
+    return out
+
+
+def _band_to_rgba(img: Image.Image, name: str) -> Callable[[Image.Image], Image.Image]:
+    """A function turning a band (a crop keeps the mode, palette and info) of ``img`` into RGBA."""
     mode = img.mode
-    if mode == "RGBA":
-        return img.copy()
-    if mode == "CMYK":
-        return _cmyk_to_rgba(img)
     if mode.startswith("I") or mode == "F":
         # High-bit-depth grayscale. Pillow's convert("L") clips values above 255 (a 16-bit PNG turns
-        # almost white), so scale by the value range instead.
-        arr = np.asarray(img)  # [H, W] uint16 / int32 / float32
-        gray = _scale_high_depth(arr, mode, name)  # [H, W] float64 in [0, 1]
-        alpha = np.ones_like(gray)
-        trns = img.info.get("transparency")
-        if isinstance(trns, (int, float)) and not isinstance(trns, bool):
-            alpha = (arr != trns).astype(np.float64)  # PNG tRNS colour key on raw values
-        return _rgba_from_float(np.stack([gray, gray, gray, alpha], axis=-1))
+        # almost white), so scale by the value range of the whole image instead.
+        to_gray = _high_depth_to_uint8(img, name)
+        key = img.info.get("transparency")  # PNG tRNS colour key on raw values
+        has_key = isinstance(key, (int, float)) and not isinstance(key, bool)
+
+        def convert(band: Image.Image) -> Image.Image:
+            values = np.asarray(band)  # [rows, W] uint16 / int32 / float32
+            gray = to_gray(values)  # [rows, W] uint8
+            alpha = np.where(values != key, 255, 0).astype(np.uint8) if has_key else np.full_like(gray, 255)
+            return Image.fromarray(np.stack([gray, gray, gray, alpha], axis=-1))  # [rows, W, 4]
+
+        return convert
+    if mode == "CMYK":
+        return _cmyk_to_rgba(img)
+    return lambda band: _eight_bit_to_rgba(band, name)
+
+
+def _eight_bit_to_rgba(img: Image.Image, name: str) -> Image.Image:
+    mode = img.mode
+    if mode == "RGBA":
+        return img
     if mode == "La":
         img = img.convert("LA")  # premultiplied -> straight first; Pillow has no direct path
     try:
@@ -252,42 +335,46 @@ def _to_rgba(img: Image.Image, name: str) -> Image.Image:
             ) from exc
 
 
-def _scale_high_depth(arr: np.ndarray, mode: str, name: str) -> np.ndarray:
-    a = arr.astype(np.float64)
-    if not np.isfinite(a).all():
-        raise ImageInputError(f"{name} contains NaN or infinite pixel values")
+def _high_depth_to_uint8(img: Image.Image, name: str) -> Callable[[np.ndarray], np.ndarray]:
+    """The rounded map from ``img``'s raw values (a band of them) to 8 bits, fixed by the whole image."""
+    mode = img.mode
     if mode.startswith("I;16"):
-        return a / 65535.0
-    lo, hi = float(a.min()), float(a.max())
+        return lambda values: ((values.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+    w, h = img.size
+    lo, hi = math.inf, -math.inf
+    for top in range(0, h, BAND_ROWS):
+        values = np.asarray(img.crop((0, top, w, min(h, top + BAND_ROWS))))  # [rows, W] int32 / float32
+        # min/max propagate NaN and reach +-inf, so they also find non-finite values without a mask.
+        lo, hi = min(lo, float(values.min())), max(hi, float(values.max()))
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            raise ImageInputError(f"{name} contains NaN or infinite pixel values")
     if mode == "F" and lo >= 0.0 and hi <= 1.0:
-        return a  # float data already in [0, 1]
-    if mode == "F" and lo >= 0.0 and hi <= 255.0:
-        return a / 255.0  # Pillow's usual float range
-    if mode == "I" and lo >= 0.0 and hi <= 65535.0:
-        return a / 65535.0  # 32-bit container holding 16-bit samples (PNG/TIFF via older Pillow)
-    # Anything else (negative values, > 16 bit): stretch the used range to [0, 1].
-    return (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
+        offset, scale = 0.0, 255.0  # float data already in [0, 1]
+    elif mode == "F" and lo >= 0.0 and hi <= 255.0:
+        offset, scale = 0.0, 1.0  # Pillow's usual float range
+    elif mode == "I" and lo >= 0.0 and hi <= 65535.0:
+        offset, scale = 0.0, 255.0 / 65535.0  # 32-bit container holding 16-bit samples
+    else:
+        # Anything else (negative values, > 16 bit): stretch the used range to [0, 1].
+        offset, scale = lo, (255.0 / (hi - lo) if hi > lo else 0.0)
+    return lambda values: np.clip(np.rint((values.astype(np.float64) - offset) * scale), 0, 255).astype(np.uint8)
 
 
-def _cmyk_to_rgba(img: Image.Image) -> Image.Image:
+def _cmyk_to_rgba(img: Image.Image) -> Callable[[Image.Image], Image.Image]:
     icc = img.info.get("icc_profile")
     if icc:
-        # The embedded profile is the only correct way to sRGB; fall back if it is broken.
+        # The embedded profile is the only correct way to sRGB; a broken one falls back to Pillow's
+        # own conversion, R = (1 - C)(1 - K) and so on.
         try:
             from PIL import ImageCms
 
-            src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
-            dst = ImageCms.createProfile("sRGB")
-            rgb = ImageCms.profileToProfile(img, src, dst, outputMode="RGB")
-            if rgb is not None:
-                return rgb.convert("RGBA")
+            to_srgb = ImageCms.buildTransform(
+                ImageCms.ImageCmsProfile(io.BytesIO(icc)), ImageCms.createProfile("sRGB"), "CMYK", "RGB"
+            )
+            return lambda band: ImageCms.applyTransform(band, to_srgb).convert("RGBA")
         except Exception:  # noqa: BLE001
             pass
-    # Without a profile: the standard subtractive model R = (1 - C)(1 - K) etc. Pillow's own
-    # convert uses 1 - min(1, C + K), which crushes mid tones toward black.
-    cmyk = np.asarray(img).astype(np.float64) / 255.0  # [H, W, 4]
-    rgb = (1.0 - cmyk[..., :3]) * (1.0 - cmyk[..., 3:4])  # [H, W, 3]
-    return _rgba_from_float(np.concatenate([rgb, np.ones_like(rgb[..., :1])], axis=-1))
+    return lambda band: band.convert("RGBA")
 
 
 def _rgba_from_float(arr: np.ndarray) -> Image.Image:
@@ -296,7 +383,7 @@ def _rgba_from_float(arr: np.ndarray) -> Image.Image:
     return Image.fromarray(u8)
 
 
-def _from_array(arr: np.ndarray, cfg: PreprocessConfig) -> Image.Image:
+def _from_array(arr: np.ndarray, cfg: PreprocessConfig, max_side: int | None) -> tuple[Image.Image, tuple[int, int]]:
     name = "the array"
     if arr.ndim == 3 and arr.shape[-1] not in (1, 2, 3, 4) and arr.shape[0] in (1, 2, 3, 4):
         raise ImageInputError(
@@ -316,24 +403,25 @@ def _from_array(arr: np.ndarray, cfg: PreprocessConfig) -> Image.Image:
         raise ImageInputError(
             f"{name} is too small: {w}x{h} pixels; each side must be at least {cfg.min_side} pixels"
         )
-    # Everything is brought to uint8 straight away: a 40 MP float64 copy would cost ~1 GB.
+    # Everything is brought to uint8 straight away, a band of rows at a time: a 40 MP float copy would
+    # cost ~1 GB.
     if arr.dtype == np.uint8:
         x = arr
     elif arr.dtype == np.uint16:
-        x = ((arr.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)  # rounded rescale
+        x = _rows_to_uint8(arr, lambda rows: (rows.astype(np.uint32) * 255 + 32767) // 65535)  # rounded rescale
     elif arr.dtype == np.bool_:
         x = arr.astype(np.uint8) * 255
     elif np.issubdtype(arr.dtype, np.floating):
-        f = arr.astype(np.float32, copy=False)
-        if not np.isfinite(f).all():
+        # min/max propagate NaN and reach +-inf: no full-size mask needed.
+        lo, hi = float(arr.min()), float(arr.max())
+        if not (math.isfinite(lo) and math.isfinite(hi)):
             raise ImageInputError(f"{name} contains NaN or infinite values")
-        lo, hi = float(f.min()), float(f.max())
         if lo < -1e-3 or hi > 1.0 + 1e-3:
             raise ImageInputError(
                 f"float arrays must hold values in [0, 1], got range [{lo:.4g}, {hi:.4g}]; "
                 "divide 8-bit data by 255 (or pass it as uint8)"
             )
-        x = np.clip(np.rint(f * 255.0), 0, 255).astype(np.uint8)
+        x = _rows_to_uint8(arr, lambda rows: np.clip(np.rint(rows.astype(np.float32) * 255.0), 0, 255))
     else:
         raise ImageInputError(
             f"{name} has dtype {arr.dtype}; use uint8, uint16, bool or float in [0, 1]"
@@ -346,7 +434,18 @@ def _from_array(arr: np.ndarray, cfg: PreprocessConfig) -> Image.Image:
         x = np.concatenate([x[..., :1]] * 3 + [x[..., 1:]], axis=-1)
     elif c == 3:
         x = np.concatenate([x, opaque], axis=-1)
-    return Image.fromarray(np.ascontiguousarray(x))  # [H, W, 4]
+    img = Image.fromarray(np.ascontiguousarray(x))  # [H, W, 4]
+    if max_side and max(w, h) > max_side:
+        img = img.reduce(math.ceil(max(w, h) / max_side))  # premultiplied box filter, as for files
+    return img, (w, h)
+
+
+def _rows_to_uint8(arr: np.ndarray, to_uint8: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """Apply ``to_uint8`` to [BAND_ROWS, W, C] slices of ``arr`` into one uint8 array: no full-size temporary."""
+    out = np.empty(arr.shape, np.uint8)
+    for top in range(0, arr.shape[0], BAND_ROWS):
+        out[top : top + BAND_ROWS] = to_uint8(arr[top : top + BAND_ROWS])
+    return out
 
 
 def _describe_bytes(data: bytes) -> str:
@@ -515,7 +614,9 @@ class PreprocessedImage:
     rgba: torch.Tensor  # [4, S, S] float32 in [0, 1], straight alpha
     background_removed: bool
     original_size: tuple[int, int]  # (width, height) after EXIF orientation
-    foreground_box: tuple[int, int, int, int]  # (left, top, right, bottom) in original pixels
+    # (left, top, right, bottom) in original pixels; to within the reduction factor for images larger than
+    # the config's working_side, which are reduced while loading.
+    foreground_box: tuple[int, int, int, int]
 
     def composite(self, background: Union[Sequence[float], float, torch.Tensor] = (1.0, 1.0, 1.0)) -> torch.Tensor:
         return composite_on(self.rgba, background)  # [3, S, S]
@@ -528,13 +629,14 @@ class PreprocessedImage:
 def preprocess(source: ImageSource, config: PreprocessConfig | None = None) -> PreprocessedImage:
     """Load, validate, cut out (per ``config.remove_background``), crop, pad and resize.
 
-    The alpha box's longer side becomes ``round(foreground_ratio * size)`` pixels, centred.
+    The alpha box's longer side becomes ``round(foreground_ratio * size)`` pixels, centred. Images larger
+    than ``config.working_side`` are reduced while loading, so memory per call is bounded by the decoded
+    image (at most 4 bytes x ``config.max_pixels``) plus a working copy of at most ``working_side`` squared.
     Raises :class:`ImageInputError` for unusable input, :class:`BackgroundRemovalError` when an
     opaque image needs background removal and rembg or its model is missing.
     """
     cfg = config or PreprocessConfig()
-    img = load_image(source, cfg)
-    original_size = img.size
+    img, original_size = _load(source, cfg, cfg.working_side)  # at most working_side a side
 
     if cfg.remove_background == "always":
         removed = True
@@ -571,12 +673,11 @@ def preprocess(source: ImageSource, config: PreprocessConfig | None = None) -> P
     top, bottom, left, right = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
 
     out = _fit_square(rgba[top:bottom, left:right], cfg.size, cfg.foreground_ratio)  # [4, S, S]
-    return PreprocessedImage(
-        rgba=out,
-        background_removed=removed,
-        original_size=original_size,
-        foreground_box=(left, top, right, bottom),
-    )
+    # The box in the full-size image's pixels (exact unless the image was reduced while loading).
+    (width, height), (work_w, work_h) = original_size, img.size
+    sx, sy = width / work_w, height / work_h
+    box = (math.floor(left * sx), math.floor(top * sy), min(width, math.ceil(right * sx)), min(height, math.ceil(bottom * sy)))
+    return PreprocessedImage(rgba=out, background_removed=removed, original_size=original_size, foreground_box=box)
 
 
 def _premultiply(rgba_u8: np.ndarray) -> torch.Tensor:

@@ -267,15 +267,49 @@ def test_rgb_with_trns_colour_key(tmp_path):
     assert _px(loaded, (0, 0))[3] == 0 and _px(loaded, (5, 5)) == (200, 100, 50, 255)
 
 
-def test_cmyk(tmp_path):
+def _cmyk_profile(lightness: int) -> bytes:
+    """A minimal ICC v2 CMYK output profile (CMYK -> Lab through a 2-point lut8 'A2B0') that maps every ink
+    mix to one grey: L* = lightness / 255 * 100, a* = b* = 0."""
+    def s15(x):  # s15Fixed16Number
+        return struct.pack(">i", round(x * 65536))
+
+    d50 = s15(0.9642) + s15(1.0) + s15(0.8249)
+    ramp = bytes(range(256))  # identity input and output curves
+    identity = b"".join(s15(v) for v in (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    lut8 = b"mft1" + bytes(4) + bytes([4, 3, 2, 0]) + identity + ramp * 4 + bytes([lightness, 128, 128]) * 16 + ramp * 3
+    tags = [(b"A2B0", lut8), (b"wtpt", b"XYZ " + bytes(4) + d50)]
+    offset, table, data = 128 + 4 + 12 * len(tags), b"", b""
+    for signature, body in tags:
+        table += signature + struct.pack(">II", offset + len(data), len(body))
+        data += body + bytes(-len(body) % 4)
+    header = (struct.pack(">I", offset + len(data)) + bytes(4) + struct.pack(">I", 0x02100000) + b"prtrCMYKLab "
+              + bytes(12) + b"acsp" + bytes(28) + d50)
+    return header + bytes(128 - len(header)) + struct.pack(">I", len(tags)) + table + data
+
+
+def test_cmyk_without_profile(tmp_path):
+    # Pillow's own conversion, R = (1 - C)(1 - K) etc., is what the library relies on.
     cmyk = Image.new("CMYK", (16, 16))
-    cmyk.putpixel((0, 0), (0, 255, 255, 0))  # pure red ink-free channel -> red
+    cmyk.putpixel((0, 0), (0, 255, 255, 0))  # no cyan or black: red
     cmyk.putpixel((1, 0), (0, 0, 0, 128))  # 50% black -> mid gray
-    cmyk.putpixel((2, 0), (128, 0, 0, 128))  # (1 - C)(1 - K), not Pillow's 1 - (C + K) -> black
+    cmyk.putpixel((2, 0), (128, 0, 0, 128))  # (1 - C)(1 - K), not 1 - (C + K) -> black
     img = load_image(_save(cmyk, tmp_path / "c.tif"))
     assert _px(img, (0, 0)) == (255, 0, 0, 255)
     assert _px(img, (1, 0)) == (127, 127, 127, 255)
     assert _px(img, (2, 0)) == (63, 127, 127, 255)
+
+
+def test_cmyk_embedded_profile_is_used_and_a_broken_one_ignored(tmp_path):
+    no_ink = Image.new("CMYK", (16, 16), (0, 0, 0, 0))  # white paper without a profile
+    assert _px(load_image(_save(no_ink, tmp_path / "plain.tif"))) == (255, 255, 255, 255)
+    # The profile says this paper prints black: the profile wins over the naive formula.
+    black_paper = load_image(_save(no_ink, tmp_path / "black.tif", icc_profile=_cmyk_profile(0)))
+    assert _px(black_paper) == (0, 0, 0, 255)
+    full_black = Image.new("CMYK", (16, 16), (0, 0, 0, 255))
+    assert _px(load_image(_save(full_black, tmp_path / "white.tif", icc_profile=_cmyk_profile(255)))) == (255, 255, 255, 255)
+    # A damaged profile falls back to the formula rather than costing the user the image.
+    broken = load_image(_save(no_ink, tmp_path / "broken.tif", icc_profile=b"not an ICC profile" * 10))
+    assert _px(broken) == (255, 255, 255, 255)
 
 
 def test_cmyk_jpeg(tmp_path):
@@ -348,6 +382,75 @@ def test_animated_gif_uses_first_frame(tmp_path):
     frames[0].save(path, save_all=True, append_images=frames[1:], duration=100, loop=0)
     assert Image.open(path).n_frames == 2
     assert _px(load_image(path))[:3] == (255, 0, 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# memory per call is bounded by design: big images are reduced while loading, never widened to float
+# ---------------------------------------------------------------------------------------------
+
+
+def test_16bit_image_is_never_widened_to_a_full_size_float_array(tmp_path, no_rembg):
+    import tracemalloc
+
+    side = 3000
+    yy, xx = np.ogrid[:side, :side]
+    gray = np.where((xx - 1500) ** 2 + (yy - 1400) ** 2 < 900**2, 9000, 60000).astype(np.uint16)
+    path = _save(Image.fromarray(gray), tmp_path / "g16.png")
+    tracemalloc.start()  # numpy's buffers are traced; Pillow's decoded image is not
+    try:
+        out = preprocess(path, PreprocessConfig(remove_background="never", working_side=1024))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # One full-size float32 channel; a float64 [H, W, 4] conversion would need 8 of these.
+    assert peak < side * side * 4
+    assert out.original_size == (side, side) and out.foreground_box == (0, 0, side, side)
+    assert torch.allclose(out.rgba[:3, 128, 128], torch.full((3,), 9000 / 65535), atol=2 / 255)
+
+
+def test_big_jpeg_is_decoded_at_a_reduced_size(tmp_path, monkeypatch, no_rembg):
+    path = _save(_noise(4096, 3072), tmp_path / "big.jpg", quality=90)
+    decoded = []
+    real_load = ImageFile.ImageFile.load
+
+    def recording_load(self, *a, **k):
+        result = real_load(self, *a, **k)
+        decoded.append(self.size)
+        return result
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", recording_load)
+    out = preprocess(path, PreprocessConfig(remove_background="never", working_side=1024))
+    assert decoded and max(decoded) == (1024, 768)  # the decoder's 1/4 scale, not 4096 x 3072
+    assert out.original_size == (4096, 3072) and out.foreground_box == (0, 0, 4096, 3072)
+
+
+@pytest.mark.parametrize("source", ["png", "array"])
+def test_big_image_is_reduced_before_the_work_and_gives_the_same_result(tmp_path, monkeypatch, source):
+    canvas, box = (3000, 2000), (610, 500, 2400, 1705)
+    img = Image.new("RGBA", canvas, (0, 0, 0, 0))
+    ImageDraw.Draw(img).ellipse((box[0], box[1], box[2] - 1, box[3] - 1), fill=(10, 200, 30, 255))
+    given = _save(img, tmp_path / "big.png") if source == "png" else np.asarray(img)
+    seen = []
+    real_fit = pp._fit_square
+    monkeypatch.setattr(pp, "_fit_square", lambda crop, *a: seen.append(crop.shape) or real_fit(crop, *a))
+    full = preprocess(given, PreprocessConfig(working_side=4096))
+    small = preprocess(given, PreprocessConfig(working_side=512))
+    assert seen[0][:2] == (1205, 1790) and max(seen[1][:2]) <= 512 * 1790 / 3000 + 1  # crops of the working copy
+    assert small.original_size == full.original_size == canvas
+    factor = 6  # ceil(3000 / 512): the box is exact to within one reduced pixel
+    assert full.foreground_box == box
+    assert all(abs(a - b) < factor for a, b in zip(small.foreground_box, box))
+    assert (small.rgba - full.rgba).abs().mean() < 0.01
+
+
+def test_server_pixel_limit_is_lower_than_the_library_one(tmp_path):
+    assert pp.SERVER_MAX_PIXELS < pp.LIBRARY_MAX_PIXELS == PreprocessConfig().max_pixels
+    path = tmp_path / "20mp.png"
+    path.write_bytes(_png(5000, 4000, zlib.compress(b"")))  # the header claims 20 MP; no pixel data
+    with pytest.raises(ImageInputError, match="truncated or corrupt"):  # the library's limit lets it decode
+        load_image(path)
+    with pytest.raises(ImageInputError, match="exceeds the limit of 16,000,000 pixels"):
+        load_image(path, PreprocessConfig(max_pixels=pp.SERVER_MAX_PIXELS))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -427,6 +530,8 @@ def test_bad_config():
         PreprocessConfig(remove_background="sometimes")
     with pytest.raises(ValueError, match="foreground_ratio"):
         PreprocessConfig(foreground_ratio=1.5)
+    with pytest.raises(ValueError, match="working_side must be >= size"):
+        PreprocessConfig(size=256, working_side=128)
 
 
 # ---------------------------------------------------------------------------------------------
