@@ -8,6 +8,8 @@ pipeline config, so a saved folder is everything needed to reproduce a result.
 from __future__ import annotations
 
 import json
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, List, Optional, Sequence, Union
@@ -18,6 +20,7 @@ from diffusers.utils import BaseOutput
 from torch import Tensor
 
 from .cameras import ViewLayout
+from .checkpoint_config import CheckpointError, check_checkpoint_configs, one_line, read_config
 from .gaussians import Gaussians
 from .models.image_tokenizer import EfficientNetLite0Tokenizer
 from .models.pepd import PEPD
@@ -26,10 +29,8 @@ from .preprocess import PreprocessConfig, PreprocessedImage, composite_on, prepr
 
 OUTPUT_TYPES = ("gaussians", "ply", "np")
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "hub" / "dd3g-tiny"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint folder that is missing, incomplete, corrupt or holds non-finite weights."""
+# from_pretrained's keyword arguments that choose what to fetch from the Hub
+HUB_DOWNLOAD_KWARGS = ("cache_dir", "force_download", "proxies", "local_files_only", "token", "revision", "variant")
 
 
 @dataclass
@@ -77,17 +78,22 @@ class DD3GPipeline(DiffusionPipeline):
     # ------------------------------------------------------------------ loading
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path=None, **kwargs) -> "DD3GPipeline":
-        """Load a saved pipeline folder (safetensors only, never pickles). Defaults to the shipped dd3g-tiny."""
+        """Load a saved pipeline folder or Hub repo id (safetensors only, never pickles). Defaults to the shipped
+        dd3g-tiny. Every config is checked against sane bounds before anything is built (dd3g.checkpoint_config)."""
         path = DEFAULT_CHECKPOINT if pretrained_model_name_or_path is None else pretrained_model_name_or_path
         if _looks_local(path):
-            _check_checkpoint_folder(Path(path))
-        kwargs.setdefault("use_safetensors", True)
+            folder = Path(os.path.expanduser(str(path)))
+        else:
+            folder = _download(cls, str(path), {k: kwargs[k] for k in HUB_DOWNLOAD_KWARGS if k in kwargs})
+        _check_checkpoint_folder(folder)
+        check_checkpoint_configs(folder)
+        kwargs["use_safetensors"] = True  # also where a .bin lies beside weights of another name: never unpickled
         try:
-            pipe = super().from_pretrained(path, **kwargs)
+            pipe = super().from_pretrained(folder, **kwargs)
         except CheckpointError:
             raise
-        except (OSError, ValueError, KeyError, RuntimeError, json.JSONDecodeError) as error:
-            raise CheckpointError(f"could not load a DD3G checkpoint from {path}: {error}") from error
+        except (OSError, ValueError, KeyError, RuntimeError, TypeError, json.JSONDecodeError) as error:
+            raise CheckpointError(f"could not load a DD3G checkpoint from {path}: {one_line(error)}") from error
         for component in ("student", "image_encoder"):
             _check_finite(getattr(pipe, component), component, path)
         return pipe
@@ -229,10 +235,36 @@ class DD3GPipeline(DiffusionPipeline):
         return [g.to_ply_bytes() for g in singles]
 
 
+_HUB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,95}")
+
+
 def _looks_local(path) -> bool:
-    """A folder on disk (or meant to be one), as opposed to a Hub repo id such as "owner/name"."""
+    """A folder on disk (or meant to be one), as opposed to a Hub repo id such as "owner/name".
+
+    "owner/name" and "runs/x" have the same shape: a string is local when it exists, looks like a path
+    (starts with . / ~ or \\, holds a backslash, more or fewer than one /, ends in /) or when its first part
+    is a local folder (runs/ exists, so runs/x is a missing folder, not a Hub repo).
+    """
     text = str(path)
-    return isinstance(path, Path) or Path(text).exists() or text.startswith((".", "/", "~", "\\")) or text.count("/") != 1
+    if isinstance(path, Path) or Path(os.path.expanduser(text)).exists():
+        return True
+    if text.startswith((".", "/", "~", "\\")) or "\\" in text or text.count("/") != 1 or os.sep != "/" and os.sep in text:
+        return True
+    owner, name = text.split("/")
+    if Path(owner).exists():
+        return True
+    return not (_HUB_NAME.fullmatch(owner) and _HUB_NAME.fullmatch(name)) or ".." in text
+
+
+def _download(cls, repo_id: str, hub_kwargs: dict) -> Path:
+    """The Hub repo's files in the local cache (safetensors only), so they are checked like a folder."""
+    try:
+        return Path(cls.download(repo_id, use_safetensors=True, **hub_kwargs))
+    except Exception as error:  # noqa: BLE001 - offline, missing repo, no access, a pickled-only repo...
+        raise CheckpointError(
+            f"could not load a DD3G checkpoint from {repo_id}: no local folder of that name, and the Hub gave "
+            f"{one_line(error)}"
+        ) from error
 
 
 def _check_checkpoint_folder(path: Path) -> None:
@@ -244,10 +276,7 @@ def _check_checkpoint_folder(path: Path) -> None:
     index = path / "model_index.json"
     if not index.is_file():
         raise CheckpointError(f"{path} is not a DD3G checkpoint: model_index.json is missing")
-    try:
-        config = json.loads(index.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise CheckpointError(f"{index} is not valid JSON: {error}") from error
+    config = read_config(index)
     if config.get("_class_name") != DD3GPipeline.__name__:
         raise CheckpointError(f"{path} holds a {config.get('_class_name')!r} pipeline, not a DD3GPipeline")
     for component in ("student", "image_encoder", "scheduler"):

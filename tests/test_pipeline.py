@@ -166,3 +166,91 @@ def test_elevation_of_the_photo_reaches_the_cameras(pipe):
     for bad in (90.0, -120.0, float("nan")):
         with pytest.raises(ValueError, match="elevation_deg"):
             pipe(image, seeds=[0], elevation_deg=bad)
+
+
+def _edited_copy(saved, folder, file, **changes):
+    """A copy of the saved checkpoint with `changes` merged into one of its JSON files."""
+    import json
+
+    shutil.copytree(saved, folder)
+    path = folder / file
+    config = json.loads(path.read_text())
+    for key, value in changes.items():
+        if "." in key:  # "unet_config.sample_size"
+            outer, inner = key.split(".")
+            config[outer][inner] = value
+        else:
+            config[key] = value
+    path.write_text(json.dumps(config))
+    return folder
+
+
+@pytest.mark.parametrize(
+    "file, changes, message",
+    [
+        ("student/config.json", {"width": 1_000_000}, "student/config.json: width must be an integer from 1 to 8,192, got 1000000"),
+        ("student/config.json", {"width": 8192, "blocks_before_means": 64}, r"student/config.json: the student would have [\d,]+ parameters, more than the limit"),
+        ("student/config.json", {"num_heads": "four"}, "num_heads must be an integer from 1 to 256, got 'four'"),
+        ("student/config.json", {"position_bound": "0.6"}, "position_bound must be a number from 0.001 to 100, got '0.6'"),
+        ("student/config.json", {"initial_scale": 0.5}, "needs min_scale < initial_scale < max_scale"),
+        ("student/config.json", {"unet_config.sample_size": 1 << 20}, "unet_config.sample_size must be an integer from 4 to 512"),
+        ("student/config.json", {"position_mode": "sideways"}, "the student cannot be built from it: ValueError: position_mode must be one of"),
+        ("scheduler/scheduler_config.json", {"num_train_timesteps": 1e9}, "num_train_timesteps must be an integer from 2 to 10,000, got 1000000000.0"),
+        ("scheduler/scheduler_config.json", {"beta_schedule": "cosine-ish"}, "beta_schedule must be one of"),
+        ("image_encoder/config.json", {"image_size": 100_000}, "image_encoder/config.json: image_size must be an integer from 32 to 1,024"),
+        ("model_index.json", {"image_size": 1_000_000}, "model_index.json: image_size must be an integer from 32 to 2,048"),
+        ("model_index.json", {"fov_deg": None}, "fov_deg must be a number from 1 to 170, got None"),
+        ("model_index.json", {"student": ["diffusers", "UNet2DModel"]}, "model_index.json: student must be dd3g.models.pepd.PEPD, got diffusers.UNet2DModel"),
+        ("model_index.json", {"scheduler": ["diffusers", "DDPMScheduler"]}, "scheduler must be diffusers.DDIMScheduler, got diffusers.DDPMScheduler"),
+        ("model_index.json", {"extra": ["builtins", "eval"]}, r"unexpected component 'extra' \(builtins.eval\)"),
+    ],
+)
+def test_configs_out_of_bounds_are_refused_before_anything_is_built(saved, tmp_path, monkeypatch, file, changes, message):
+    from diffusers import DiffusionPipeline
+
+    bad = _edited_copy(saved, tmp_path / "bad", file, **changes)
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the checkpoint reached diffusers' loader")
+
+    monkeypatch.setattr(DiffusionPipeline, "from_pretrained", classmethod(no_loading))
+    with pytest.raises(CheckpointError, match=message) as caught:
+        DD3GPipeline.from_pretrained(bad)
+    assert "\n" not in str(caught.value)
+
+
+def test_a_new_config_field_with_a_default_still_loads(saved, tmp_path):
+    # Unknown keys are the constructor's business: a checkpoint from a newer version keeps loading.
+    newer = _edited_copy(saved, tmp_path / "newer", "student/config.json", some_future_weight=0.5)
+    assert DD3GPipeline.from_pretrained(newer).student.config.width == 32
+
+
+def test_pickled_weights_beside_other_safetensors_are_never_loaded(pipe, saved, tmp_path):
+    # A folder whose student has some .safetensors file (so the folder check passes) but whose weights under
+    # the expected name are a pickle: only use_safetensors=True keeps diffusers from unpickling the .bin.
+    mixed = tmp_path / "mixed"
+    shutil.copytree(saved, mixed)
+    weights = mixed / "student" / "diffusion_pytorch_model.safetensors"
+    weights.rename(mixed / "student" / "notes.safetensors")
+    torch.save(pipe.student.state_dict(), mixed / "student" / "diffusion_pytorch_model.bin")
+    with pytest.raises(CheckpointError, match="diffusion_pytorch_model.safetensors"):
+        DD3GPipeline.from_pretrained(mixed)
+    with pytest.raises(CheckpointError, match="diffusion_pytorch_model.safetensors"):
+        DD3GPipeline.from_pretrained(mixed, use_safetensors=False)  # the caller cannot turn it off
+
+
+def test_a_missing_relative_folder_is_not_sent_to_the_hub(tmp_path, monkeypatch):
+    from dd3g.pipeline import _looks_local
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    assert _looks_local("runs/dd3g-tiny")  # runs/ is here: a folder that is missing, not a Hub repo
+    assert not _looks_local("someone/dd3g-tiny")
+    assert _looks_local("some one/x") and _looks_local("a/../b") and _looks_local("runs/") and _looks_local("~/ckpt")
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("went to the Hub")
+
+    monkeypatch.setattr(DD3GPipeline, "download", classmethod(no_network))
+    with pytest.raises(CheckpointError, match="checkpoint folder runs/dd3g-tiny does not exist"):
+        DD3GPipeline.from_pretrained("runs/dd3g-tiny")
