@@ -115,3 +115,153 @@ def test_real_subprocess(checkpoint, image, tmp_path):
     assert (out / "blob_seed0.splat").stat().st_size == 32 * 256
     missing = subprocess.run([sys.executable, "-m", "dd3g", str(tmp_path / "none.png"), "--out", str(out), "--checkpoint", str(checkpoint)], capture_output=True, text=True, timeout=300, env=env)
     assert missing.returncode == 1 and "Traceback" not in missing.stderr and "none.png" in missing.stderr
+
+
+def _one_error_line(err: str) -> str:
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    return lines[0]
+
+
+@pytest.fixture()
+def no_model(monkeypatch):
+    """Fail the test if the CLI gets as far as loading a checkpoint."""
+    from dd3g.pipeline import DD3GPipeline
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(DD3GPipeline, "from_pretrained", classmethod(refuse))
+
+
+def test_same_named_inputs_from_different_folders_get_distinct_outputs(checkpoint, tmp_path):
+    for folder, seed in (("a", 0), ("b", 1)):
+        (tmp_path / folder).mkdir()
+        rgba_image(seed=seed).save(tmp_path / folder / "blob.png")
+    out = tmp_path / "out"
+    args = [str(tmp_path / "a" / "blob.png"), str(tmp_path / "b" / "blob.png"), "--out", str(out), "--checkpoint", str(checkpoint)]
+    assert main(args) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["a_blob_seed0.ply", "b_blob_seed0.ply"]
+    assert (out / "a_blob_seed0.ply").read_bytes() != (out / "b_blob_seed0.ply").read_bytes()
+
+
+def test_existing_outputs_are_refused_unless_overwrite(checkpoint, image, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "out"
+    assert main([str(image), "--out", str(out), "--checkpoint", str(checkpoint), "--format", "ply,splat"]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    (out / "blob_seed0.ply").write_bytes(b"the user's own file")
+    capsys.readouterr()
+    with monkeypatch.context() as patch:
+        from dd3g.pipeline import DD3GPipeline
+
+        patch.setattr(DD3GPipeline, "from_pretrained", classmethod(lambda *a, **k: pytest.fail("the model was loaded")))
+        assert main([str(image), "--out", str(out), "--checkpoint", str(checkpoint), "--format", "ply,splat"]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert "blob_seed0.ply already exists (and 1 more outputs of this run); pass --overwrite" in line
+    assert (out / "blob_seed0.ply").read_bytes() == b"the user's own file"
+    assert main([str(image), "--out", str(out), "--checkpoint", str(checkpoint), "--format", "ply,splat", "--overwrite"]) == 0
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def _unwritable_folder(tmp_path) -> Path:
+    if os.geteuid() != 0:
+        folder = tmp_path / "read-only"
+        folder.mkdir()
+        folder.chmod(0o500)
+        return folder
+    if not Path("/proc/self").is_dir():
+        pytest.skip("running as root without /proc: no folder here refuses writes")
+    return Path("/proc/self")  # root may write anywhere but here
+
+
+@pytest.mark.parametrize("case", ["file in the path", "dangling symlink", "unwritable"])
+def test_a_bad_out_is_refused_before_the_model_loads(image, tmp_path, capsys, no_model, case):
+    if case == "file in the path":
+        (tmp_path / "notes.txt").write_text("a file")
+        out, expected = tmp_path / "notes.txt" / "results", "cannot be created: " + str(tmp_path / "notes.txt") + " is not a folder"
+    elif case == "dangling symlink":
+        out = tmp_path / "results"
+        out.symlink_to(tmp_path / "gone")
+        expected = f"is a broken symbolic link (to {tmp_path / 'gone'})"
+    else:
+        out, expected = _unwritable_folder(tmp_path), "is not writable"
+    assert main([str(image), "--out", str(out)]) == 2
+    assert expected in _one_error_line(capsys.readouterr().err)
+
+
+def test_interruption_removes_partial_outputs_and_keeps_finished_ones(checkpoint, image, tmp_path, capsys, monkeypatch):
+    import tempfile
+
+    out = tmp_path / "out"
+    real_save_ply = Gaussians.save_ply
+
+    def cut_short(self, path):
+        if str(path).endswith("seed1.ply"):  # the writer was cut before it could clean up after itself
+            tempfile.mkstemp(dir=os.path.dirname(path), prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+            raise KeyboardInterrupt
+        return real_save_ply(self, path)
+
+    monkeypatch.setattr(Gaussians, "save_ply", cut_short)
+    assert main([str(image), "--out", str(out), "--checkpoint", str(checkpoint), "--num-samples", "2"]) == 130
+    assert sorted(p.name for p in out.iterdir()) == ["blob_seed0.ply"]
+    assert "interrupted" in capsys.readouterr().err
+
+
+SIGTERM_MID_WRITE = r"""
+import os, signal, sys
+sys.path.insert(0, sys.argv[1])
+from dd3g import gaussians
+from dd3g.__main__ import main
+
+def write_then_terminated(self, path):
+    def chunks():
+        yield b"ply\n"
+        os.kill(os.getpid(), signal.SIGTERM)  # arrives while the temp file is open
+        yield b"never written"
+    gaussians._write_atomically(path, chunks())
+
+gaussians.Gaussians.save_ply = write_then_terminated
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_sigterm_while_writing_leaves_no_temp_file(checkpoint, image, tmp_path):
+    out = tmp_path / "out"
+    root = str(Path(__file__).resolve().parents[1])
+    result = subprocess.run([sys.executable, "-c", SIGTERM_MID_WRITE, root, str(image), "--out", str(out), "--checkpoint", str(checkpoint)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 143, result.stderr
+    assert "interrupted" in result.stderr and "Traceback" not in result.stderr
+    assert list(out.iterdir()) == []  # no output, no hidden .blob_seed0.ply.*.tmp
+
+
+def test_a_missing_local_looking_checkpoint_is_not_fetched_from_the_hub(image, tmp_path, capsys, monkeypatch):
+    from dd3g.pipeline import DD3GPipeline
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    monkeypatch.setattr(DD3GPipeline, "download", classmethod(lambda *a, **k: pytest.fail("went to the Hub")))
+    assert main([str(image), "--out", "results", "--checkpoint", "runs/dd3g-tiny"]) == 2
+    assert _one_error_line(capsys.readouterr().err) == "error: checkpoint folder runs/dd3g-tiny does not exist"
+    assert not (tmp_path / "results").exists()  # the run did nothing, so it left no empty folder
+
+
+@pytest.mark.parametrize(
+    "file, key, value, message",
+    [
+        ("model_index.json", "student", ["diffusers", "UNet2DModel"], "student must be dd3g.models.pepd.PEPD, got diffusers.UNet2DModel"),
+        ("student/config.json", "width", "256", "width must be an integer from 1 to 8,192, got '256'"),
+        ("scheduler/scheduler_config.json", "num_train_timesteps", 1e9, "num_train_timesteps must be an integer from 2 to 10,000"),
+    ],
+)
+def test_a_bad_checkpoint_config_is_one_line(checkpoint, image, tmp_path, capsys, file, key, value, message):
+    import json
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(checkpoint, bad)
+    config = json.loads((bad / file).read_text())
+    config[key] = value
+    (bad / file).write_text(json.dumps(config))
+    assert main([str(image), "--out", str(tmp_path / "o"), "--checkpoint", str(bad)]) == 2
+    assert message in _one_error_line(capsys.readouterr().err)
