@@ -28,3 +28,14 @@ def test_shipped_package(package):
         assert floats == {"F16"}, f"{path} stores {floats}, not fp16"  # integer buffers (BN counters) may stay
     card = (package / "README.md").read_text()
     assert card.startswith("---\n") and "license:" in card.split("---")[1], f"{package.name}/README.md lacks a card header"
+
+
+PIPELINES = [p for p in PACKAGES if (p / "model_index.json").is_file() and '"DD3GPipeline"' in (p / "model_index.json").read_text()]
+
+
+@pytest.mark.parametrize("package", PIPELINES, ids=[p.name for p in PIPELINES])
+def test_shipped_pipeline_is_within_the_config_bounds(package):
+    # The bounds that guard against hostile configs must never refuse what ships.
+    from dd3g.checkpoint_config import check_checkpoint_configs
+
+    check_checkpoint_configs(package)
