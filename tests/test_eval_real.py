@@ -1,4 +1,5 @@
-"""benchmarks/eval_real.py end to end on synthetic scans with a toy pipeline."""
+"""benchmarks/eval_real.py: the model's frame, the trivial predictions, the win count, and a run end to end on
+synthetic scans with a toy pipeline."""
 
 from __future__ import annotations
 
@@ -9,11 +10,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
+from dd3g.cameras import orbit_cameras
+from dd3g.mesh_render import composite, load_scan, render_mesh
+from dd3g.metrics import psnr
 from tests.helpers import toy_pipeline
 from tests.test_mesh_render import checker_quad_glb, two_quads_glb
 
 ROOT = Path(__file__).resolve().parents[1]
+SIZE = 64
 
 
 def load_eval_module():
@@ -21,6 +27,86 @@ def load_eval_module():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+eval_real = load_eval_module()
+
+
+def cameras_at(azimuths, elevation=0.0):
+    return orbit_cameras(torch.tensor(azimuths, dtype=torch.float32), torch.full((len(azimuths),), elevation), SIZE, SIZE)
+
+
+def framed_scan(path, ratio):
+    """(mesh, input view [4, S, S], framed input [4, S, S]) of one synthetic scan."""
+    mesh = load_scan(path)
+    input_rgba = render_mesh(mesh, cameras_at([0.0]))[0]
+    return mesh, input_rgba, eval_real.frame_input(input_rgba, ratio)
+
+
+@pytest.mark.parametrize("maker,ratio", [(checker_quad_glb, 0.57), (two_quads_glb, 0.85), (two_quads_glb, 0.3)])
+def test_truth_moved_into_the_models_frame_matches_the_preprocessing(tmp_path, maker, ratio):
+    # two_quads has depth (a near and a far quad), so perspective matters; the bumped quad is off-centre.
+    kwargs = {"bump": True} if maker is checker_quad_glb else {}
+    mesh, input_rgba, framed = framed_scan(maker(tmp_path / "scan.glb", **kwargs), ratio)
+    before = eval_real.alpha_box(input_rgba[3])
+    target = eval_real.alpha_box(framed[3])
+    assert max(abs(a - b) for a, b in zip(before, target)) > 3  # the preprocessing really moved it
+    transform = eval_real.solve_framing(mesh, cameras_at([0.0]), input_rgba[3], framed[3])
+    after = render_mesh(eval_real.transformed(mesh, transform), cameras_at([0.0]))[0]
+    assert max(abs(a - b) for a, b in zip(eval_real.alpha_box(after[3]), target)) <= 2
+
+
+def test_copy_and_mirror(tmp_path):
+    _, _, framed = framed_scan(checker_quad_glb(tmp_path / "scan.glb", bump=True), 0.6)
+    azimuths = [0.0, 90.0, 180.0, 270.0, 135.0, -100.0]
+    copy = eval_real.copy_prediction(framed, len(azimuths))
+    assert torch.equal(copy[0], composite(framed))  # the framed input, exactly
+    mirror = eval_real.mirror_prediction(framed, azimuths)
+    for view, azimuth in enumerate(azimuths):
+        behind = abs(eval_real.wrapped_azimuth(azimuth)) > 90
+        expected = composite(framed).flip(-1) if behind else composite(framed)
+        assert torch.equal(mirror[view], expected), azimuth
+    assert not torch.equal(mirror[2], copy[2])  # the checker is not symmetric: the flip shows
+
+
+def test_card_reproduces_the_input_at_the_input_camera(tmp_path):
+    _, _, framed = framed_scan(checker_quad_glb(tmp_path / "scan.glb", bump=True), 0.6)
+    card = eval_real.card_prediction(framed, cameras_at([0.0, 90.0, 180.0]), 2.0)  # [3, 3, S, S]
+    # Pixel-sized splats blur the checker's hard colour edges a little (the real scans: ~35 dB).
+    assert float(psnr(card[0], composite(framed))) > 24
+    assert float(psnr(card[0], composite(framed))) > float(psnr(torch.ones_like(card[0]), composite(framed))) + 12
+    assert float((1 - card[1]).abs().mean()) < 0.05  # edge-on: a card is (nearly) invisible
+    # From behind the card shows the input mirrored (same plane, seen from the other side).
+    assert float(psnr(card[2], composite(framed).flip(-1))) > 24
+
+
+def test_revolved_silhouette_has_the_inputs_height_and_width(tmp_path):
+    _, _, framed = framed_scan(checker_quad_glb(tmp_path / "scan.glb"), 0.6)
+    cams = cameras_at([0.0, 90.0])
+    mesh = eval_real.revolve_mesh(framed, cams[0:1], 2.0)
+    views = render_mesh(mesh, cams)  # [2, 4, S, S]
+    left, top, right, bottom = eval_real.alpha_box(framed[3])
+    for view in views:
+        l, t, r, b = eval_real.alpha_box(view[3])
+        assert abs((b - t) - (bottom - top)) <= 2
+        assert abs((r - l) - (right - left)) <= 0.1 * (right - left) + 2
+    # Coloured from the input: the front view's mean colour over the object is the input's.
+    inside = (views[0, 3] > 0.99) & (framed[3] > 0.99)
+    assert torch.allclose(views[0, :3, inside].mean(1), framed[:3, inside].mean(1), atol=0.06)
+
+
+def test_win_count_on_fabricated_scores():
+    def entry(psnr_value, lpips_value):
+        return {"novel": {"psnr": psnr_value, "lpips": lpips_value}}
+
+    base = {"copy": entry(18.0, 0.20), "mirror": entry(18.5, 0.19), "card": entry(15.0, 0.30), "revolve": entry(19.0, 0.18)}
+    objects = {
+        "a": {**base, "model": entry(19.5, 0.17)},  # beats the best on both
+        "b": {**base, "model": entry(18.9, 0.10)},  # beats copy/mirror by PSNR but not revolve; best by LPIPS
+        "c": {**base, "model": entry(25.0, 0.185)},  # best by PSNR; LPIPS behind revolve
+        "d": {"skipped": "broken"},
+    }
+    assert eval_real.count_wins(objects) == {"psnr": 2, "lpips": 2, "objects": 3}
 
 
 def test_eval_real_end_to_end(tmp_path):
@@ -31,30 +117,50 @@ def test_eval_real_end_to_end(tmp_path):
     (objects / "c_broken.glb").write_bytes(np.random.default_rng(0).bytes(500))
     checkpoint = tmp_path / "ckpt"
     toy_pipeline().save_pretrained(checkpoint)
-    out = tmp_path / "out"
-    args = ["--objects", str(objects), "--checkpoint", str(checkpoint), "--out", str(out), "--size", "64", "--turntable", "2"]
-    eval_real = load_eval_module()
-    eval_real.main(args)
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    common = ["--objects", str(objects), "--size", "64", "--turntable", "2", "--cache", str(cache)]
+    args = common + ["--checkpoint", str(checkpoint), "--out", str(out)]
+    results = eval_real.main(args)
 
     results = json.loads((out / "results.json").read_text())
     assert results["num_scored"] == 2 and results["num_skipped"] == 1
+    assert results["predictions"] == ["model", "copy", "mirror", "card", "revolve"]
+    assert results["framing"] == {"image_size": 64, "foreground_ratio": 0.85}
     assert "skipped" in results["objects"]["c_broken.glb"] and results["objects"]["c_broken.glb"]["skipped"]
     for name in ("a_quad.glb", "b_two.glb"):
         entry = results["objects"][name]
-        assert set(entry["views"]) == {"input", "canon_000", "canon_090", "canon_180", "canon_270", "turn_000.0", "turn_180.0"}
-        for group in ("input", "novel"):
-            assert all(math.isfinite(v) for v in entry[group].values())
-    assert "recentres" in results["note"]
-    assert (out / "results.md").exists() and "c_broken.glb" in (out / "results.md").read_text()
+        assert entry["transform"]["scale"] > 0
+        for prediction in results["predictions"]:
+            assert set(entry[prediction]["views"]) == {"input", "canon_000", "canon_090", "canon_180", "canon_270",
+                                                        "turn_000.0", "turn_180.0"}
+            for group in ("input", "novel"):
+                assert all(math.isfinite(v) for v in entry[prediction][group].values())
+        # The copy at the input camera is the framed input and the truth is in that frame: a close match (64 px,
+        # hard checker edges).
+        assert entry["copy"]["input"]["psnr"] > 20  # unframed truth: below 12
+    assert results["wins"]["objects"] == 2 and 0 <= results["wins"]["psnr"] <= 2
+    assert set(results["comparison"]) == {"copy", "mirror", "card", "revolve"}
+    assert "model's frame" in results["note"]
+    markdown = (out / "results.md").read_text()
+    assert "c_broken.glb" in markdown and "revolve" in markdown and "beats the best trivial" in markdown
     assert (out / "grid.png").exists() and (out / "psnr_per_object.png").exists()
-    cached = sorted(p.name for p in (out / "cache").rglob("*.png"))
-    assert len(cached) == 2 * 7
+    # Per scan: the input view, the transform, the framed truth (7 views) and the revolved silhouette (7 views).
+    assert len(list(cache.rglob("*.png"))) == 2 * (1 + 7 + 7) and len(list(cache.rglob("transform.json"))) == 2
 
-    # A second run reads the cached ground truth and scores identically.
-    eval_real.main(args)
-    again = json.loads((out / "results.json").read_text())
-    for group in ("input", "novel"):
-        assert again["mean"][group] == pytest.approx(results["mean"][group])
+    # --baselines-only: no model, the same baseline figures, read from the shared cache (no new renders).
+    stamp = {p: p.stat().st_mtime_ns for p in cache.rglob("*.png")}
+    base_out = tmp_path / "base"
+    eval_real.main(common + ["--checkpoint", str(checkpoint), "--out", str(base_out), "--baselines-only"])
+    base = json.loads((base_out / "results.json").read_text())
+    assert base["predictions"] == ["copy", "mirror", "card", "revolve"] and "wins" not in base
+    for prediction in base["predictions"]:
+        for group in ("input", "novel"):
+            assert base["mean"][prediction][group] == pytest.approx(results["mean"][prediction][group])
+    assert {p: p.stat().st_mtime_ns for p in cache.rglob("*.png")} == stamp
+
+    # Another framing moves the truth: new transform, new cache entries.
+    eval_real.main(common + ["--checkpoint", str(tmp_path / "none"), "--out", str(tmp_path / "o2"), "--baselines-only"])
+    assert len(list(cache.rglob("transform.json"))) == 4
 
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path):
@@ -62,4 +168,4 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
     objects.mkdir()
     checker_quad_glb(objects / "a.glb")
     with pytest.raises(SystemExit, match="does not exist"):
-        load_eval_module().main(["--objects", str(objects), "--checkpoint", str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
+        eval_real.main(["--objects", str(objects), "--checkpoint", str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
