@@ -63,6 +63,7 @@ BASELINES = ("copy", "mirror", "card", "revolve")
 RENDER_VERSION = 2  # bump when the ground-truth renders change meaning (2: the model's frame)
 REVOLVE_SEGMENTS = 64  # ring resolution of the revolved silhouette
 REVOLVE_VERSION = 2  # in the revolve cache key (2: perspective-corrected rings)
+IDENTITY = {"scale": 1.0, "shift": [0.0, 0.0]}  # the scan's own frame (e.g. for a teacher, which gets no recentring)
 CARD_SIGMA_PX = 0.4  # card Gaussians' std in input pixels: crisp at the input camera, no gaps at oblique ones
 
 

@@ -8,6 +8,16 @@ imagined views; multi-view consistency: a 3DGS fitted to 3 of the teacher's view
 (leave-one-out over all 4); determinism: the same (image, seed) simulated twice and in another batch position;
 camera sensitivity: how much its prediction moves when its output cameras turn by 90 degrees, relative to how
 much the true views differ (about 1 for a teacher that reads its cameras, about 0 for one that ignores them).
+
+    python benchmarks/teacher_quality.py --teacher hub/mvdm-tiny --real ../shared/eval/real --colour-check --out runs/tq
+
+--real DIR: the real scans where users meet the teacher. Each GLB is loaded and normalised and rendered unlit by
+benchmarks/eval_real.py's cached mesh renderer (dd3g.mesh_render) at the input view (azimuth 0, elevation 0,
+--input-size px) and at the teacher's 4 cameras at its own size; the teacher's views (its default DDIM steps,
+CFG as stored) are scored against those exact renders, beside the trivial prediction "the input view, as the
+teacher receives it, copied to the same 4 cameras". No recentring: the teacher gets the scan's own input view.
+--colour-check: flat coloured disks and rings (RGBA, no shading); the input's mean RGB against the copied
+view's (and the imagined views') mean RGB over the input's foreground, alpha-weighted, in 0-255.
 """
 
 from __future__ import annotations
@@ -21,6 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from dd3g.cameras import orbit_cameras  # noqa: E402
 from dd3g.fitting import leave_one_out_psnr  # noqa: E402
 from dd3g.metrics import psnr, ssim  # noqa: E402
 from dd3g.preprocess import composite_on  # noqa: E402
@@ -29,6 +40,9 @@ from dd3g.teachers.base import camera_sensitivity  # noqa: E402
 from dd3g.teachers.tiny import TinyTeacher  # noqa: E402
 from training import synthetic  # noqa: E402
 from training.common import image_grid  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import eval_real  # noqa: E402  the real scans' renderer and cache, shared with the student's evaluation
 
 
 def scores(pred_rgba, true_rgba) -> dict:
@@ -81,6 +95,105 @@ def evaluate_split(teacher, split: str, count: int, args, device, out_dir: Path)
     return report
 
 
+def copy_baseline(teacher, inputs: torch.Tensor) -> torch.Tensor:
+    """The input as the teacher receives it (resized to its frames), put at each of its V cameras.
+    inputs [B, 4, s, s] -> [B, V, 4, S, S]."""
+    frame = teacher.decode(teacher.encode(inputs.to(teacher.device))).cpu()  # [B, 4, S, S]
+    return frame[:, None].expand(-1, teacher.layout.num_views, -1, -1, -1).clone()
+
+
+def real_scans(folder: Path, teacher, args, cache: Path, limit=None):
+    """Input views [N, 4, s, s] and the truth at the teacher's cameras [N, V, 4, S, S] of every readable scan,
+    rendered by eval_real's cached mesh renderer; names of the scans used and {name: reason} of those skipped."""
+    layout, size = teacher.layout, teacher.image_size
+    files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in (".glb", ".gltf"))[:limit]
+    if not files:
+        raise SystemExit(f"teacher_quality: no .glb files in {folder}")
+    azimuths = layout.azimuths()  # [V] 0, 90, 180, 270
+    cameras = orbit_cameras(azimuths, torch.zeros_like(azimuths), size, size, layout.radius, layout.fov_deg)  # [V]
+    names = [f"teacher_{int(round(a)):03d}" for a in azimuths.tolist()]
+    inputs, truth, used, skipped = [], [], [], {}
+    for path in files:
+        settings = dict(out=Path(args.out), cache=cache, supersample=args.supersample, turntable_elevation=0.0)
+        try:
+            at_input = eval_real.Scan(path, argparse.Namespace(size=args.input_size, **settings), layout, {})
+            at_views = eval_real.Scan(path, argparse.Namespace(size=size, **settings), layout, {})
+            inputs.append(at_input.input_view())  # [4, s, s]
+            at_views._mesh = at_input._mesh  # load the file at most once
+            truth.append(at_views.views(cameras, names, eval_real.IDENTITY))  # [V, 4, S, S]
+        except Exception as error:  # a broken or untextured file must not stop the run
+            skipped[path.name] = f"{type(error).__name__}: {error}".splitlines()[0].replace(str(path), path.name)
+            continue
+        used.append(path.name)
+    return torch.stack(inputs), torch.stack(truth), used, skipped
+
+
+def evaluate_real(teacher, folder: Path, args, device, out_dir: Path) -> dict:
+    """The teacher and the copy baseline on the real scans, per object and in the mean (see the docstring)."""
+    inputs, truth, names, skipped = real_scans(folder, teacher, args, Path(args.real_cache or out_dir / "cache"), args.real_limit)
+    views = []
+    for start in range(0, len(inputs), args.batch):
+        chunk = inputs[start : start + args.batch]
+        sim = teacher.simulate(chunk.to(device), seeds=list(range(start, start + len(chunk))), num_steps=args.steps)
+        views.append(sim.views.cpu())  # [b, V, 4, S, S]
+    views = torch.cat(views)  # [N, V, 4, S, S]
+    copy = copy_baseline(teacher, inputs)  # [N, V, 4, S, S]
+    report = {"objects": len(names), "skipped": skipped, "input_size": args.input_size, "size": teacher.image_size}
+    per_object = {name: {} for name in names}
+    for label, pred in (("teacher", views), ("copy", copy)):
+        values = scores(pred, truth)  # {metric: [N, V]}
+        report[label] = {k: summarise(v) for k, v in values.items()}
+        for i, name in enumerate(names):
+            per_object[name][label] = {k: {"copied_view": float(values[k][i, 0]), "imagined_views": float(values[k][i, 1:].mean())}
+                                       for k in ("psnr", "ssim")}
+    report["per_object"] = per_object
+    report["imagined_ahead_of_copy_psnr"] = sum(o["teacher"]["psnr"]["imagined_views"] > o["copy"]["psnr"]["imagined_views"]
+                                                for o in per_object.values())
+    rows = [torch.cat([torch.nn.functional.interpolate(inputs[i : i + 1], size=truth.shape[-2:], mode="bilinear", antialias=True),
+                       views[i], truth[i]]) for i in range(min(6, len(names)))]
+    image_grid(rows, out_dir / "grid-real.png")
+    return report
+
+
+def coloured_shapes(size: int, supersample: int = 4) -> dict:
+    """Flat coloured disks and rings, antialiased: {name: ((r, g, b) in 0-255, RGBA [4, size, size])}."""
+    shapes = {"yellow_disk": ((167, 145, 21), 0.0), "cream_disk": ((170, 163, 138), 0.0), "blue_disk": ((29, 44, 146), 0.0),
+              "red_ring": ((200, 40, 40), 0.55), "green_ring": ((40, 160, 60), 0.55)}
+    big = size * supersample
+    coords = (torch.arange(big, dtype=torch.float32) + 0.5) / big - 0.5  # [big] in (-0.5, 0.5)
+    radius = torch.sqrt(coords[:, None] ** 2 + coords[None, :] ** 2)  # [big, big]
+    out = {}
+    for name, (rgb, inner) in shapes.items():
+        inside = ((radius < 0.32) & (radius >= 0.32 * inner)).float()[None, None]  # [1, 1, big, big]
+        alpha = torch.nn.functional.avg_pool2d(inside, supersample)[0]  # [1, size, size] covered fraction
+        colour = torch.tensor(rgb, dtype=torch.float32)[:, None, None].expand(3, size, size) / 255  # [3, size, size]
+        out[name] = (rgb, torch.cat([colour, alpha]))
+    return out
+
+
+def mean_colour(rgba: torch.Tensor, mask: torch.Tensor) -> list:
+    """Alpha-weighted mean straight RGB of rgba [4, H, W] over mask [H, W], in 0-255."""
+    weight = rgba[3] * mask  # [H, W]
+    return [round(float((rgba[c] * weight).sum() / weight.sum().clamp_min(1e-8)) * 255, 1) for c in range(3)]
+
+
+@torch.no_grad()
+def colour_check(teacher, args, device) -> dict:
+    """Mean colour of flat coloured inputs against the teacher's copied and imagined views (0-255)."""
+    shapes = coloured_shapes(args.input_size)
+    images = torch.stack([rgba for _, rgba in shapes.values()])  # [K, 4, s, s]
+    views = teacher.simulate(images.to(device), seeds=list(range(len(images))), num_steps=args.steps).views.cpu()
+    frames = teacher.decode(teacher.encode(images.to(device))).cpu()  # [K, 4, S, S] what the teacher sees
+    report = {}
+    for k, (name, (rgb, _)) in enumerate(shapes.items()):
+        mask = (frames[k, 3] > 0.5).float()  # [S, S] the input's foreground at the teacher's size
+        copied = mean_colour(views[k, 0], mask)
+        report[name] = {"input": mean_colour(frames[k], mask), "copied_view": copied,
+                        "imagined_views": [mean_colour(views[k, v], mask) for v in range(1, views.shape[1])],
+                        "copied_max_abs_diff": round(max(abs(a - b) for a, b in zip(copied, mean_colour(frames[k], mask))), 1)}
+    return report
+
+
 @torch.no_grad()
 def determinism(teacher, device, steps: int) -> dict:
     images = torch.rand(3, 4, 64, 64, generator=torch.Generator().manual_seed(0)).to(device)
@@ -94,13 +207,18 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--teacher", required=True, help="a TinyMVDMPipeline folder")
     p.add_argument("--objects", type=int, default=100, help="per split")
-    p.add_argument("--splits", default="val,heldout")
+    p.add_argument("--splits", default="val,heldout", help="procedural splits; empty for none")
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--batch", type=int, default=50)
     p.add_argument("--num-gaussians", type=int, default=8192)
     p.add_argument("--input-size", type=int, default=128)
     p.add_argument("--fit-gaussians", type=int, default=4096)
     p.add_argument("--fit-steps", type=int, default=400, help="0 skips the consistency fit (slow on a CPU)")
+    p.add_argument("--real", type=Path, default=None, help="a folder of real scans (.glb), e.g. ../shared/eval/real")
+    p.add_argument("--real-limit", type=int, default=None, help="only the first N scans (sorted)")
+    p.add_argument("--real-cache", type=Path, default=None, help="mesh render cache (default OUT/cache)")
+    p.add_argument("--supersample", type=int, default=2, help="mesh renders of the real scans")
+    p.add_argument("--colour-check", action="store_true", help="mean colour of flat coloured disks and rings")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
@@ -110,11 +228,18 @@ def main(argv=None):
     teacher = TinyTeacher.from_pretrained(args.teacher, device=device)
     report = {"teacher": args.teacher, "device": str(device), "steps": args.steps, "guidance_scale": teacher.default_guidance_scale}
     report["determinism"] = determinism(teacher, device, min(args.steps, 10))
-    for split in args.splits.split(","):
+    for split in [s for s in args.splits.split(",") if s]:
         report[split] = evaluate_split(teacher, split, args.objects, args, device, out_dir)
         print(split, json.dumps(report[split]), flush=True)
+    if args.real is not None:
+        report["real"] = evaluate_real(teacher, args.real, args, device, out_dir)
+        print("real", json.dumps({k: v for k, v in report["real"].items() if k != "per_object"}), flush=True)
+    if args.colour_check:
+        report["colour_check"] = colour_check(teacher, args, device)
+        print("colour_check", json.dumps(report["colour_check"]), flush=True)
     (out_dir / "teacher_quality.json").write_text(json.dumps(report, indent=1))
     print(json.dumps(report, indent=1))
+    return report
 
 
 if __name__ == "__main__":

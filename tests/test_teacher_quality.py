@@ -1,0 +1,84 @@
+"""benchmarks/teacher_quality.py on real scans (--real) and flat colours (--colour-check), with a toy teacher."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.helpers import toy_teacher_pipeline
+from tests.test_mesh_render import checker_quad_glb, two_quads_glb
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_module():
+    spec = importlib.util.spec_from_file_location("teacher_quality", ROOT / "benchmarks" / "teacher_quality.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+teacher_quality = load_module()
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("teacher")
+    toy_teacher_pipeline(tokenizer_size=64).save_pretrained(folder)
+    return folder
+
+
+def test_real_scans_and_colour_check(tmp_path, teacher_dir):
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    checker_quad_glb(scans / "a_quad.glb", bump=True)
+    two_quads_glb(scans / "b_two.glb")
+    (scans / "c_broken.glb").write_bytes(b"not a mesh")
+    out = tmp_path / "out"
+    # Input size = the toy teacher's 16 px frames: the copy baseline's view 0 is then the truth at view 0 exactly.
+    report = teacher_quality.main(["--teacher", str(teacher_dir), "--real", str(scans), "--colour-check", "--splits", "",
+                                   "--steps", "2", "--input-size", "16", "--batch", "2", "--device", "cpu", "--out", str(out)])
+    assert json.loads((out / "teacher_quality.json").read_text())["real"]["objects"] == 2
+    real = report["real"]
+    assert real["objects"] == 2 and set(real["skipped"]) == {"c_broken.glb"} and real["size"] == 16
+    for label in ("teacher", "copy"):
+        for metric in ("psnr", "ssim", "psnr_masked", "ssim_masked"):
+            assert set(real[label][metric]) == {"copied_view", "imagined_views"}
+    assert real["copy"]["psnr"]["copied_view"] > 60  # identical up to float rounding
+    assert real["copy"]["psnr"]["imagined_views"] < 30  # the other cameras see other sides
+    assert real["teacher"]["psnr"]["copied_view"] < 40  # an untrained toy does not copy its input
+    assert set(real["per_object"]) == {"a_quad.glb", "b_two.glb"}
+    assert 0 <= real["imagined_ahead_of_copy_psnr"] <= 2
+    assert (out / "grid-real.png").exists()
+
+    colours = report["colour_check"]
+    assert set(colours) == {"yellow_disk", "cream_disk", "blue_disk", "red_ring", "green_ring"}
+    for entry in colours.values():
+        assert len(entry["input"]) == 3 and len(entry["copied_view"]) == 3 and len(entry["imagined_views"]) == 3
+    # The input's mean colour over its own foreground is the flat colour it was made with.
+    assert colours["yellow_disk"]["input"] == pytest.approx([167, 145, 21], abs=1.0)
+    assert colours["green_ring"]["input"] == pytest.approx([40, 160, 60], abs=1.0)
+
+
+def test_copy_baseline_is_the_teachers_input_frame_at_every_camera(teacher_dir):
+    from dd3g.teachers.tiny import TinyTeacher
+
+    teacher = TinyTeacher.from_pretrained(teacher_dir)
+    images = torch.rand(2, 4, 32, 32)  # [B, 4, s, s]
+    copy = teacher_quality.copy_baseline(teacher, images)  # [B, V, 4, 16, 16]
+    assert copy.shape == (2, teacher.layout.num_views, 4, 16, 16)
+    expected = torch.nn.functional.interpolate(images, size=(16, 16), mode="bilinear", antialias=True)
+    for view in range(copy.shape[1]):
+        assert torch.allclose(copy[:, view], expected.clamp(0, 1), atol=1e-5)
+
+
+def test_mean_colour_is_alpha_weighted_over_the_mask():
+    rgba = torch.zeros(4, 4, 4)
+    rgba[:3, :, :2] = torch.tensor([1.0, 0.5, 0.0])[:, None, None]  # left half orange, opaque
+    rgba[3, :, :2] = 1.0
+    rgba[:3, :, 2:] = 1.0  # right half white but transparent: must not count
+    assert teacher_quality.mean_colour(rgba, torch.ones(4, 4)) == pytest.approx([255.0, 127.5, 0.0])
