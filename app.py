@@ -19,7 +19,6 @@ import argparse
 import atexit
 import base64
 import binascii
-import hashlib
 import logging
 import os
 import signal
@@ -65,6 +64,8 @@ CSS = """
 #viewer canvas { background: #ffffff !important; }
 #preprocessed img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }
 """
+# gr.Gallery sizes its grid to the number of images (one variation fills the panel): keep one slot a variation.
+GALLERY_CSS = "#variations .grid-container {{ grid-template-columns: repeat({columns}, minmax(0, 1fr)) !important; }}"
 LOG = logging.getLogger("dd3g.app")
 
 
@@ -109,7 +110,7 @@ def user_error(message: str) -> gr.Error:
 
 
 def _store_data_uri(uri: str, folder: Path, max_bytes: int) -> str:
-    """Write a `data:` URI's bytes to a file, undecoded, refusing it beyond `max_bytes` before decoding."""
+    """Write a `data:` URI's bytes to a file in `folder`, as they are; refused beyond `max_bytes` before decoding."""
     header, comma, encoded = uri.partition(",")
     if not comma or ";base64" not in header:
         raise user_error("Cannot use this image: the data: URI is not base64-encoded.")
@@ -119,19 +120,20 @@ def _store_data_uri(uri: str, folder: Path, max_bytes: int) -> str:
         data = base64.b64decode(encoded, validate=True)
     except (binascii.Error, ValueError):
         raise user_error("Cannot use this image: the data: URI is not valid base64.") from None
-    path = folder / "data-uri" / hashlib.sha256(data).hexdigest()[:32] / "upload"
-    path.parent.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix="upload-", dir=folder)) / "data-uri"
     path.write_bytes(data)
     return str(path)
 
 
-def lenient_image_input(max_file_bytes: int, **kwargs) -> gr.Image:
+def lenient_image_input(max_file_bytes: int, upload_dir: Path, **kwargs) -> gr.Image:
     """gr.Image(type="filepath") whose upload reaches our own validation, and only within the upload limits.
 
     - gr.Image opens the file before the handler runs, so a corrupt upload would end in a bare Pillow
       exception; passing the raw path on lets dd3g.preprocess say exactly what is wrong with it.
     - A `data:` URI would be decoded (and re-saved) by gradio whatever its pixel count; here its bytes are
-      written as they are, after a size check, and dd3g.preprocess checks the pixels from the header.
+      written as they are into `upload_dir`, after a size check, and dd3g.preprocess checks the pixels
+      from the header.
     - A link would be downloaded by gradio (whole, into memory) before any check: links are refused.
     (Instance-level wrappers, not a subclass: gradio writes a .pyi stub next to any module that subclasses
     one of its components.)
@@ -142,7 +144,7 @@ def lenient_image_input(max_file_bytes: int, **kwargs) -> gr.Image:
 
     def preprocess(payload):
         if payload is not None and payload.url and payload.url.startswith("data:"):
-            return _store_data_uri(payload.url, Path(component.GRADIO_CACHE), max_file_bytes)
+            return _store_data_uri(payload.url, upload_dir, max_file_bytes)
         try:
             return strict_preprocess(payload)
         except Exception:  # noqa: BLE001 - any decoding failure is reported by dd3g.preprocess instead
@@ -364,7 +366,7 @@ class DD3GApp:
 
     def _prune_old_results(self) -> None:
         cutoff = time.time() - self.settings.max_output_age_s
-        for folder in self.output_root.glob("result-*"):
+        for folder in self.output_root.iterdir() if self.output_root.is_dir() else ():  # results and data: URIs
             try:
                 if folder.stat().st_mtime < cutoff:
                     shutil.rmtree(folder, ignore_errors=True)
@@ -450,7 +452,7 @@ def build_demo(pipe: DD3GPipeline, settings: Optional[AppSettings] = None) -> gr
         with gr.Row():
             with gr.Column(scale=1):
                 # image_mode=None: the file reaches dd3g.preprocess untouched (gr.Image's default "RGB" drops alpha).
-                image = lenient_image_input(settings.max_file_bytes, label="Input image", image_mode=None,
+                image = lenient_image_input(settings.max_file_bytes, app.output_root, label="Input image", image_mode=None,
                                             sources=["upload", "clipboard"], elem_id="input-image")
                 gr.Examples(example_inputs(), inputs=[image], label="Examples (held-out procedural objects, one photo)")
                 prepared = gr.Image(label="What the model sees (cut out, recentred)", type="pil", format="png",
@@ -458,7 +460,7 @@ def build_demo(pipe: DD3GPipeline, settings: Optional[AppSettings] = None) -> gr
                 ratio = gr.Slider(*FOREGROUND_RATIO_RANGE, value=float(pipe.config.foreground_ratio), step=0.05, label="Foreground ratio",
                                   info="how much of the frame the object fills")
                 with gr.Row():
-                    seed = gr.Number(0, label="Seed", precision=0)  # range checked in the handler, naming the field
+                    seed = gr.Number(0, label="Seed", precision=0, elem_id="seed")  # range checked in the handler, naming the field
                     variations = gr.Slider(1, settings.max_variations, value=1, step=1, label="Variations",
                                            info="objects from consecutive seeds", elem_id="num-variations")
                 run = gr.Button("Generate", variant="primary", elem_id="generate")
@@ -471,7 +473,7 @@ def build_demo(pipe: DD3GPipeline, settings: Optional[AppSettings] = None) -> gr
                                     elem_id="viewer")
                 video = gr.Video(label="Turntable", autoplay=True, loop=True, height=260, elem_id="turntable")
                 gallery = gr.Gallery(label="Variations (click one to view it in 3D)", columns=settings.max_variations,
-                                     rows=1, height="auto", object_fit="contain", allow_preview=False, elem_id="variations")
+                                     rows=1, height=200, object_fit="contain", allow_preview=False, elem_id="variations")
                 downloads = gr.File(label="Downloads (.ply, .splat, .glb)", file_count="multiple", elem_id="downloads")
                 timing = gr.Markdown(elem_id="timing")
         variation_plys = gr.State([])
@@ -508,7 +510,8 @@ def launch(demo: gr.Blocks, host: Optional[str] = None, port: Optional[int] = No
                             trust_forwarded=bool(os.environ.get("SPACE_ID")))
     return demo.launch(
         server_name=host, server_port=port, prevent_thread_lock=not block,
-        max_file_size=settings.max_file_bytes, show_error=True, css=CSS,
+        max_file_size=settings.max_file_bytes, show_error=True,
+        css=CSS + GALLERY_CSS.format(columns=settings.max_variations),
         app_kwargs={"middleware": [rate_limit]}, **kwargs,
     )
 
@@ -551,7 +554,7 @@ def _stop_on_sigterm(signum, frame):
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     try:
         settings = AppSettings(
             max_variations=args.max_variations, video_frames=args.video_frames, video_size=args.video_size,

@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import contextlib
 import io
+import logging
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
 import threading
+import time
+import zlib
 from pathlib import Path
+
+import httpx
 
 import imageio.v2 as imageio
 import numpy as np
@@ -16,7 +30,8 @@ from plyfile import PlyData
 
 import app
 from dd3g.gaussians import Gaussians
-from helpers import rgba_image
+from dd3g.preprocess import PreprocessConfig, preprocess
+from helpers import rgba_image, toy_pipeline
 
 PLY_PROPERTIES = {"x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity", "scale_0", "scale_1", "scale_2",
                   "rot_0", "rot_1", "rot_2", "rot_3"}
@@ -222,3 +237,261 @@ def test_viewer_arrives_before_the_video_and_files(client, image_file):
     assert "Rendering the turntable" in first_timing
     assert video is not None and len(downloads) == 3
     assert Gaussians.load_ply(first_viewer).means.equal(Gaussians.load_ply(viewer).means)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# What one visitor can cost the server (issue 20): each test fails when its protection is removed.
+
+@contextlib.contextmanager
+def serve(pipe, **settings):
+    """app.py's demo around `pipe` on its own port (for settings the shared test server must not have)."""
+    settings = app.AppSettings(**{"video_frames": 2, "video_size": 32, "uploads_per_minute": 10_000, **settings})
+    demo = app.build_demo(pipe, settings)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    app.launch(demo, host="127.0.0.1", port=port, block=False, quiet=True)
+    try:
+        yield f"http://127.0.0.1:{port}/", demo
+    finally:
+        demo.close()
+        demo.dd3g_app.close()
+
+
+class CountingPipe:
+    """The pipeline, counting its calls (and preprocessing's, through `track`) that run at the same time.
+
+    Each call is held for `hold_s` so that jobs the server lets run together do overlap.
+    """
+
+    def __init__(self, pipe, hold_s: float):
+        self.pipe, self.hold_s = pipe, hold_s
+        self.running = self.peak = self.calls = 0
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name):  # config, device, ... of the real pipeline
+        return getattr(self.pipe, name)
+
+    def track(self, fn, *args, **kwargs):
+        with self._lock:
+            self.running += 1
+            self.calls += 1
+            self.peak = max(self.peak, self.running)
+        try:
+            time.sleep(self.hold_s)
+            return fn(*args, **kwargs)
+        finally:
+            with self._lock:
+                self.running -= 1
+
+    def __call__(self, *args, **kwargs):
+        return self.track(self.pipe, *args, **kwargs)
+
+    def interpolate(self, *args, **kwargs):
+        return self.track(self.pipe.interpolate, *args, **kwargs)
+
+
+def test_one_concurrency_limit_across_generate_interpolate_and_preprocess(running_app, tmp_path, monkeypatch):
+    _, pipe, _ = running_app
+    counting = CountingPipe(pipe, hold_s=0.4)
+    monkeypatch.setattr(app, "preprocess", lambda *a, **k: counting.track(preprocess, *a, **k))
+    errors = []
+    with serve(counting, concurrency_limit=2) as (url, _):
+        def job(kind, k):
+            path = tmp_path / f"{kind}-{k}.png"  # one file each: no job reuses another's preprocessing
+            rgba_image(64, seed=k).save(path)
+            try:
+                client = Client(url, verbose=False)
+                if kind == "generate":
+                    client.predict(handle_file(path), 0.85, k, 1, api_name="/generate")
+                elif kind == "interpolate":
+                    client.predict(handle_file(path), 0.85, k, k + 1, 0.5, api_name="/interpolate")
+                else:
+                    client.predict(handle_file(path), 0.85, api_name="/preprocess")
+            except Exception as error:  # noqa: BLE001 - reported below
+                errors.append(f"{kind} {k}: {error!r}")
+
+        threads = [threading.Thread(target=job, args=(kind, k)) for k in range(4)
+                   for kind in ("generate", "interpolate", "preprocess")]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=180)
+    assert not errors, errors
+    assert counting.calls >= 20  # 12 preprocessings + 8 model calls
+    # Each handler alone may run 2 at once; together they must still be 2 (gradio's limit is per event).
+    assert counting.peak == 2, f"{counting.peak} model/preprocessing calls ran at once"
+
+
+def test_the_queue_is_bounded(running_app, image_file):
+    _, pipe, _ = running_app
+    counting = CountingPipe(pipe, hold_s=2.0)
+    with serve(counting, concurrency_limit=1, max_queue_size=2) as (url, _):
+        client = Client(url, verbose=False)
+        jobs = [client.submit(handle_file(image_file), 0.85, k, 1, api_name="/generate") for k in range(6)]
+        outcomes = []
+        for job in jobs:
+            try:
+                job.result(timeout=120)
+                outcomes.append("served")
+            except Exception as error:  # noqa: BLE001 - the refusals are the point
+                outcomes.append(str(error))
+    refused = [o for o in outcomes if o != "served"]
+    assert refused and all("queue is full" in o.lower() for o in refused), outcomes
+    assert 1 <= outcomes.count("served") <= 4, outcomes  # one running + two waiting (+ one that finished meanwhile)
+
+
+def test_uploads_are_rate_limited_per_client(running_app, image_file):
+    _, pipe, _ = running_app
+    with serve(pipe, uploads_per_minute=3) as (url, _):
+        statuses = []
+        for _ in range(5):
+            with open(image_file, "rb") as f:
+                statuses.append(httpx.post(url + "gradio_api/upload", files={"files": f}, timeout=30).status_code)
+    assert statuses == [200, 200, 200, 429, 429]
+
+
+def test_upload_rate_limit_counts_each_client_apart():
+    async def downstream(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    limit = app.UploadRateLimit(downstream, limit=2, trust_forwarded=True)
+
+    def upload_from(address):
+        sent = []
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {"type": "http", "method": "POST", "path": "/gradio_api/upload", "client": ("10.0.0.1", 1),
+                 "headers": [(b"x-forwarded-for", address.encode())]}
+        asyncio.run(limit(scope, None, send))
+        return sent[0]["status"]
+
+    assert [upload_from("1.1.1.1") for _ in range(3)] == [200, 200, 429]
+    assert upload_from("2.2.2.2") == 200  # another visitor behind the same proxy is not held back
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG that claims width x height 8-bit RGBA pixels and carries none (a decompression bomb's header)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 6, 0, 0, 0)) + chunk(b"IEND", b"")
+
+
+def _call_with_data_uri(url: str, data: bytes) -> str:
+    """POST /preprocess with the image as a `data:` URI, as a script may (the browser uploads files)."""
+    uri = "data:image/png;base64," + base64.b64encode(data).decode()
+    event = httpx.post(url + "gradio_api/call/preprocess", json={"data": [{"url": uri, "path": None}, 0.85]}, timeout=30)
+    event.raise_for_status()
+    return httpx.get(url + f"gradio_api/call/preprocess/{event.json()['event_id']}", timeout=60).text
+
+
+def _files_under(folder: Path) -> set:
+    return {p for p in folder.rglob("*") if p.is_file()}
+
+
+def test_data_uri_uploads_are_held_to_the_upload_limits(running_app):
+    url, _, settings = running_app
+    cache = app.gradio_cache_dir()
+    before = _files_under(cache)
+    # Over the pixel limit: refused from the header, before anything decodes it.
+    answer = _call_with_data_uri(url, _png_header(20_000, 20_000))
+    assert "exceeds the limit of 1,000,000 pixels" in answer, answer
+    # Over the byte limit: refused before the URI is even base64-decoded, so nothing reaches the disk.
+    answer = _call_with_data_uri(url, b"\x89PNG" + bytes(settings.max_file_bytes + 10))
+    assert f"exceeds the maximum file size of {settings.max_file_bytes} bytes" in answer, answer
+    assert not {p for p in _files_under(cache) - before if "upload-" not in str(p)}
+    assert not [p for p in _files_under(cache) - before if p.stat().st_size > settings.max_file_bytes]
+    # Within the limits the URI works like an upload.
+    buffer = io.BytesIO()
+    rgba_image(64).save(buffer, format="PNG")
+    assert '"path"' in _call_with_data_uri(url, buffer.getvalue())
+
+
+def test_links_are_not_fetched(client):
+    with pytest.raises(Exception) as error:
+        client.predict(handle_file("https://example.com/object.png"), 0.85, api_name="/preprocess")
+    assert "does not fetch images from links" in str(error.value)
+
+
+def test_the_app_pixel_limit_is_below_the_librarys(client, tmp_path):
+    assert app.AppSettings().max_pixels < PreprocessConfig().max_pixels
+    path = tmp_path / "wide.png"
+    rgba_image(1100).save(path)  # 1.21 MP: the library takes it, the test server (1 MP) must not
+    preprocess(path, PreprocessConfig(size=64))
+    with pytest.raises(Exception) as error:
+        client.predict(handle_file(path), 0.85, api_name="/preprocess")
+    assert "exceeds the limit of 1,000,000 pixels" in str(error.value)
+
+
+def test_results_are_stored_once(running_app, image_file):
+    url, _, _ = running_app
+    client = Client(url, verbose=False, download_files=False)  # the server's files only, no client-side copies
+    before = _files_under(app.gradio_cache_dir())
+    viewer, video, _, downloads, _ = client.predict(handle_file(image_file), 0.85, 41, 1, api_name="/generate")
+    new = _files_under(app.gradio_cache_dir()) - before
+    results = sorted(p.name for p in new if p.suffix in (".ply", ".splat", ".glb", ".mp4"))
+    assert results == ["dd3g_seed41.glb", "dd3g_seed41.ply", "dd3g_seed41.splat", "turntable.mp4"], results  # no copies
+    assert viewer["path"] in {str(p) for p in new}
+
+
+def test_old_results_are_removed(running_app, image_file):
+    url, _, settings = running_app
+    client = Client(url, verbose=False, download_files=False)  # answers name the server's files
+    first = Path(client.predict(handle_file(image_file), 0.85, 42, 1, api_name="/generate")[0]["path"]).parent
+    stale = time.time() - settings.max_output_age_s - 60
+    os.utime(first, (stale, stale))
+    second = Path(client.predict(handle_file(image_file), 0.85, 43, 1, api_name="/generate")[0]["path"]).parent
+    assert not first.exists()  # any new result prunes the old ones
+    assert second.is_dir() and second.parent == first.parent
+
+
+def test_results_are_removed_at_shutdown(tmp_path):
+    """`python app.py` stopped by SIGTERM (as a service manager stops it) leaves no results behind."""
+    checkpoint = tmp_path / "checkpoint"
+    toy_pipeline().save_pretrained(checkpoint)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/"
+    root = Path(app.__file__).resolve().parent
+    log = tmp_path / "app.log"
+    with open(log, "w") as stderr:
+        proc = subprocess.Popen([sys.executable, str(root / "app.py"), "--checkpoint", str(checkpoint), "--port", str(port),
+                                 "--device", "cpu"], cwd=root, env={**os.environ, "PYTHONPATH": str(root)},
+                                stdout=subprocess.DEVNULL, stderr=stderr)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            try:
+                httpx.get(url, timeout=2).raise_for_status()
+                break
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        assert proc.poll() is None, log.read_text()
+        results = Path(log.read_text().split("results in ", 1)[1].splitlines()[0].strip())
+        image = tmp_path / "blob.png"
+        rgba_image(64).save(image)
+        Client(url, verbose=False, download_files=False).predict(handle_file(image), 0.85, 0, 1, api_name="/generate")
+        assert any(results.rglob("dd3g_seed0.ply"))
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert not results.exists()
+
+
+def test_expected_errors_leave_one_log_line_not_a_traceback(client, image_file, caplog, capfd):
+    capfd.readouterr()
+    with caplog.at_level(logging.WARNING, logger="dd3g.app"):
+        with pytest.raises(Exception):
+            client.predict(handle_file(image_file), 0.85, -1, 1, api_name="/generate")
+        time.sleep(0.5)  # the server finishes its side after the client has its answer
+    lines = [r.getMessage() for r in caplog.records if r.name == "dd3g.app"]
+    assert len(lines) == 1 and "seed must be a whole number" in lines[0], lines
+    assert "Traceback" not in capfd.readouterr().err
