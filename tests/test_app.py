@@ -435,7 +435,9 @@ def test_results_are_stored_once(running_app, image_file):
     new = _files_under(app.gradio_cache_dir()) - before
     results = sorted(p.name for p in new if p.suffix in (".ply", ".splat", ".glb", ".mp4"))
     assert results == ["dd3g_seed41.glb", "dd3g_seed41.ply", "dd3g_seed41.splat", "turntable.mp4"], results  # no copies
-    assert viewer["path"] in {str(p) for p in new}
+    # gradio serves the files the app wrote (one result folder), not copies of them (one hash folder each).
+    served = [viewer["path"], video["video"]["path"] if "video" in video else video["path"]] + [d["path"] for d in downloads]
+    assert {Path(p).parent.name[:7] for p in served} == {"result-"} and len({Path(p).parent for p in served}) == 1, served
 
 
 def test_old_results_are_removed(running_app, image_file):
