@@ -73,7 +73,11 @@ WATCH_AND_CLICK = """() => {
     const check = () => {
         const canvas = document.querySelector('#viewer canvas');
         if (canvas) {
-            const box = canvas.getBoundingClientRect();
+            let box = canvas.getBoundingClientRect();
+            if (box.top < 0 || box.bottom > innerHeight) {  // a visitor would scroll to it
+                canvas.scrollIntoView({block: 'center'});
+                box = canvas.getBoundingClientRect();
+            }
             if (box.width > 0 && box.height > 0
                     && document.elementFromPoint(box.left + box.width / 2, box.top + box.height / 2) === canvas) {
                 state.uncovered_ms = performance.now();
