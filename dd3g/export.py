@@ -24,14 +24,13 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from typing import Optional
 
 import numpy as np
 import torch
 
 from .cameras import DEFAULT_FOV_DEG, DEFAULT_RADIUS, orbit_cameras
-from .gaussians import Gaussians, PathLike, _write_atomically
+from .gaussians import Gaussians, PathLike, _create_temp_beside, _write_atomically
 from .rendering import WHITE, render
 from .splatter import quats_to_rotmats
 
@@ -253,9 +252,9 @@ def save_turntable_mp4(
     if frames.shape[1] % 2 or frames.shape[2] % 2:
         raise ValueError(f"frame height and width must be even for yuv420p H.264, got {frames.shape[1:3]}")
     path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    # The temp file keeps the .mp4 suffix so ffmpeg picks the MP4 container.
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp.mp4")
+    # The temp file keeps the .mp4 suffix so ffmpeg picks the MP4 container; ffmpeg truncates it in place,
+    # so the video keeps its umask-respecting mode.
+    fd, tmp = _create_temp_beside(path, suffix=".tmp.mp4")
     os.close(fd)
     try:
         writer = imageio.get_writer(

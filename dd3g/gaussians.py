@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from dataclasses import dataclass, fields
 from typing import Dict, Optional, Sequence, Union
 
@@ -41,11 +40,26 @@ PLY_REQUIRED_PROPERTIES = tuple(p for p in _PLY_HEAD + _PLY_TAIL if p not in ("n
 _F_REST = re.compile(r"f_rest_(\d+)$")
 
 
-def _write_atomically(path: PathLike, chunks: Sequence[bytes]) -> None:
-    """Write ``chunks`` to a temp file next to ``path``, then rename it over ``path``."""
-    path = os.fspath(path)
+def _create_temp_beside(path: str, suffix: str = ".tmp") -> tuple[int, str]:
+    """A new, hidden file next to ``path`` -> (fd, its path), created with mode 0666 less the umask.
+
+    Like ``tempfile.mkstemp`` (a random name, O_EXCL), but mkstemp makes 0600 files, and the rename would
+    give the output that mode whatever the umask.
+    """
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    for _ in range(100):
+        tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.urandom(6).hex()}{suffix}")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name next to {path}")
+
+
+def _write_atomically(path: PathLike, chunks: Sequence[bytes]) -> None:
+    """Write ``chunks`` to a temp file next to ``path``, then rename it over ``path`` (mode 0666 less the umask)."""
+    path = os.fspath(path)
+    fd, tmp = _create_temp_beside(path)
     try:
         with os.fdopen(fd, "wb") as f:
             for chunk in chunks:

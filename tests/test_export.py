@@ -1,5 +1,8 @@
 """GLB mesh and turntable MP4 exports of one object's Gaussians."""
 
+import os
+import stat
+
 import imageio.v2 as imageio
 import numpy as np
 import pytest
@@ -110,3 +113,20 @@ def test_mp4_needs_an_even_size(two_balls, tmp_path):
     with pytest.raises(ValueError, match="even"):
         save_turntable_mp4(two_balls, tmp_path / "odd.mp4", num_frames=2, size=63)
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_written_files_get_the_usual_modes(two_balls, tmp_path, umask):
+    """Every writer gives its file mode 0666 less the umask (a temp file's 0600 must not survive the rename)."""
+    previous = os.umask(umask)
+    try:
+        paths = [
+            two_balls.save_ply(tmp_path / "object.ply"),
+            two_balls.save_splat(tmp_path / "object.splat"),
+            save_glb(two_balls, tmp_path / "object.glb", resolution=32),
+            save_turntable_mp4(two_balls, tmp_path / "object.mp4", num_frames=2, size=32),
+        ]
+    finally:
+        os.umask(previous)
+    assert {oct(stat.S_IMODE(os.stat(p).st_mode)) for p in paths} == {oct(0o666 & ~umask)}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["object.glb", "object.mp4", "object.ply", "object.splat"]
