@@ -274,8 +274,8 @@ class DD3GApp:
     # ------------------------------------------------------------------ generation
     def generate(self, image_path, foreground_ratio, seed, num_variations, progress=gr.Progress()):
         """Yields (viewer .ply, turntable .mp4, variation thumbnails, downloads, timing text, per-variation .ply list)
-        twice: the viewer as soon as the model has run (on a CPU the video and mesh take several times longer
-        than the model), then everything."""
+        three times: the viewer as soon as the model has run, then the files (.ply, .splat, .glb), then the
+        turntable video and thumbnails (on a CPU the video takes several times longer than the model)."""
         first_seed = self._seed(seed, "seed")
         count = self._count(num_variations)
         if first_seed + count - 1 > MAX_SEED:
@@ -291,21 +291,29 @@ class DD3GApp:
         export_started = time.perf_counter()
         plys = [gaussians[k].save_ply(folder / f"dd3g_seed{sample_seed}.ply") for k, sample_seed in enumerate(seeds)]
         model_line = (f"**Generation: {model_s * 1000:.0f} ms** for {count} object(s) of {gaussians.num_gaussians:,} "
-                      f"Gaussians on {self._device_name()} (one forward pass; seeds {seeds[0]}..{seeds[-1]}).")
+                      f"Gaussians on {self._device_name()} (one forward pass; seeds {seeds[0]}..{seeds[-1]}).  \n"
+                      f"Preprocessing {prepare_s * 1000:.1f} ms ({'at upload' if at_upload else 'now'}).")
         # The viewer first; the previous result's video, thumbnails and files are cleared meanwhile.
-        yield plys[0], None, None, None, model_line + "  \nRendering the turntable and the files...", plys
-        downloads, thumbnails, frames, notes = [], [], [], []
+        yield plys[0], None, None, None, model_line + "  \nWriting the files...", plys
+
+        downloads, notes = [], []
         for k, sample_seed in enumerate(seeds):
-            progress(0.2 + 0.7 * k / count, desc=f"Rendering object {k + 1}/{count}")
-            single = gaussians[k]
+            progress(0.2 + 0.2 * k / count, desc=f"Writing the files of object {k + 1}/{count}")
             stem = folder / f"dd3g_seed{sample_seed}"
-            downloads += [plys[k], single.save_splat(f"{stem}.splat")]
+            downloads += [plys[k], gaussians[k].save_splat(f"{stem}.splat")]
             try:
-                downloads.append(save_glb(single, f"{stem}.glb", resolution=self.settings.glb_resolution))
+                downloads.append(save_glb(gaussians[k], f"{stem}.glb", resolution=self.settings.glb_resolution))
             except EmptyMeshError:  # too transparent to mesh: the splat files still come
                 notes.append(f"seed {sample_seed}: no .glb (the object is too transparent to mesh)")
+        files_s = time.perf_counter() - export_started
+        files_line = f"Files {files_s:.1f} s." + ("  \n" + "; ".join(notes) if notes else "")
+        yield plys[0], None, None, downloads, f"{model_line}  \n{files_line}  \nRendering the turntable...", plys
+
+        thumbnails, frames = [], []
+        for k, sample_seed in enumerate(seeds):
+            progress(0.4 + 0.5 * k / count, desc=f"Rendering the turntable of object {k + 1}/{count}")
             turn = turntable_frames(
-                single, self.settings.video_frames, self.settings.video_size, self.settings.video_elevation_deg
+                gaussians[k], self.settings.video_frames, self.settings.video_size, self.settings.video_elevation_deg
             )  # [T, S, S, 3]
             frames.append(turn)
             thumbnails.append((turn[0], f"seed {sample_seed}"))
@@ -314,13 +322,8 @@ class DD3GApp:
         video = save_turntable_mp4(
             gaussians[0], folder / "turntable.mp4", fps=self.settings.video_fps, frames=np.concatenate(frames, axis=2)
         )
-        export_s = time.perf_counter() - export_started
-        prepare_note = "at upload" if at_upload else "now"
-        timing = (f"{model_line}  \nPreprocessing {prepare_s * 1000:.0f} ms ({prepare_note}), "
-                  f"files and video {export_s:.1f} s.")
-        if notes:
-            timing += "  \n" + "; ".join(notes)
-        yield plys[0], video, thumbnails, downloads, timing, plys
+        video_s = time.perf_counter() - export_started - files_s
+        yield plys[0], video, thumbnails, downloads, f"{model_line}  \n{files_line} Turntable video {video_s:.1f} s.", plys
 
     def show_variation(self, plys: Sequence[str], evt: gr.SelectData):
         if not plys or evt.index is None or not 0 <= int(evt.index) < len(plys):

@@ -226,16 +226,18 @@ def test_checkpoint_from_the_environment_at_start_up(tmp_path):
     assert str(missing) in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_viewer_arrives_before_the_video_and_files(client, image_file):
-    """The model's output is streamed first (the turntable and mesh take far longer on a CPU), then the rest."""
+def test_viewer_arrives_before_the_files_and_the_files_before_the_video(client, image_file):
+    """The model's output is streamed first, then the files, then the turntable (the slowest on a CPU)."""
     job = client.submit(handle_file(image_file), 0.85, 3, 1, api_name="/generate")
     job.result()
     updates = job.outputs()
-    assert len(updates) == 2
-    (first_viewer, first_video, _, first_downloads, first_timing), (viewer, video, _, downloads, _) = updates
+    assert len(updates) == 3
+    (first_viewer, first_video, _, first_downloads, first_timing), (_, files_video, _, files, files_timing), \
+        (viewer, video, thumbnails, downloads, timing) = updates
     assert Gaussians.load_ply(first_viewer).num_gaussians > 0 and first_video is None and not first_downloads
-    assert "Rendering the turntable" in first_timing
-    assert video is not None and len(downloads) == 3
+    assert "Writing the files" in first_timing
+    assert files_video is None and len(files) == 3 and "Rendering the turntable" in files_timing
+    assert video is not None and len(downloads) == 3 and len(thumbnails) == 1 and "Turntable video" in timing
     assert Gaussians.load_ply(first_viewer).means.equal(Gaussians.load_ply(viewer).means)
 
 
