@@ -130,7 +130,7 @@ def _splat_to_grid(g: Gaussians, resolution: int, bound: float, max_stencil_radi
 
 def gaussians_to_mesh(
     g: Gaussians,
-    resolution: int = 128,
+    resolution: int = 96,
     level: float = 0.5,
     bound: float = 0.6,
     max_stencil_radius: int = 16,
@@ -139,7 +139,8 @@ def gaussians_to_mesh(
     """A vertex-coloured triangle mesh of one object's Gaussians (``trimesh.Trimesh``, +Y up, world units).
 
     resolution: voxels per side of the grid over ``[-bound, bound]^3`` (the object lives in the unit sphere
-    of radius 0.5, so the default bound 0.6 leaves a margin). level: the accumulated opacity in (0, 1) at
+    of radius 0.5, so the default bound 0.6 leaves a margin). The default 96 (12.6 mm voxels) costs 0.4x the
+    splatting of 128 and keeps all the detail the tiny model's Gaussians carry (benchmarks/export_time.py). level: the accumulated opacity in (0, 1) at
     which the surface sits (see the module docstring). max_stencil_radius: at most this many voxels either
     side of a Gaussian's centre (larger Gaussians are clipped). min_component_fraction: connected pieces
     with fewer faces than this fraction of the whole are removed (0 keeps everything).
@@ -205,11 +206,13 @@ def turntable_frames(
     elevation_deg: float = 15.0,
     radius: float = DEFAULT_RADIUS,
     fov_deg: float = DEFAULT_FOV_DEG,
-    views_per_batch: int = 4,
+    views_per_batch: Optional[int] = None,
 ) -> np.ndarray:
     """Renders on white from ``num_frames`` azimuths evenly spread over a full turn (frame 0 = azimuth 0).
 
-    Returns uint8 [T, size, size, 3].
+    ``views_per_batch`` (default: all frames at once) bounds how many views one render call takes; on a CPU
+    one call for all frames is ~20% faster than calls of 4 (the splatter's tile chunks pad less), and the
+    splatter bounds its own memory by chunks either way. Returns uint8 [T, size, size, 3].
     """
     _require_single(g, "turntable_frames")
     if num_frames < 1 or size < 1:
@@ -217,7 +220,7 @@ def turntable_frames(
     g = g.detach()
     azimuths = torch.arange(num_frames, dtype=torch.float32) * (360.0 / num_frames)  # [T]
     frames = []
-    for chunk in azimuths.split(views_per_batch):
+    for chunk in azimuths.split(views_per_batch or num_frames):
         cams = orbit_cameras(chunk, torch.full_like(chunk, float(elevation_deg)), size, size, radius, fov_deg)
         rgb = render(g, cams, size, size, background=WHITE).rgb  # [V, 3, H, W]
         frames.append((rgb.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu())
