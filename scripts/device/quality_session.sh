@@ -29,7 +29,7 @@ pack() {  # on every exit, failures included: bring back what exists
     [ -f runs/teacher/model_index.json ] && tar -C runs --exclude image_encoder -cf - teacher | split -b 15m - "$OUT/teacher.tar.part-"
     [ -f runs/d-main/pipeline/model_index.json ] && tar -C runs/d-main --exclude image_encoder -cf - pipeline | split -b 15m - "$OUT/student.tar.part-"
     tar -czf "$OUT/results.tgz" --exclude checkpoints runs/probe runs/*.log runs/t-main/log.jsonl runs/t-main/samples runs/tq runs/d-*/log.jsonl \
-        runs/d-*/samples runs/eval runs/q-test runs/q-heldout runs/gt-test runs/gt-heldout 2>/dev/null || true
+        runs/d-*/samples runs/eval 2>/dev/null || true
     ls -la "$OUT"; echo "$stage took $(( $(date +%s) - start )) s"
 }
 trap pack EXIT
@@ -67,9 +67,8 @@ build_corpora() {  # procedural corpora, CPU work, niced beside whatever runs on
 }
 
 if [ "$stage" = teacher ]; then
-    echo "[$(left) s left] corpora (background), gsplat compile"
-    build_corpora > runs/corpora.log 2>&1 &
-    corpora=$!
+    # gsplat compiles once, before anything else imports it (processes compiling at once broke each other's build).
+    echo "[$(left) s left] gsplat compile"
     [ -n "$SMOKE" ] || python3 -c "from dd3g.rendering import render; from training import synthetic; from dd3g.cameras import ViewLayout
 g = synthetic.batch_objects([0], 64).to('cuda'); render(g, ViewLayout().cameras(32, 32)); print('gsplat ready')"
     echo "[$(left) s left] speed probe"
@@ -102,7 +101,9 @@ for name in ("eager", "compiled"):
 pathlib.Path("runs/probe/summary.json").write_text(json.dumps(out, indent=1))
 print(json.dumps(out, indent=1))
 PY
-    echo "[$(left) s left] teacher training"
+    echo "[$(left) s left] teacher training; corpora (background)"
+    build_corpora > runs/corpora.log 2>&1 &
+    corpora=$!
     train_teacher 45
     wait $corpora; cat runs/corpora.log
     exit 0
@@ -133,8 +134,14 @@ arm() {  # name, quadruples, gpu, seconds to keep after
 }
 
 if [ "$stage" = student ]; then
-    echo "[$(left) s left] teacher training, continued"
-    train_teacher $(( budget - ${TEACHER_SECONDS:-170} ))
+    if [ "${TEACHER_SECONDS:-170}" -gt 0 ]; then
+        echo "[$(left) s left] teacher training, continued"
+        train_teacher $(( budget - ${TEACHER_SECONDS:-170} ))
+    else  # export the newest checkpoint as it is: the run resumes at its step and stops there
+        last=$(ls runs/t-main/checkpoints | sed -n 's/^step-0*\([0-9]*\)$/\1/p' | sort -n | tail -1)
+        echo "[$(left) s left] teacher export at step $last"
+        TEACHER_EXTRA="$TEACHER_EXTRA --stop-after $last" train_teacher 0
+    fi
     echo "[$(left) s left] teacher scores (GPU 1) and quadruples"
     on_gpu 1 python3 benchmarks/teacher_quality.py --teacher runs/teacher --objects 100 --batch 50 --fit-steps 150 \
         --out runs/tq $TQ_EXTRA > runs/tq.log 2>&1 &
@@ -143,8 +150,8 @@ if [ "$stage" = student ]; then
     wait $tq || tail -20 runs/tq.log
     tail -25 runs/tq.log
     echo "[$(left) s left] student and N-fit probe"
-    arm main q-corpus 0 40 &
-    arm nfit q-nfit 1 40 &
+    arm main q-corpus 0 ${ARM_MARGIN:-100} &
+    arm nfit q-nfit 1 ${ARM_MARGIN:-100} &
     wait
     exit 0
 fi
