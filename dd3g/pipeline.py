@@ -277,6 +277,8 @@ def _check_checkpoint_folder(path: Path) -> None:
     if not index.is_file():
         raise CheckpointError(f"{path} is not a DD3G checkpoint: model_index.json is missing")
     config = read_config(index)
+    if "_class_name" not in config:
+        raise CheckpointError(f"{index} names no pipeline class (no _class_name): not a saved DD3GPipeline folder")
     if config.get("_class_name") != DD3GPipeline.__name__:
         raise CheckpointError(f"{path} holds a {config.get('_class_name')!r} pipeline, not a DD3GPipeline")
     for component in ("student", "image_encoder", "scheduler"):

@@ -106,6 +106,9 @@ def test_bad_checkpoints_get_specific_errors(saved, tmp_path):
     (broken / "model_index.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="not valid JSON"):
         DD3GPipeline.from_pretrained(broken)
+    (broken / "model_index.json").write_text("{}")  # no class at all: say so, not "a None pipeline"
+    with pytest.raises(CheckpointError, match="names no pipeline class"):
+        DD3GPipeline.from_pretrained(broken)
     incomplete = tmp_path / "incomplete"
     shutil.copytree(saved, incomplete)
     shutil.rmtree(incomplete / "student")
