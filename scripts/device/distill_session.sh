@@ -141,7 +141,7 @@ build_corpora() {  # $1: seconds to keep free after the build
 # step, which lays the views out) the UNet reads the noise instead of the cameras. Fine-tuning it with more top-noise
 # samples did not fix that at toy scale; a separate high-noise expert (--expert-for) is the main candidate.
 TEACHER_INIT=${TEACHER_INIT:-hub/mvdm-tiny}
-INIT_HUB="--init-from $TEACHER_INIT --init-step ${INIT_STEP:-6239}"
+INIT_HUB="--init-from $TEACHER_INIT --init-step ${INIT_STEP:-8038}"
 TEACHER_VARIANTS=${TEACHER_VARIANTS:-"expert-scratch --expert-for $TEACHER_INIT --high-noise-start 995
 expert-hub --expert-for $TEACHER_INIT --high-noise-start 995 $INIT_HUB"}
 train_teacher_variant() {  # name, flags...: train until the box closes

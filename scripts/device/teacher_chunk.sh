@@ -5,7 +5,7 @@
 #   bash scripts/device/teacher_chunk.sh next    # resumes runs/mvdm-tiny-s2 and trains on
 # Each chunk exports the EMA teacher and returns it through $OUT as teacher.tar.part-* (join with cat, untar).
 # Needs .wheels (scripts: ../shared/scripts/gpu-wheels.sh) carried. Continues hub/mvdm-tiny (EMA at step
-# INIT_STEP, default 6,239); TEACHER_EXTRA passes more flags (e.g. "--high-noise-fraction 0.5").
+# INIT_STEP, default 8,038); TEACHER_EXTRA passes more flags (e.g. "--high-noise-fraction 0.5").
 # It trains the main UNet only: its export has no high-noise expert, so pair it with one afterwards
 # (train_teacher.py --expert-for runs/teacher-export, or the teacher stage of distill_session.sh).
 set -eo pipefail
@@ -25,9 +25,9 @@ g = synthetic.batch_objects([0], 64).to('cuda'); render(g, ViewLayout().cameras(
     timeout 240 python3 benchmarks/simulate_throughput.py --teacher imagedream --device cuda --batches 8,32 \
         --json "$OUT/imagedream_eager.json" 2>&1 | grep -v Warning || echo "imagedream throughput did not finish"
     wait $warm; cat runs/gsplat-warm.log | tail -2
-    init="--init-from hub/mvdm-tiny --init-step ${INIT_STEP:-6239} --profile-steps 10"
+    init="--init-from hub/mvdm-tiny --init-step ${INIT_STEP:-8038} --profile-steps 10"
 else
-    init="--init-from hub/mvdm-tiny --init-step ${INIT_STEP:-6239}"
+    init="--init-from hub/mvdm-tiny --init-step ${INIT_STEP:-8038}"
 fi
 now=$(date +%s)
 limit=$(( budget - (now - start) - 75 ))   # leave time for the pool build (~20 s) and the export
