@@ -12,7 +12,6 @@ channel.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -23,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dd3g.rendering import render  # noqa: E402
 from benchmarks.teacher_quality import coloured_shapes, mean_colour  # noqa: E402
+from benchmarks.timing import print_and_save  # noqa: E402
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "hub" / "dd3g-tiny"
 
@@ -54,11 +54,7 @@ def main(argv=None):
 
     report = colour_check(DD3GPipeline.from_pretrained(args.checkpoint), args.size)
     report["worst_max_abs_diff"] = max(r["max_abs_diff"] for r in report.values())
-    print(json.dumps(report, indent=1))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=1))
-    return report
+    return print_and_save(report, args.json)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ the share of the step that is not the model (the goal is <= 1.25).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dd3g.cameras import ViewLayout  # noqa: E402
 from dd3g.models.image_tokenizer import EfficientNetLite0Tokenizer  # noqa: E402
+from benchmarks.timing import print_and_save  # noqa: E402
 from dd3g.teachers.tiny import training_scheduler  # noqa: E402
 from training import train_teacher  # noqa: E402
 
@@ -113,11 +113,7 @@ def main(argv=None):
     report["full_over_model"] = report["full_step"]["ms"] / report["model_alone"]["ms"]
     if device.type == "cuda":
         report["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
-    print(json.dumps(report, indent=1))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=1))
-    return report
+    return print_and_save(report, args.json)
 
 
 if __name__ == "__main__":

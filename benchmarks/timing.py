@@ -1,8 +1,10 @@
-"""Timing shared by the benchmarks: wall clock on the CPU, CUDA events (synchronised) on a GPU."""
+"""Timing shared by the benchmarks (wall clock on the CPU, CUDA events, synchronised, on a GPU) and their JSON report."""
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 
 import torch
 
@@ -27,3 +29,13 @@ def time_samples(fn, repeats: int, device: torch.device, warmup: int = 3) -> lis
             fn()
             samples.append((time.perf_counter() - t0) * 1e3)
     return samples
+
+
+def print_and_save(report: dict, path=None) -> dict:
+    """Print a benchmark's report as JSON, and write it to `path` too when one is given."""
+    text = json.dumps(report, indent=1)
+    print(text)
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(text)
+    return report
