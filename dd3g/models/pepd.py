@@ -15,7 +15,8 @@ prediction (v ~ -x0 under v-prediction) is a function of the image and cameras a
 to drop N, and its features carry little of it. Yet the teacher's later steps keep N (its epsilon part) and that is
 what makes its seeds differ. Without this path a student sees almost nothing that tells one seed from another and
 learns the per-image mean (measured on a CPU toy: outputs for different seeds agreed to 46.6 dB). The path makes
-N readable, not used: the shipped 1,050-step student still ignores it (hub/dd3g-tiny/README.md).
+N readable, not used: a student trained on plain MSE learned the per-image mean and ignored it; with the
+seed-deviation term of training/distill.py the shipped student follows it in part (hub/dd3g-tiny/README.md).
 """
 
 from __future__ import annotations
