@@ -3,33 +3,21 @@ synthetic scans with a toy pipeline."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from benchmarks import eval_real
 from dd3g.cameras import orbit_cameras
 from dd3g.mesh_render import composite, load_scan, render_mesh
 from dd3g.metrics import psnr
 from tests.helpers import toy_pipeline
 from tests.test_mesh_render import checker_quad_glb, two_quads_glb
 
-ROOT = Path(__file__).resolve().parents[1]
 SIZE = 64
-
-
-def load_eval_module():
-    spec = importlib.util.spec_from_file_location("eval_real", ROOT / "benchmarks" / "eval_real.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-eval_real = load_eval_module()
 
 
 def cameras_at(azimuths, elevation=0.0):

@@ -2,27 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
+from benchmarks import teacher_quality
 from tests.helpers import toy_teacher_pipeline
 from tests.test_mesh_render import checker_quad_glb, two_quads_glb
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_module():
-    spec = importlib.util.spec_from_file_location("teacher_quality", ROOT / "benchmarks" / "teacher_quality.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-teacher_quality = load_module()
 
 
 @pytest.fixture(scope="module")
