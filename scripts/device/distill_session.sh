@@ -49,16 +49,7 @@ pack() {  # on every exit, failures included: bring back what exists, so nothing
     ls -la "$OUT"; echo "$stage took $(( $(date +%s) - start )) s"
 }
 trap pack EXIT
-python3 -c "import gsplat, diffusers, datasets" 2>/dev/null || \
-    python3 -m pip install -q --no-index --find-links .wheels gsplat plyfile diffusers datasets trimesh
-[ -n "$SMOKE" ] || nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-export NGPU=$(python3 -c "import torch; print(max(torch.cuda.device_count(), 1))")
-on_gpu() { local k=$1; shift; CUDA_VISIBLE_DEVICES=$(( k % NGPU )) "$@"; }  # job k on GPU k mod NGPU
-launch() {  # accelerate launch over all GPUs (one process without CUDA)
-    if [ "$NGPU" -gt 1 ] && [ -z "$SMOKE" ]; then
-        python3 -m accelerate.commands.launch --config_file training/accelerate/multi_gpu.yaml --num_processes "$NGPU" "$@"
-    else python3 "$@"; fi
-}
+source scripts/device/common.sh  # wheels, NGPU, on_gpu, launch
 
 ARMS="main no-verification fresh-noise baseline-3d"
 # Batch 64, not 16: one arm's step is mostly host work (kernel launches of a tiny model: 3 steps/s alone at batch 16

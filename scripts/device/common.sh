@@ -1,0 +1,12 @@
+# Shared by the device session scripts (sourced, after they set SMOKE): the wheels the GPU machine lacks, the GPU
+# count, and two ways to place a job: on_gpu K (job K on GPU K mod NGPU) and launch (accelerate over all GPUs).
+python3 -c "import gsplat, diffusers, datasets" 2>/dev/null || \
+    python3 -m pip install -q --no-index --find-links .wheels gsplat plyfile diffusers datasets trimesh
+[ -n "$SMOKE" ] || nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+export NGPU=$(python3 -c "import torch; print(max(torch.cuda.device_count(), 1))")
+on_gpu() { local k=$1; shift; CUDA_VISIBLE_DEVICES=$(( k % NGPU )) "$@"; }  # job k on GPU k mod NGPU
+launch() {  # accelerate launch over all GPUs (one process without CUDA)
+    if [ "$NGPU" -gt 1 ] && [ -z "$SMOKE" ]; then
+        python3 -m accelerate.commands.launch --config_file training/accelerate/multi_gpu.yaml --num_processes "$NGPU" "$@"
+    else python3 "$@"; fi
+}
