@@ -156,8 +156,8 @@ class QuadrupleBatches:
 
     def preload(self, device) -> None:
         """Decode every row once (hashes checked) and keep images and views as uint8, N as float32, on `device`."""
-        every = range(len(self.rows))
-        chunks = [self._decode([*every][k : k + 256]) for k in range(0, len(self.rows), 256)]
+        total = len(self.rows)
+        chunks = [self._decode(range(k, min(k + 256, total))) for k in range(0, total, 256)]
         stack = lambda key, u8: torch.cat([c[key].mul(255).round().to(torch.uint8) if u8 else c[key] for c in chunks]).to(device)  # noqa: E731
         self.preloaded = {"image": stack("image", True), "views": stack("views", True), "noise": stack("noise", False),
                           "seeds": [s for c in chunks for s in c["seeds"]], "elevation": torch.cat([c["elevation"] for c in chunks])}
