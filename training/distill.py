@@ -60,7 +60,7 @@ def parse_args(argv=None):
     p.add_argument("--preset", default="tiny", help="PEPD preset for phase 2 (phase 1 always copies the teacher)")
     p.add_argument("--max-steps", type=int, default=20000)
     p.add_argument("--stop-after", type=int, default=None)
-    p.add_argument("--time-limit", type=float, default=None)
+    p.add_argument("--time-limit", type=float, default=None, help="seconds from the start (loading included); checkpoint and stop")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--warmup-steps", type=int, default=500)
@@ -317,6 +317,7 @@ def export_pipeline(student, ema, teacher, path: Path, framing: tuple, dtype=tor
 
 
 def main(argv=None):
+    launched = time.time()  # --time-limit counts from here: loading and building data are part of the budget
     args = parse_args(argv)
     from diffusers.training_utils import EMAModel
     from tqdm.auto import tqdm
@@ -383,7 +384,7 @@ def main(argv=None):
             record = {k: float(v.detach()) for k, v in losses.items()}
             log.write(step=step, lr=lr_schedule.get_last_lr()[0], grad_norm=float(grad_norm), elapsed_s=time.time() - start_time, **record)
             progress.set_postfix(loss=f"{record['total']:.4f}")
-        out_of_time = args.time_limit is not None and time.time() - start_time > args.time_limit
+        out_of_time = args.time_limit is not None and time.time() - launched > args.time_limit
         if step % args.checkpoint_every == 0 or step == stop_at or out_of_time:
             save_checkpoint(accelerator, output_dir, step, {"args": vars(args)}, ema=ema)
         if accelerator.is_main_process and (step % args.sample_every == 0 or step == stop_at):

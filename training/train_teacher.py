@@ -65,7 +65,7 @@ def parse_args(argv=None):
     p.add_argument("--unet-preset", default="tiny")
     p.add_argument("--max-steps", type=int, default=20000, help="length of the LR schedule")
     p.add_argument("--stop-after", type=int, default=None, help="stop (with a checkpoint) after this step, e.g. to chunk a run")
-    p.add_argument("--time-limit", type=float, default=None, help="seconds; checkpoint and stop before this wall time")
+    p.add_argument("--time-limit", type=float, default=None, help="seconds from the start (loading and the pool included); checkpoint and stop before then")
     p.add_argument("--batch-size", type=int, default=64, help="per process")
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--weight-decay", type=float, default=0.01)
@@ -310,6 +310,7 @@ def sample_grid(unet, ema, tokenizer, args, layout, path: Path, device, num_obje
 
 
 def main(argv=None):
+    launched = time.time()  # --time-limit counts from here: loading and building data are part of the budget
     args = parse_args(argv)
     from diffusers.training_utils import EMAModel
     from tqdm.auto import tqdm
@@ -370,7 +371,7 @@ def main(argv=None):
             elapsed = time.time() - start_time
             log.write(step=step, loss=loss_value, lr=lr_schedule.get_last_lr()[0], grad_norm=float(grad_norm), elapsed_s=elapsed)
             progress.set_postfix(loss=f"{loss_value:.4f}")
-        out_of_time = args.time_limit is not None and time.time() - start_time > args.time_limit
+        out_of_time = args.time_limit is not None and time.time() - launched > args.time_limit
         if step % args.checkpoint_every == 0 or step == stop_at or out_of_time:
             save_checkpoint(accelerator, output_dir, step, {"args": vars(args)}, ema=ema)
         if accelerator.is_main_process and (step % args.sample_every == 0 or step == stop_at or out_of_time):
