@@ -7,7 +7,7 @@ at the ends:
 * full step: what `training/distill.py` runs each step: the batch's rows (`--quadruples DIR`, held on the device as
   with distill's `--preload`; without it, a synthetic set of rows in the same format, also on the device), then
   `distill.distillation_step` (tokenizer, input frame, cameras, PEPD, render, RGB/alpha MSE + LPIPS, the
-  seed-deviation term; implicit verification only with `--verification`) under bf16 autocast on CUDA, then
+  seed-deviation and input-view terms; implicit verification only with `--verification`) under bf16 autocast on CUDA, then
   backward, clipping, AdamW, the LR schedule and the EMA (`training.common.optimization_step`);
 * model alone: the PEPD forward, the render at C, the same loss, backward, AdamW and EMA on one fixed batch
   prepared once (tokens, frame, cameras and N already on the device: no row indexing, no tokenizer).
@@ -87,12 +87,12 @@ def prepare(batch: dict, teacher, tokenizer, device) -> dict:
         tokens = tokenizer(composite_on(image).to(tokenizer.dtype))  # [B, L, D]
         frame = teacher.encode(image)  # [B, C, h, w]
     cameras = teacher.layout.cameras(size, size, elevation_deg=batch["elevation"], include_input=True).to(device)  # [B, V + 1]
-    return {"noise": batch["noise"].to(device), "frame": frame, "cameras": cameras, "tokens": tokens,
+    return {"noise": batch["noise"].to(device), "frame": frame, "cameras": cameras, "tokens": tokens, "image": image,
             "views": batch["views"].to(device), "image_ids": batch["image_ids"]}
 
 
 def model_loss(student, inputs: dict, dargs, lpips_model) -> torch.Tensor:
-    """distillation_step without the data work: PEPD, render at C, distill's explicit loss and seed-deviation term."""
+    """distillation_step without the data work: PEPD, render at C, distill's explicit, seed-deviation and input-view terms."""
     gaussians = student(inputs["noise"], inputs["frame"], inputs["cameras"], inputs["tokens"]).gaussians
     return render_loss(gaussians, inputs, dargs, lpips_model)
 
@@ -106,6 +106,9 @@ def render_loss(gaussians, inputs: dict, dargs, lpips_model) -> torch.Tensor:
         rendered = torch.cat([renders.rgb + (1 - renders.alpha), renders.alpha], dim=2)  # [B, V, 4, s, s] on white
         target = torch.cat([composite_on(views), views[:, :, 3:]], dim=2)
         losses["total"] = losses["total"] + dargs.seed_deviation_weight * distill.seed_deviation_loss(rendered, target, inputs["image_ids"])
+    if dargs.input_view_weight > 0:  # the render at the input camera [B, 1] against the input image [B, 4, S, S]
+        input_view = distill.input_view_loss(gaussians, inputs["cameras"][:, views.shape[1] :], inputs["image"], dargs)
+        losses["total"] = losses["total"] + dargs.input_view_weight * input_view
     return losses["total"]
 
 
@@ -132,7 +135,8 @@ def build(args):
 
     device = torch.device(args.device)
     flags = ["--teacher", args.teacher, "--quadruples", args.quadruples or "synthetic", "--output-dir", "unused",
-             "--batch-size", str(args.batch_size), "--preset", args.preset, "--seed-deviation-weight", str(args.seed_deviation_weight)]
+             "--batch-size", str(args.batch_size), "--preset", args.preset, "--seed-deviation-weight", str(args.seed_deviation_weight),
+             "--input-view-weight", str(args.input_view_weight)]
     flags += ["--verification-k0", "0"] if args.verification else ["--no-verification"]  # k0 = 0: full weight from the start
     dargs = distill.parse_args(flags + (["--tiny-test"] if args.tiny_test else []))
     teacher = TinyTeacher.from_pretrained(dargs.teacher, device=device)
@@ -199,7 +203,8 @@ def parse_args(argv=None):
     p.add_argument("--pool-size", type=int, default=256, help="synthetic rows")
     p.add_argument("--image-size", type=int, default=None, help="synthetic input side (default twice the teacher's)")
     p.add_argument("--seeds-per-image", type=int, default=4, help="synthetic rows per image")
-    p.add_argument("--seed-deviation-weight", type=float, default=2.0)
+    p.add_argument("--seed-deviation-weight", type=float, default=2.0, help="as the session's arms")
+    p.add_argument("--input-view-weight", type=float, default=1.0, help="as the session's main arm; 0 turns it off")
     p.add_argument("--verification", action="store_true", help="include implicit verification in the full step")
     p.add_argument("--compile", action="store_true")
     p.add_argument("--tiny-test", action="store_true", help="distill.py's toy phase 2 and batch <= 2 (CPU tests)")
@@ -216,6 +221,7 @@ def main(argv=None):
     report = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "teacher": args.teacher,
               "preset": "tiny-test" if args.tiny_test else args.preset, "quadruples": args.quadruples or "synthetic",
               "batch_size": batch_size, "verification": args.verification, "seed_deviation_weight": args.seed_deviation_weight,
+              "input_view_weight": args.input_view_weight,
               "lpips": bench.lpips is not None, "compiled": args.compile,
               "student_parameters": sum(p.numel() for p in bench.student.parameters()), "gaussians": bench.student.num_gaussians,
               "student_forward_backward_tflop": flops / 1e12, "loss_forward_backward_tflop": loss_flops / 1e12}

@@ -23,16 +23,20 @@ def _flags(teacher_dir, *extra):
     return ["--tiny-test", "--teacher", str(teacher_dir), "--device", "cpu", "--steps", "2", "--warmup", "1", *extra]
 
 
-def test_report_times_both_steps_and_counts_one_student_forward_backward(teacher_dir, tmp_path):
+@pytest.fixture(scope="module")
+def bench(teacher_dir):
+    return student_step.build(student_step.parse_args(_flags(teacher_dir)))
+
+
+def test_report_times_both_steps_and_counts_one_student_forward_backward(teacher_dir, bench, tmp_path):
     student_step.main(_flags(teacher_dir, "--json", str(tmp_path / "r.json")))
     report = json.loads((tmp_path / "r.json").read_text())
-    assert report["batch_size"] == 2 and report["lpips"] and report["seed_deviation_weight"] == 2
+    assert report["batch_size"] == 2 and report["lpips"] and report["seed_deviation_weight"] == 2 and report["input_view_weight"] == 1
     for name in ("model_alone", "full_step"):
         assert report[name]["ms"] > 0 and report[name]["tflop_per_s"] > 0
         assert report[name]["samples_per_s"] == pytest.approx(2e3 / report[name]["ms"])
     assert report["full_over_model"] == pytest.approx(report["full_step"]["ms"] / report["model_alone"]["ms"])
     # Independently: the student's forward on the same prepared batch, and a backward through every output.
-    bench = student_step.build(student_step.parse_args(_flags(teacher_dir)))
     inputs = bench.fixed
     with FlopCounterMode(display=False) as counter:
         g = bench.student(inputs["noise"], inputs["frame"], inputs["cameras"], inputs["tokens"]).gaussians
@@ -42,22 +46,20 @@ def test_report_times_both_steps_and_counts_one_student_forward_backward(teacher
 
 
 @pytest.mark.parametrize("step", ["full_step", "model_step"])
-def test_each_step_trains_the_student(teacher_dir, step):
-    bench = student_step.build(student_step.parse_args(_flags(teacher_dir)))
+def test_each_step_trains_the_student(bench, step):
     before = [p.detach().clone() for p in bench.student.parameters()]
     getattr(bench, step)()
     moved = [not torch.equal(a, p) for a, p in zip(before, bench.student.parameters())]
     assert sum(moved) > 0.9 * len(moved)  # AdamW moves every weight that has a gradient
 
 
-def test_model_alone_loss_is_distills_on_the_same_batch(teacher_dir):
-    bench = student_step.build(student_step.parse_args(_flags(teacher_dir)))
+def test_model_alone_loss_is_distills_on_the_same_batch(bench):
     batch = bench.data.batch([0, 1])  # two seeds of one image: the seed-deviation term is live
     assert batch["image_ids"].tolist() == [0, 0] and batch["image"].shape == (2, 4, 32, 32)
     with torch.no_grad():
         losses, _, _ = distill.distillation_step(bench.student, bench.teacher, bench.tokenizer, batch, bench.dargs, 0, [0, 1], bench.lpips)
         ours = student_step.model_loss(bench.student, student_step.prepare(batch, bench.teacher, bench.tokenizer, bench.device),
                                        bench.dargs, bench.lpips)
-    assert "lpips" in losses and "seed_deviation" in losses and "verification" not in losses
-    assert float(losses["seed_deviation"]) > 0
+    assert {"lpips", "seed_deviation", "input_view"} <= set(losses) and "verification" not in losses
+    assert float(losses["seed_deviation"]) > 0 and float(losses["input_view"]) > 0
     assert float(ours) == pytest.approx(float(losses["total"]), rel=1e-6)
