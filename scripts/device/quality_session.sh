@@ -70,11 +70,14 @@ build_corpora() {  # procedural corpora, CPU work, niced beside whatever runs on
     wait; tail -qn1 runs/c-*.log
 }
 
-if [ "$stage" = teacher ]; then
-    # gsplat compiles once, before anything else imports it (processes compiling at once broke each other's build).
-    echo "[$(left) s left] gsplat compile"
+gsplat_ready() {  # gsplat compiles once, before anything else imports it (processes compiling at once broke each other's build)
     [ -n "$SMOKE" ] || python3 -c "from dd3g.rendering import render; from training import synthetic; from dd3g.cameras import ViewLayout
 g = synthetic.batch_objects([0], 64).to('cuda'); render(g, ViewLayout().cameras(32, 32)); print('gsplat ready')"
+}
+
+if [ "$stage" = teacher ]; then
+    echo "[$(left) s left] gsplat compile"
+    gsplat_ready
     if [ -n "$PROBE" ]; then
     echo "[$(left) s left] speed probe"
     mkdir -p runs/probe
@@ -157,20 +160,28 @@ if [ "$stage" = student ]; then
         echo "[$(left) s left] teacher export at step $last"
         TEACHER_EXTRA="$TEACHER_EXTRA --stop-after $last" train_teacher 0
     fi
-    echo "[$(left) s left] teacher scores (GPU 1) and quadruples"
-    on_gpu 1 python3 benchmarks/teacher_quality.py --teacher runs/teacher --objects 100 --batch 50 --fit-steps 150 \
-        --colour-check --out runs/tq $TQ_EXTRA > runs/tq.log 2>&1 &
-    tq=$!
+    if [ ! -d runs/c-corpus ]; then  # a fresh machine (runs/teacher carried in): the corpora first
+        echo "[$(left) s left] gsplat compile, corpora"
+        gsplat_ready; build_corpora
+    fi
+    echo "[$(left) s left] quadruples$([ -z "$SKIP_TQ" ] && echo ", teacher scores (GPU 1)")"
+    if [ -z "$SKIP_TQ" ]; then
+        on_gpu 1 python3 benchmarks/teacher_quality.py --teacher runs/teacher --objects 100 --batch 50 --fit-steps 150 \
+            --colour-check --out runs/tq $TQ_EXTRA > runs/tq.log 2>&1 &
+    fi
     simulate_all
-    wait $tq || tail -20 runs/tq.log
-    tail -25 runs/tq.log
-    echo "[$(left) s left] students"
-    arms ${ARM_MARGIN:-100}
-    exit 0
+    wait  # the teacher scores
+    [ -f runs/tq.log ] && tail -25 runs/tq.log
+    if [ -z "$THEN_FINISH" ]; then
+        echo "[$(left) s left] students"
+        arms ${ARM_MARGIN:-100}
+        exit 0
+    fi
+    stage=finish  # THEN_FINISH=1: on in this call (pack brings the students back)
 fi
 
 # finish: train on, then score
-echo "[$(left) s left] students, continued"
+echo "[$(left) s left] students$([ -z "$THEN_FINISH" ] && echo ", continued")"
 arms ${EVAL_SECONDS:-150}
 echo "[$(left) s left] evaluation"
 mkdir -p runs/eval
@@ -181,8 +192,9 @@ on_gpu 1 timeout $(box 25) python3 benchmarks/distill_quality.py --quadruples ru
     --count 128 --diversity-images 16 --fit-steps 0 --out runs/eval/heldout $EVAL_EXTRA > runs/eval/heldout.log 2>&1 &
 wait
 if [ -f benchmarks/student_step.py ] && [ -z "$SMOKE" ]; then  # the student's step against its model alone
-    on_gpu 0 timeout $(box 10) python3 benchmarks/student_step.py --teacher runs/teacher --json runs/eval/student_step.json > runs/eval/student_step.log 2>&1 &
-    on_gpu 1 timeout $(box 10) python3 benchmarks/student_step.py --teacher runs/teacher --compile --json runs/eval/student_step_compiled.json > runs/eval/student_step_compiled.log 2>&1 &
+    on_gpu 0 timeout $(box 10) python3 benchmarks/student_step.py --teacher runs/teacher --steps 40 --json runs/eval/student_step.json > runs/eval/student_step.log 2>&1 &
+    [ -n "$STEP_COMPILED" ] && on_gpu 1 timeout $(box 10) python3 benchmarks/student_step.py --teacher runs/teacher --steps 40 --compile \
+        --json runs/eval/student_step_compiled.json > runs/eval/student_step_compiled.log 2>&1 &
     wait
 fi
 tail -n 20 runs/eval/*.log
