@@ -53,6 +53,8 @@ class MultiViewTeacher(abc.ABC):
 
     #: a short name stored with quadruples
     teacher_id: str = "teacher"
+    #: where N and the clean input frame live (dd3g.student_inputs.SAMPLE_SPACES): a student takes it from here
+    sample_space: str = "rgba"
     #: default sampler settings (DESIGN.md: CFG 3 for tiny, 5 for ImageDream; 30 steps)
     default_guidance_scale: float = 3.0
     default_num_steps: int = 30
