@@ -118,7 +118,9 @@ class ImagePromptEncoder(ModelMixin, ConfigMixin):
         vision_config = {k: v for k, v in clip_vision.config.to_dict().items()
                          if k not in ("architectures", "_name_or_path", "transformers_version", "torch_dtype", "dtype")}
         with torch.device("meta"):
-            encoder = cls(vision_config, resize, crop, None if mean is None else list(mean), list(std), hidden_state_index)
+            # keywords, not positions: register_to_config records positional arguments as defaults
+            encoder = cls(vision_config=vision_config, resize=resize, crop=crop, mean=None if mean is None else list(mean),
+                          std=list(std), hidden_state_index=hidden_state_index)
         # ...WithProjection holds the tower as `vision_model`; the projection is not used here.
         encoder.vision = clip_vision.vision_model if hasattr(clip_vision, "visual_projection") else clip_vision
         return encoder.eval().requires_grad_(False)

@@ -99,6 +99,10 @@ class MultiViewTeacher(abc.ABC):
     def denoise(self, frames: Tensor, timesteps: Tensor, cameras: Cameras, context: Tensor) -> Tensor:
         """The raw network output for all frames.  frames [B, V+1, C, h, w], timesteps [B, V+1] -> [B, V+1, C, h, w]."""
 
+    def phase1_unet(self, timestep: int):
+        """The network that denoises at `timestep`: what a PEPD student's phase 1 starts from (PEPD.from_teacher)."""
+        return self.unet
+
     # ------------------------------------------------------------------ shared machinery
     def cameras(self, batch: int, elevation_deg=0.0, azimuth_offset_deg=0.0) -> Cameras:
         """Cameras [B, V+1] at the sample resolution (outputs rotated by the offset, input at azimuth 0)."""

@@ -433,6 +433,10 @@ class ImageDreamTeacher(MultiViewTeacher):
             self._text_cache[key] = tuple(embeds)
         return self._text_cache[key]
 
+    def prompt_context(self) -> Tensor:
+        """The prompt's text tokens [1, 77, context_dim] of the conditional branch (what a student's phase 1 keeps)."""
+        return self._text_context()[0]
+
     def _clip_pixels(self, rgb: Tensor) -> Tensor:
         """RGB [B, 3, H, W] in [0, 1] -> CLIP pixel values (shortest-edge resize, centre crop, normalise)."""
         return self.prompt_encoder.pixels(rgb).to(self.image_encoder.dtype)

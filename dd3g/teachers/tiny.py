@@ -138,6 +138,9 @@ class TinyTeacher(MultiViewTeacher):
         expert = self.pipe.high_noise_unet
         return expert if expert is not None and timestep >= self.pipe.config.high_noise_start else self.unet
 
+    def phase1_unet(self, timestep: int) -> MultiViewUNet:
+        return self.unet_for_timestep(timestep)
+
     @staticmethod
     def _run(unet: MultiViewUNet, frames: Tensor, timesteps: Tensor, cameras: Cameras, context: Tensor) -> Tensor:
         dtype = unet.dtype
