@@ -82,13 +82,13 @@ class StudentInputs:
 class StudentInputBuilder:
     """What the student needs besides N, from images and elevations, for one student and its encoders."""
 
-    def __init__(self, student, tokenizer, layout: ViewLayout, frame_encoder=None, prompt_encoder=None):
+    def __init__(self, student, tokenizer, layout: ViewLayout, frame_encoder=None, prompt_encoder=None, check: bool = True):
         self.sample_space = student.config.sample_space
         self.sample_size = student.sample_size
         self.needs_prompt = student.needs_image_prompt
         self.tokenizer, self.layout = tokenizer, layout
         self.frame_encoder, self.prompt_encoder = frame_encoder, prompt_encoder
-        problem = self.missing_parts()
+        problem = self.missing_parts() if check else None
         if problem:
             raise ValueError(problem)
 
