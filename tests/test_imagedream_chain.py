@@ -104,3 +104,42 @@ def test_checkpoint_that_loads_but_cannot_run_is_one_line(chain, tmp_path):
     lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert len(lines) == 1 and lines[0].startswith("error: ") and "VAE encoder" in lines[0], result.stderr
+
+
+def test_app_serves_the_latent_student(chain, tmp_path, capsys):
+    import socket
+
+    from gradio_client import Client, handle_file
+
+    import app
+    from dd3g.gaussians import Gaussians
+
+    root, _ = chain
+    pipe = app.load_pipeline(root / "pipeline", "cpu")  # through from_pretrained, as `python app.py` does
+    image = tmp_path / "object.png"
+    rgba_image(64).save(image)
+    settings = app.AppSettings(video_frames=2, video_size=32, uploads_per_minute=10_000)
+    demo = app.build_demo(pipe, settings)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    app.launch(demo, host="127.0.0.1", port=port, block=False, quiet=True)
+    try:
+        viewer, *_ = Client(f"http://127.0.0.1:{port}/", verbose=False).predict(handle_file(image), pipe.config.foreground_ratio, 3, 1,
+                                                                 api_name="/generate")
+    finally:
+        demo.close()
+        demo.dd3g_app.close()
+    shown = Gaussians.load_ply(viewer)
+    expected = pipe(str(image), seeds=[3]).gaussians[0]
+    assert shown.num_gaussians == pipe.student.num_gaussians
+    torch.testing.assert_close(shown.means, expected.means, atol=1e-5, rtol=1e-5)
+    # A latent checkpoint without its teacher's encoders: the app does not start, and says why without a traceback.
+    broken = tmp_path / "no-clip"
+    shutil.copytree(root / "pipeline", broken)
+    index = json.loads((broken / "model_index.json").read_text())
+    index["prompt_encoder"] = [None, None]
+    (broken / "model_index.json").write_text(json.dumps(index))
+    assert app.main(["--checkpoint", str(broken)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot run" in err and "CLIP image encoder" in err and "Traceback" not in err
