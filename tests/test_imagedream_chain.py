@@ -143,3 +143,18 @@ def test_app_serves_the_latent_student(chain, tmp_path, capsys):
     assert app.main(["--checkpoint", str(broken)]) == 2
     err = capsys.readouterr().err
     assert "cannot run" in err and "CLIP image encoder" in err and "Traceback" not in err
+
+
+def test_full_size_benchmark_entry_point_runs_at_toy_size(tmp_path):
+    """benchmarks/imagedream_chain.py is the GPU run of issue 16 (--size full); here its toy size on the CPU."""
+    from benchmarks import imagedream_chain
+
+    report = imagedream_chain.main(["--size", "tiny", "--work", str(tmp_path / "work"), "--images", "2", "--seeds-per-image", "1",
+                                    "--steps", "2", "--simulate-batch-size", "2", "--distill-steps", "2", "--batch-size", "2",
+                                    "--latency-repeats", "1", "--out", str(tmp_path / "report.json")])
+    assert json.loads((tmp_path / "report.json").read_text()) == report
+    assert report["simulate"]["quadruples"] == 2 and report["simulate"]["quadruples_per_s"] > 0
+    assert report["distill"]["steps"] == 2 and report["distill"]["timed_steps"] == 1 and report["distill"]["samples_per_s"] > 0
+    assert report["distill"]["verification_weight_last"] > 0.99
+    assert report["pipeline"]["gaussians"] == DD3GPipeline.from_pretrained(tmp_path / "work" / "pipeline").student.num_gaussians
+    assert report["pipeline"]["latency_ms_median"] > 0 and report["export_mb"] > 0

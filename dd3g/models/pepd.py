@@ -100,7 +100,9 @@ class PEPD(ModelMixin, ConfigMixin):
         "tiny": dict(unet_preset="tiny", patch_size=4, width=256, num_heads=4, blocks_before_means=2,
                      blocks_before_shape=2, blocks_before_appearance=2, image_token_dim=112, sample_space="rgba",
                      position_mode="pixel-aligned", input_colour_anchor=True),
-        # 4 views x 32 x 32 latent tokens x 16 = 65,536 Gaussians; phase 1 mirrors ImageDream's UNet.
+        # 4 views x 32 x 32 latent tokens x 16 = 65,536 Gaussians. Built alone, phase 1 is a MultiViewUNet shaped like
+        # ImageDream's (for timing); PEPD.from_teacher(ImageDream teacher, preset="base") puts ImageDream's own UNet there
+        # and takes sample_space from the teacher (the value here is for the standalone build).
         "base": dict(unet_preset="base", patch_size=1, width=768, num_heads=12, blocks_before_means=4,
                      blocks_before_shape=2, blocks_before_appearance=2, image_token_dim=112, sample_space="sd-vae"),
         # base's structure at toy widths, for CPU tests.
