@@ -4,6 +4,7 @@ DD3GPipeline and `python -m dd3g` -> a standard 3DGS PLY. A checkpoint that load
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -158,3 +159,21 @@ def test_full_size_benchmark_entry_point_runs_at_toy_size(tmp_path):
     assert report["distill"]["verification_weight_last"] > 0.99
     assert report["pipeline"]["gaussians"] == DD3GPipeline.from_pretrained(tmp_path / "work" / "pipeline").student.num_gaussians
     assert report["pipeline"]["latency_ms_median"] > 0 and report["export_mb"] > 0
+
+
+@pytest.mark.parametrize("component, change, message", [
+    ("frame_encoder/config.json", {"image_size": 100_000}, "frame_encoder/config.json: image_size must be an integer from 8 to 2,048"),
+    ("prompt_encoder/config.json", {"vision_config": {"hidden_size": 1 << 20}}, "vision_config.hidden_size must be an integer"),
+    ("model_index.json", {"frame_encoder": ["diffusers", "AutoencoderKL"]}, "frame_encoder must be dd3g.models.input_encoders.LatentFrameEncoder or null"),
+])
+def test_encoder_configs_are_checked_before_anything_is_built(chain, tmp_path, component, change, message):
+    root, _ = chain
+    broken = tmp_path / "broken"
+    shutil.copytree(root / "pipeline", broken)
+    path = broken / component
+    config = json.loads(path.read_text())
+    for key, value in change.items():
+        config[key] = {**config[key], **value} if isinstance(value, dict) else value
+    path.write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=re.escape(message)):
+        DD3GPipeline.from_pretrained(broken)

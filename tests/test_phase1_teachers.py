@@ -74,8 +74,11 @@ def test_imagedream_student_phase1_reproduces_the_teacher_unet(imagedream, token
     # The whole student runs on these inputs, and training reaches phase 1 (the resampler included).
     gaussians = student(noise, inputs.input_frame, cameras, inputs.image_tokens, inputs.phase1_tokens).gaussians
     assert gaussians.means.shape == (2, student.num_gaussians, 3) and torch.isfinite(gaussians.means).all()
-    gaussians.means.square().mean().backward()
+    (gaussians.means.square().mean() + gaussians.sh_dc.square().mean() + gaussians.log_scales.mean()).backward()
     assert student.unet.image_embed.proj_in.weight.grad.abs().sum() > 0
+    # Every trainable parameter gets a gradient, as DDP requires (the UNet's `out` head is frozen, not left dangling).
+    assert [n for n, p in student.named_parameters() if p.requires_grad and p.grad is None] == []
+    assert not any(p.requires_grad for p in student.unet.out.parameters())
     with pytest.raises(ValueError, match="phase1_tokens"):
         student(noise, inputs.input_frame, cameras, inputs.image_tokens)
 
