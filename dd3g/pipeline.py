@@ -61,7 +61,7 @@ def slerp(a: Tensor, b: Tensor, weight: float) -> Tensor:
 class DD3GPipeline(DiffusionPipeline):
     """Single image -> 3D Gaussians in one forward pass of a distilled student."""
 
-    model_cpu_offload_seq = "image_encoder->student"
+    model_cpu_offload_seq = "prompt_encoder->frame_encoder->image_encoder->student"  # absent encoders are skipped
     _optional_components = ["frame_encoder", "prompt_encoder"]
 
     def __init__(

@@ -24,7 +24,7 @@ The folder must hold `model_index.json` and the parts `unet/`, `vae/`, `text_enc
 
 What each part is
 -----------------
-* `unet`: ImageDream's own `MultiViewUNetModel` (not a diffusers class). `ImageDreamUNet` below rebuilds it
+* `unet`: ImageDream's own `MultiViewUNetModel` (not a diffusers class). `ImageDreamUNet` (dd3g.models.imagedream_unet) rebuilds it
   with the exact module tree of the published code (bytedance/ImageDream `openaimodel.py`, mirrored by
   ashawkey/mvdream_diffusers `mv_unet.py`), so the published state dict loads with `strict=True`. Its
   `config.json` holds the fields of ImageDream's `sd_v2_base_ipmv.yaml` (`image_size`, `in_channels`,
@@ -53,7 +53,9 @@ Conventions and choices (read these before trusting numbers)
   it), then resized to the teacher resolution. The input-frame latent is the VAE posterior *mean* (the
   published samplers draw one sample from it; the mean keeps (N, C, II) -> OI a function). The CLIP
   preprocessing (shortest-edge bicubic resize, centre crop, mean/std) runs in torch on the float image, so
-  it skips the processor's uint8 rounding.
+  it skips the processor's uint8 rounding. Both go through `dd3g.student_inputs` and the encoders of
+  `dd3g.models.input_encoders` (`frame_encoder`, `prompt_encoder`, sharing this teacher's VAE and CLIP modules),
+  the code a distilled student's pipeline runs too.
 * Timesteps: ImageDream gives the clean input frame the *same* timestep as the noisy views (its DDIM
   sampler and the diffusers port pass one t for all 5 frames). `denoise` therefore overwrites the shared
   machinery's t = 0 for the last frame with the views' t (`input_frame_timestep="views"`); set
