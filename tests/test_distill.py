@@ -272,3 +272,23 @@ def test_preloaded_batches_equal_decoded_ones_and_training_runs_pixel_aligned_wi
     pipe = DD3GPipeline.from_pretrained(tmp_path / "pipe")
     assert pipe.student.config.position_mode == "pixel-aligned"
     assert torch.isfinite(pipe(rgba_image(), seeds=[0]).gaussians.means).all()
+
+
+def test_input_view_loss_is_zero_for_the_inputs_own_render_and_joins_the_total(world, tmp_path):
+    """The render at the input camera is scored against the input itself, at the input's resolution."""
+    from dd3g.cameras import ViewLayout
+    from dd3g.rendering import render
+    from training import synthetic
+
+    args = argparse.Namespace(alpha_weight=1.0)
+    obj = synthetic.batch_objects([3], 256)
+    camera = ViewLayout().input_camera(16, 16, torch.tensor([10.0]))  # [1, 1] at another size than the image
+    image = render(obj, camera, 32, 32, background=None).rgba()[:, 0]  # [1, 4, 32, 32] straight alpha
+    assert distill.input_view_loss(obj, camera, image, args) < 1e-10
+    assert distill.input_view_loss(obj.rotated_about_y(torch.tensor([1.0])), camera, image, args) > 1e-3
+
+    out = tmp_path / "with-input-view"
+    _run(world, out, "--max-steps", "2", "--no-verification", "--input-view-weight", "3")
+    record = [r for r in _losses(out) if "input_view" in r][-1]
+    parts = record["rgb"] + record["alpha"] + 0.5 * record.get("lpips", 0.0) + 3 * record["input_view"]
+    assert record["input_view"] > 0 and record["total"] == pytest.approx(parts, rel=1e-4)

@@ -149,7 +149,8 @@ def test_ground_truth_mode_stores_the_objects_true_renders(world, tmp_path):
     for row in rows:
         origin = json.loads(corpus[row["corpus_index"]]["origin"])
         assert row["teacher_id"] == "ground-truth" and row["elevation_deg"] == pytest.approx(origin["elevation_deg"], abs=1e-5)
-        obj = synthetic.batch_objects([origin["object_seed"]], 256).rotated_about_y(torch.tensor([math.radians(origin["yaw_deg"])]))
+        assert origin["lighting"] == "mixed"  # build_corpus's default, recorded per row
+        obj = synthetic.batch_objects([origin["object_seed"]], 256, lighting="mixed").rotated_about_y(torch.tensor([math.radians(origin["yaw_deg"])]))
         cams = teacher.cameras(1, torch.tensor([origin["elevation_deg"]]))
         truth = render(obj, cams[:, :4], background=None).rgba()[0]  # [4, 4, s, s]
         stored = torch.stack([data.png_to_rgba(data.image_bytes(v)) for v in row["views"]])

@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from training import synthetic
 from training.synthetic import (
     HELDOUT_PRIMITIVE, OBJECT_RADIUS, PRIMITIVE_TYPES, SPLITS, _CLASSES, _Rng, _random_primitive, batch_objects,
     family_of_seed, make_object, render_views, split_seed,
@@ -150,3 +151,30 @@ def test_textures_vary_colours_and_solid_objects_do_not():
 
     assert interior_colour_std("checkers") > 0.05
     assert interior_colour_std("solid") < 0.02
+
+
+def test_mixed_lighting_gives_each_seed_one_kind_and_keeps_its_shape_and_texture():
+    kinds = [synthetic.light_kind_of_seed(synthetic.split_seed("train", i), "mixed") for i in range(600)]
+    shares = {k: kinds.count(k) / len(kinds) for k in synthetic.LIGHT_KINDS}
+    assert all(0.25 < share < 0.42 for share in shares.values()), shares
+    assert synthetic.light_kind_of_seed(7, "baked") == "hard" and synthetic.light_kind_of_seed(7, "soft") == "soft"
+    with pytest.raises(ValueError, match="unknown lighting"):
+        synthetic.light_kind_of_seed(7, "neon")
+
+    seed = 11
+    hard, soft, unlit = (synthetic.make_object(seed, 512, lighting=k) for k in ("hard", "soft", "unlit"))
+    flat = synthetic.make_object(seed, 512, shading=False)
+    baked = synthetic.make_object(seed, 512)  # the default: the world before the option
+    assert torch.equal(baked.gaussians.colors, hard.gaussians.colors)
+    assert torch.equal(unlit.gaussians.colors, flat.gaussians.colors)  # unlit is the bare albedo
+    for other in (soft, unlit):
+        assert torch.equal(other.gaussians.means, hard.gaussians.means)
+    # A soft light shades less: its colours lie between the hard light's and the albedo, and no channel gets darker
+    # than under the hard light.
+    assert (soft.gaussians.colors >= hard.gaussians.colors - 1e-6).all()
+    assert (soft.gaussians.colors <= unlit.gaussians.colors + 1e-6).all()
+    assert soft.light["ambient"] >= 0.75 and hard.light["ambient"] <= 0.6
+    assert (unlit.light["kind"], unlit.light["baked"], soft.light["kind"]) == ("unlit", False, "soft")
+    mixed = synthetic.make_object(seed, 512, lighting="mixed")
+    expected = {"hard": hard, "soft": soft, "unlit": unlit}[synthetic.light_kind_of_seed(seed, "mixed")]
+    assert torch.equal(mixed.gaussians.colors, expected.gaussians.colors)

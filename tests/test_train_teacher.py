@@ -92,6 +92,27 @@ def test_high_noise_fraction_moves_that_share_of_timesteps_to_the_top_of_the_ran
     assert (draw() >= 950).all()
 
 
+def test_canonical_fraction_puts_that_share_of_view_sets_at_the_input_camera():
+    """Sampling asks for views at azimuth 0/90/180/270 of the input: that share trains exactly that layout."""
+    from dd3g.cameras import ViewLayout
+
+    args = train_teacher.parse_args(["--tiny-test", "--output-dir", "unused"])
+    pool = train_teacher.build_pool(args, torch.device("cpu"))
+    args.batch_size = 64
+
+    def canonical_share():
+        cams = train_teacher.sample_batch(args, pool, ViewLayout(), 0, 16, torch.device("cpu"))["cameras"]  # [B, V+1]
+        at_input = (cams.viewmats[:, 0] - cams.viewmats[:, -1]).abs().flatten(1).amax(1) < 1e-5  # view 0 = input camera
+        return at_input.float().mean().item()
+
+    args.canonical_fraction = 0.0
+    assert canonical_share() == 0.0
+    args.canonical_fraction = 1.0
+    assert canonical_share() == 1.0
+    args.canonical_fraction = 0.5
+    assert 0.35 < canonical_share() < 0.65
+
+
 def test_k_processes_draw_the_slices_of_the_one_process_batch_and_steps_differ():
     """A batch is keyed by (run seed, step): process k of K renders rows [k*b, (k+1)*b) of the one-process batch."""
     from dd3g.cameras import ViewLayout

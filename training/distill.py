@@ -10,6 +10,8 @@ from the stored seed and checked against the stored hash), the same cameras C an
 * implicit verification: the frozen teacher scores renders (canonical cameras or the layout rotated by a random
   azimuth, input frame kept) in the SDS form, weighted lambda * sigmoid((k - k0) / tau) over training.
 Ablations: `--no-verification`, `--fresh-noise` (the student gets a new N each time: no noise alignment).
+* optionally (`--input-view-weight`), its render at the input's own camera and resolution against the input image II
+  itself (RGB on white MSE + alpha MSE): the one view whose truth is known, where the teacher's copy is blurred.
 * optionally (`--seed-deviation-weight`), a term only a seed-aware student can lower: within each image's seeds in
   the batch, every render's difference from their mean against the same for the teacher's views (MSE). Plain MSE
   is this plus the error of the per-image mean; while the mean's error dominates, a student learns the mean and
@@ -61,7 +63,7 @@ def parse_args(argv=None):
     p.add_argument("--preset", default="tiny", help="PEPD preset for phase 2 (phase 1 always copies the teacher)")
     p.add_argument("--max-steps", type=int, default=20000)
     p.add_argument("--stop-after", type=int, default=None)
-    p.add_argument("--time-limit", type=float, default=None)
+    p.add_argument("--time-limit", type=float, default=None, help="seconds from the start (loading included); checkpoint and stop")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--warmup-steps", type=int, default=500)
@@ -74,6 +76,8 @@ def parse_args(argv=None):
     p.add_argument("--verification-tau", type=float, default=0.05, help="ramp width, fraction of max steps")
     p.add_argument("--seed-deviation-weight", type=float, default=0.0,
                    help="weight of the per-image seed-deviation MSE (module docstring); 0 turns it off")
+    p.add_argument("--input-view-weight", type=float, default=0.0,
+                   help="weight of the render at the input camera against the input image itself; 0 turns it off")
     p.add_argument("--position-mode", default=None, choices=["free", "pixel-aligned"],
                    help="override the preset's Gaussian placement (PEPD position_mode)")
     p.add_argument("--no-colour-anchor", action="store_true", help="view 0's colours do not start from the input's pixels")
@@ -231,6 +235,15 @@ def seed_deviation_loss(rendered: torch.Tensor, target: torch.Tensor, image_ids:
     return deviation[shared].pow(2).mean()
 
 
+def input_view_loss(gaussians, input_camera, image: torch.Tensor, args) -> torch.Tensor:
+    """The render at the input's camera, at the input's resolution, against the input image: RGB on white MSE +
+    alpha_weight x alpha MSE. input_camera [B, 1] (any size: resized here); image [B, 4, S, S] straight alpha."""
+    side = image.shape[-1]
+    rendered = render(gaussians, input_camera, side, side, background=None)
+    rgb_pred = rendered.rgb[:, 0] + (1 - rendered.alpha[:, 0])  # [B, 3, S, S] on white
+    return F.mse_loss(rgb_pred, composite_on(image)) + args.alpha_weight * F.mse_loss(rendered.alpha[:, 0], image[:, 3:])
+
+
 def distillation_step(student, teacher, inputs_builder: StudentInputBuilder, batch, args, step: int, global_indices, lpips_model):
     device = next(student.parameters()).device
     layout = teacher.layout
@@ -251,6 +264,9 @@ def distillation_step(student, teacher, inputs_builder: StudentInputBuilder, bat
         target_rgba = torch.cat([composite_on(views), views[:, :, 3:]], dim=2)
         losses["seed_deviation"] = seed_deviation_loss(rendered_rgba, target_rgba, batch["image_ids"])
         losses["total"] = losses["total"] + args.seed_deviation_weight * losses["seed_deviation"]
+    if args.input_view_weight > 0:
+        losses["input_view"] = input_view_loss(gaussians, cameras[:, layout.num_views :], image, args)
+        losses["total"] = losses["total"] + args.input_view_weight * losses["input_view"]
     weight = verification_weight(args, step)
     losses["verification_weight"] = torch.tensor(weight)
     total = losses["total"]
@@ -311,6 +327,7 @@ def export_pipeline(student, ema, teacher, path: Path, framing: tuple, inputs_bu
 
 
 def main(argv=None):
+    launched = time.time()  # --time-limit counts from here: loading and building data are part of the budget
     args = parse_args(argv)
     from diffusers.training_utils import EMAModel
     from tqdm.auto import tqdm
@@ -385,7 +402,7 @@ def main(argv=None):
             record = {k: float(v.detach()) for k, v in losses.items()}
             log.write(step=step, lr=lr_schedule.get_last_lr()[0], grad_norm=float(grad_norm), elapsed_s=time.time() - start_time, **record)
             progress.set_postfix(loss=f"{record['total']:.4f}")
-        out_of_time = args.time_limit is not None and time.time() - start_time > args.time_limit
+        out_of_time = args.time_limit is not None and time.time() - launched > args.time_limit
         if step % args.checkpoint_every == 0 or step == stop_at or out_of_time:
             save_checkpoint(accelerator, output_dir, step, {"args": vars(args)}, ema=ema)
         if accelerator.is_main_process and (step % args.sample_every == 0 or step == stop_at):

@@ -198,12 +198,16 @@ class Simulator:
         """The objects' true renders at the quadruple cameras: views [B, V, 4, s, s], N [B, ...], cameras [B, V+1]."""
         import math
 
+        from dd3g.gaussians import Gaussians
         from dd3g.randomness import noise_from_seeds
         from dd3g.rendering import render
         from training import synthetic
 
         origins = [procedural_origin(r) for r in rows]
-        objects = synthetic.batch_objects([int(o["object_seed"]) for o in origins], self.corpus_gaussians).to(self.teacher.device)
+        # Each object as the corpus made it (rows from before the lighting option were hard-lit: "baked").
+        objects = Gaussians.stack([
+            synthetic.make_object(int(o["object_seed"]), self.corpus_gaussians, lighting=o.get("lighting", "baked")).gaussians
+            for o in origins]).to(self.teacher.device)
         objects = objects.rotated_about_y(torch.tensor([math.radians(float(o["yaw_deg"])) for o in origins], device=self.teacher.device))
         cameras = self.teacher.cameras(len(rows), elevations)
         size = self.teacher.image_size

@@ -6,7 +6,9 @@ surface points with normals; points that fall inside another primitive are dropp
 cover exactly the outer surface of the union. Each point becomes a flat, opaque Gaussian (thin axis along
 the normal, tangent size from the sampling density so that the surface renders closed). Colours are the
 texture's albedo times a Lambertian light baked in (view-independent, so it is consistent with SH degree 0
-and gives renders a 3D look). The object is then turned by a random yaw, centred on its bounding-box centre
+and gives renders a 3D look); `lighting="mixed"` (what the teacher and the distillation corpus now use) gives a
+third of the objects that hard light, a third a soft one (ambient 0.75-0.95) and a third none (flat albedo, as
+the real-scan evaluation renders and as many softly lit photos look). The object is then turned by a random yaw, centred on its bounding-box centre
 and scaled so that every Gaussian, 3 sigma included, lies inside the sphere of radius 0.5 (DESIGN.md 4).
 
 Determinism: an object depends only on its seed (and the arguments): every draw comes from one PCG64
@@ -41,6 +43,7 @@ __all__ = [
     "WORLD_VERSION", "DEFAULT_NUM_GAUSSIANS", "OBJECT_RADIUS", "PRIMITIVE_TYPES", "STANDARD_PRIMITIVES",
     "HELDOUT_PRIMITIVE", "TEXTURE_KINDS", "FAMILIES", "SPLITS", "SyntheticObject", "make_object",
     "batch_objects", "render_views", "split_seed", "split_of_seed", "family_of_seed", "contact_sheet",
+    "LIGHTINGS", "LIGHT_KINDS", "light_kind_of_seed",
 ]
 
 WORLD_VERSION = 1  # bump when a change alters the objects a seed makes
@@ -68,6 +71,25 @@ SPLITS: Dict[str, range] = {
     "heldout": range(2_000_000_000, 2_001_000_000),
 }
 _SPLIT_FAMILY = {"heldout": "heldout"}
+
+# The light baked into an object's colours. "baked": one hard Lambertian light (ambient 0.4-0.6), the world of
+# WORLD_VERSION 1 and the default; "mixed": the kind is drawn per object from LIGHT_KINDS by a generator of its own
+# (keyed by the seed), so shapes and textures stay those of the seed and WORLD_VERSION holds.
+LIGHT_KINDS = ("hard", "soft", "unlit")
+LIGHTINGS = ("baked", "mixed") + LIGHT_KINDS
+SOFT_AMBIENT = (0.75, 0.95)  # a hard light's ambient is 0.4-0.6
+
+
+def light_kind_of_seed(seed: int, lighting: str = "baked") -> str:
+    """The light kind an object of `seed` gets under `lighting` (one of LIGHTINGS)."""
+    if lighting not in LIGHTINGS:
+        raise ValueError(f"unknown lighting {lighting!r}; expected one of {LIGHTINGS}")
+    if lighting == "baked":
+        return "hard"
+    if lighting == "mixed":
+        draw = np.random.Generator(np.random.PCG64(sample_seed("dd3g.synthetic.light", int(seed)))).uniform()
+        return LIGHT_KINDS[min(int(draw * len(LIGHT_KINDS)), len(LIGHT_KINDS) - 1)]
+    return lighting
 
 
 def split_seed(split: str, index: int) -> int:
@@ -664,7 +686,7 @@ class SyntheticObject:
     seed: int
     family: str
     primitives: List[Dict]  # type, params, rotation, translation, texture, area, visible_fraction, num_gaussians
-    light: Dict  # the baked Lambertian light: direction (world, unit), ambient
+    light: Dict  # the baked Lambertian light: direction (world, unit), ambient, kind (LIGHT_KINDS), baked
 
     @property
     def primitive_types(self) -> List[str]:
@@ -781,13 +803,15 @@ def make_object(
     family: Optional[str] = None,
     texture: Optional[str] = None,
     shading: bool = True,
+    lighting: str = "baked",
 ) -> SyntheticObject:
     """The procedural object of `seed`: exactly `num_gaussians` Gaussians inside the sphere of radius 0.5.
 
     family: None (from the seed's split: 'heldout' there, else 'standard'), 'standard' (1-4 primitives, never
     a torus), 'heldout' (always a visible torus) or a primitive type (a one-primitive object).
     texture: force one texture kind on every primitive (None: random per primitive).
-    shading: bake a Lambertian light into the colours (False: flat albedo).
+    shading: bake a Lambertian light into the colours (False: flat albedo, whatever `lighting` says).
+    lighting: one of LIGHTINGS (see `light_kind_of_seed`); "baked" is the world of WORLD_VERSION 1.
     """
     if num_gaussians < 1:
         raise ValueError(f"num_gaussians must be positive, got {num_gaussians}")
@@ -822,8 +846,12 @@ def make_object(
     light_elevation, light_azimuth = rng.uniform(0.45, 1.2), rng.uniform(0, 2 * math.pi)
     light = np.array([math.cos(light_elevation) * math.sin(light_azimuth), math.sin(light_elevation),
                       math.cos(light_elevation) * math.cos(light_azimuth)])
-    ambient = rng.uniform(0.4, 0.6)
-    if shading:
+    ambient = rng.uniform(0.4, 0.6)  # drawn for every kind, so later draws stay those of WORLD_VERSION 1
+    kind = light_kind_of_seed(seed, lighting) if shading else "unlit"
+    if kind == "soft":
+        low, high = SOFT_AMBIENT
+        ambient = low + (high - low) * (ambient - 0.4) / 0.2
+    if kind != "unlit":
         lambert = np.clip(normals @ light, 0.0, 1.0)
         colors = albedo * (ambient + (1.0 - ambient) * lambert)[:, None]
     else:
@@ -851,7 +879,7 @@ def make_object(
             "num_gaussians": int((ids == i).sum()),
         })
     return SyntheticObject(gaussians, int(seed), family, description,
-                           {"direction": light.tolist(), "ambient": float(ambient), "baked": bool(shading)})
+                           {"direction": light.tolist(), "ambient": float(ambient), "baked": kind != "unlit", "kind": kind})
 
 
 def batch_objects(

@@ -3,8 +3,10 @@
     accelerate launch training/train_teacher.py --output-dir runs/mvdm-tiny --max-steps 20000 --resume latest
     python training/train_teacher.py --tiny-test --output-dir /tmp/t    # the CPU smoke configuration
 
-Each step renders a batch of objects from a pool (random yaw, input elevation in [-10, 30], a random azimuth
-offset of the output views, so the teacher can also verify views outside the canonical layout): the 4 output
+Each step renders a batch of objects from a pool (random yaw, input elevation in [-10, 30]; the output views in
+the canonical layout, view 0 at the input's camera, for `--canonical-fraction` of the samples, since that is how the
+teacher is sampled, and at a random azimuth offset for the others, so it can also verify views outside it); the
+pool's objects carry the lights of `--lighting` (hard, soft or none; training/synthetic.py): the 4 output
 views at the teacher's resolution and the input view (for the clean 5th frame and the image tokens). The UNet
 learns v-prediction on the 4 views; image tokens and the input frame are dropped together with probability
 `--cond-dropout` (classifier-free guidance). bf16 on CUDA, EMA, AdamW with warm-up and cosine decay.
@@ -63,7 +65,7 @@ def parse_args(argv=None):
     p.add_argument("--unet-preset", default="tiny")
     p.add_argument("--max-steps", type=int, default=20000, help="length of the LR schedule")
     p.add_argument("--stop-after", type=int, default=None, help="stop (with a checkpoint) after this step, e.g. to chunk a run")
-    p.add_argument("--time-limit", type=float, default=None, help="seconds; checkpoint and stop before this wall time")
+    p.add_argument("--time-limit", type=float, default=None, help="seconds from the start (loading and the pool included); checkpoint and stop before then")
     p.add_argument("--batch-size", type=int, default=64, help="per process")
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--weight-decay", type=float, default=0.01)
@@ -88,6 +90,11 @@ def parse_args(argv=None):
     p.add_argument("--input-size", type=int, default=128, help="render size of the input view (tokens)")
     p.add_argument("--tokenizer-size", type=int, default=224, help="resolution the frozen tokenizer sees")
     p.add_argument("--elevation-range", type=float, nargs=2, default=(-10.0, 30.0))
+    p.add_argument("--canonical-fraction", type=float, default=0.5,
+                   help="share of samples whose 4 views are in the canonical layout (view 0 at the input's camera: what "
+                        "sampling asks for); the others are turned by a random azimuth")
+    p.add_argument("--lighting", default="mixed", choices=synthetic.LIGHTINGS,
+                   help="the light baked into the pool's objects ('baked': every object hard-lit, the world before)")
     p.add_argument("--checkpoint-every", type=int, default=1000)
     p.add_argument("--sample-every", type=int, default=2000)
     p.add_argument("--sample-steps", type=int, default=30)
@@ -125,7 +132,7 @@ def build_unet(args) -> MultiViewUNet:
 def build_pool(args, device) -> Gaussians:
     """The training objects, built once on the CPU (deterministic by seed) and kept on the device.  [P, N]"""
     seeds = [synthetic.split_seed("train", i) for i in range(args.pool_size)]
-    return synthetic.batch_objects(seeds, args.num_gaussians).to(device)
+    return synthetic.batch_objects(seeds, args.num_gaussians, lighting=args.lighting).to(device)
 
 
 def sample_batch(args, pool: Gaussians, layout: ViewLayout, step: int, size: int, device, process_index: int = 0,
@@ -144,7 +151,10 @@ def sample_batch(args, pool: Gaussians, layout: ViewLayout, step: int, size: int
     yaws = scalars[:, 1] * 2 * math.pi
     low, high = args.elevation_range
     elevation = low + (high - low) * scalars[:, 2]  # [B] degrees
-    offsets = scalars[:, 3] * 360.0
+    # One uniform decides both: below the canonical fraction no turn, above it a turn spread over [0, 360).
+    fraction = min(max(args.canonical_fraction, 0.0), 1.0)
+    turned = scalars[:, 3] >= fraction
+    offsets = torch.where(turned, (scalars[:, 3] - fraction) / max(1.0 - fraction, 1e-9) * 360.0, torch.zeros_like(scalars[:, 3]))
     timesteps = (scalars[:, 4] * 1000).long().clamp_max(999)
     if args.high_noise_fraction > 0:
         top = args.high_noise_start + timesteps % (1000 - args.high_noise_start)
@@ -300,6 +310,7 @@ def sample_grid(unet, ema, tokenizer, args, layout, path: Path, device, num_obje
 
 
 def main(argv=None):
+    launched = time.time()  # --time-limit counts from here: loading and building data are part of the budget
     args = parse_args(argv)
     from diffusers.training_utils import EMAModel
     from tqdm.auto import tqdm
@@ -360,7 +371,7 @@ def main(argv=None):
             elapsed = time.time() - start_time
             log.write(step=step, loss=loss_value, lr=lr_schedule.get_last_lr()[0], grad_norm=float(grad_norm), elapsed_s=elapsed)
             progress.set_postfix(loss=f"{loss_value:.4f}")
-        out_of_time = args.time_limit is not None and time.time() - start_time > args.time_limit
+        out_of_time = args.time_limit is not None and time.time() - launched > args.time_limit
         if step % args.checkpoint_every == 0 or step == stop_at or out_of_time:
             save_checkpoint(accelerator, output_dir, step, {"args": vars(args)}, ema=ema)
         if accelerator.is_main_process and (step % args.sample_every == 0 or step == stop_at or out_of_time):

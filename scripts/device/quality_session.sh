@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # The teacher trained on at the GPU's speed and a student distilled from it, on one lent machine of 1+ GPUs, in
 # back-to-back calls of < 10 minutes (a warm machine keeps runs/):
-#   bash scripts/device/quality_session.sh teacher   # speed probe: the old and new training step and the model alone;
-#                                                    # then the main UNet trains on (DDP over every GPU) from
-#                                                    # $TEACHER_INIT beside its kept high-noise expert; corpora build
-#   bash scripts/device/quality_session.sh student   # the teacher trains on, is exported and scored; quadruples; the
-#                                                    # student (GPU 0) and the N-fit probe (8 images x 64 seeds, GPU 1)
-#   bash scripts/device/quality_session.sh finish    # both train on; evaluation
-# Every call brings back what exists through $OUT (see pack): the teacher, the student, logs, grids, scores.
+#   bash scripts/device/quality_session.sh teacher   # (PROBE=1: speed probe, the old and new training step and the
+#                                                    # model alone) the main UNet trains on (DDP over every GPU) from
+#                                                    # $TEACHER_INIT beside its kept high-noise expert, and is exported;
+#                                                    # corpora build meanwhile
+#   bash scripts/device/quality_session.sh student   # (TEACHER_SECONDS > 0: the teacher trains on first) the teacher is
+#                                                    # scored; quadruples; two student arms, one per GPU: main (with the
+#                                                    # input-view term) and noiv (without); NFIT=1 adds the N-fit probe
+#   bash scripts/device/quality_session.sh finish    # the arms train on; evaluation
+# Every call brings back what exists through $OUT (see pack): the teacher (teacher and student stages), the students
+# (finish), logs, grids, scores.
 # Needs .wheels carried, and the model folders of hub/ that device-slim moved away (mvdm-tiny, efficientnet-lite0,
 # lpips-alex) present. SMOKE=1 TEACHER_INIT=<toy teacher with an expert> rehearses it all on a CPU.
 set -eo pipefail
@@ -25,9 +28,16 @@ fi
 N_CORPUS=${N_CORPUS:-1024} N_TEST=${N_TEST:-48} N_HELDOUT=${N_HELDOUT:-32} SIZE=${SIZE:-128} N_FIT_SEEDS=${N_FIT_SEEDS:-64}
 left() { echo $(( budget - ($(date +%s) - start) )); }
 box() { local t=$(( $(left) - $1 )); [ "$t" -lt 30 ] && t=30; echo "$t"; }  # what is left less $1, >= 30 s
-pack() {  # on every exit, failures included: bring back what exists
-    [ -f runs/teacher/model_index.json ] && tar -C runs --exclude image_encoder -cf - teacher | split -b 15m - "$OUT/teacher.tar.part-"
-    [ -f runs/d-main/pipeline/model_index.json ] && tar -C runs/d-main --exclude image_encoder -cf - pipeline | split -b 15m - "$OUT/student.tar.part-"
+pack() {  # on every exit, failures included: bring back what exists (8 files, 64 MiB at most come back)
+    if [ "$stage" != finish ] && [ -f runs/teacher/model_index.json ]; then
+        tar -C runs --exclude image_encoder -cf - teacher | split -b 15m - "$OUT/teacher.tar.part-"
+    fi
+    if [ "$stage" = finish ]; then
+        for arm in runs/d-*/pipeline; do
+            [ -f $arm/model_index.json ] || continue
+            name=$(basename "$(dirname $arm)"); tar -C runs/$name --exclude image_encoder -cf - pipeline | split -b 15m - "$OUT/$name.tar.part-"
+        done
+    fi
     tar -czf "$OUT/results.tgz" --exclude checkpoints runs/probe runs/*.log runs/t-main/log.jsonl runs/t-main/samples runs/tq runs/d-*/log.jsonl \
         runs/d-*/samples runs/eval 2>/dev/null || true
     ls -la "$OUT"; echo "$stage took $(( $(date +%s) - start )) s"
@@ -39,7 +49,8 @@ train_teacher() {  # $1: seconds to keep after training
     # The schedule is set for a chain of sessions (--max-steps 30000); --resume latest goes on within this machine, and
     # a later machine continues from the exported teacher (--init-from it with its step).
     launch training/train_teacher.py --output-dir runs/t-main --resume latest --init-from "$TEACHER_INIT" --init-step "$INIT_STEP" \
-        --keep-expert-from "$TEACHER_INIT" --max-steps 30000 --warmup-steps 200 --batch-size 64 --pool-size 2048 \
+        --keep-expert-from "$TEACHER_INIT" --max-steps ${TEACHER_MAX_STEPS:-30000} --warmup-steps 200 \
+        --canonical-fraction ${CANONICAL_FRACTION:-0.75} --lighting ${LIGHTING:-mixed} --batch-size 64 --pool-size 2048 \
         --checkpoint-every 500 --sample-every 1000 --log-every 50 --time-limit "$(box "$1")" --export runs/teacher \
         $TEACHER_EXTRA > runs/teacher-$stage.log 2>&1 || { tail -30 runs/teacher-$stage.log; return 1; }
     tr "\r" "\n" < runs/teacher-$stage.log | grep -E "initialised|resumed|time limit" || true
@@ -47,7 +58,9 @@ train_teacher() {  # $1: seconds to keep after training
 }
 
 build_corpora() {  # procedural corpora, CPU work, niced beside whatever runs on the GPUs
-    for spec in "corpus $N_CORPUS c-corpus 4" "test $N_TEST c-test 1" "heldout $N_HELDOUT c-heldout 1" "corpus 8 c-nfit 1"; do
+    local specs=("corpus $N_CORPUS c-corpus 4" "test $N_TEST c-test 1" "heldout $N_HELDOUT c-heldout 1")
+    [ -n "$NFIT" ] && specs+=("corpus 8 c-nfit 1")
+    for spec in "${specs[@]}"; do
         set -- $spec
         for k in $(seq 0 $(( $4 - 1 ))); do
             OMP_NUM_THREADS=2 nice -n 5 python3 training/build_corpus.py --source procedural --split $1 --num-images $2 --size $SIZE \
@@ -62,6 +75,7 @@ if [ "$stage" = teacher ]; then
     echo "[$(left) s left] gsplat compile"
     [ -n "$SMOKE" ] || python3 -c "from dd3g.rendering import render; from training import synthetic; from dd3g.cameras import ViewLayout
 g = synthetic.batch_objects([0], 64).to('cuda'); render(g, ViewLayout().cameras(32, 32)); print('gsplat ready')"
+    if [ -n "$PROBE" ]; then
     echo "[$(left) s left] speed probe"
     mkdir -p runs/probe
     # Before: the training script as it was (a copy carried in .gpu), 80 steps; after: the same flags now; and the
@@ -92,10 +106,11 @@ for name in ("eager", "compiled"):
 pathlib.Path("runs/probe/summary.json").write_text(json.dumps(out, indent=1))
 print(json.dumps(out, indent=1))
 PY
+    fi
     echo "[$(left) s left] teacher training; corpora (background)"
     build_corpora > runs/corpora.log 2>&1 &
     corpora=$!
-    train_teacher 45
+    train_teacher 75
     wait $corpora; cat runs/corpora.log
     exit 0
 fi
@@ -104,8 +119,10 @@ simulate_all() {  # every quadruple set, spread over the GPUs
     local sim="training/simulate.py --teacher runs/teacher --elevation-from-origin --batch-size 128 --shard-size 256 --no-progress --dtype bfloat16 $SIM_EXTRA"
     [ -n "$SMOKE" ] && sim="${sim/bfloat16/float32}"
     launch $sim --corpus runs/c-corpus --out runs/q-corpus > runs/q-corpus.log 2>&1
-    on_gpu 0 python3 $sim --corpus runs/c-nfit --seeds-per-image $N_FIT_SEEDS --out runs/q-nfit > runs/q-nfit.log 2>&1 &
-    on_gpu 1 python3 $sim --corpus runs/c-nfit --seeds-per-image 8 --seed 1 --out runs/q-nfit-new > runs/q-nfit-new.log 2>&1 &
+    if [ -n "$NFIT" ]; then
+        on_gpu 0 python3 $sim --corpus runs/c-nfit --seeds-per-image $N_FIT_SEEDS --out runs/q-nfit > runs/q-nfit.log 2>&1 &
+        on_gpu 1 python3 $sim --corpus runs/c-nfit --seeds-per-image 8 --seed 1 --out runs/q-nfit-new > runs/q-nfit-new.log 2>&1 &
+    fi
     on_gpu 0 python3 $sim --corpus runs/c-test --out runs/q-test > runs/q-test.log 2>&1 &
     on_gpu 1 python3 $sim --corpus runs/c-heldout --out runs/q-heldout > runs/q-heldout.log 2>&1 &
     on_gpu 0 python3 $sim --ground-truth --corpus runs/c-test --out runs/gt-test > runs/gt-test.log 2>&1 &
@@ -115,53 +132,57 @@ simulate_all() {  # every quadruple set, spread over the GPUs
 
 # The student: pixel-aligned Gaussians with view 0 anchored to the input's colours (the tiny preset), the seed-deviation
 # term, quadruples on the GPU, no implicit verification (at equal steps it cost 0.24 dB and a third of the speed in
-# the last ablation). The N-fit probe: the same recipe on 8 images x 64 seeds, to see whether N can be fitted at all.
-arm() {  # name, quadruples, gpu, seconds to keep after
-    on_gpu $3 python3 training/distill.py --teacher runs/teacher --quadruples runs/$2 --output-dir runs/d-$1 --resume latest \
+# an earlier ablation). Arm main adds the input-view term (its render at the input camera against the input itself);
+# arm noiv is the same without it. The N-fit probe (NFIT=1): the recipe on 8 images x 64 seeds, can N be fitted at all.
+arm() {  # name, quadruples, gpu, seconds to keep after, extra distill flags...
+    local name=$1 quadruples=$2 gpu=$3 margin=$4; shift 4
+    on_gpu $gpu python3 training/distill.py --teacher runs/teacher --quadruples runs/$quadruples --output-dir runs/d-$name --resume latest \
         --max-steps ${ARM_STEPS:-3000} --batch-size 64 --lr 2e-4 --warmup-steps 200 --checkpoint-every 200 --sample-every 500 \
-        --log-every 25 --time-limit "$(box "$4")" --export runs/d-$1/pipeline --preload --no-verification \
-        --seed-deviation-weight ${SEED_DEVIATION_WEIGHT:-2} $DISTILL_EXTRA > runs/d-$1-$stage.log 2>&1 || tail -30 runs/d-$1-$stage.log
-    tail -1 runs/d-$1/log.jsonl
+        --log-every 25 --time-limit "$(box "$margin")" --export runs/d-$name/pipeline --preload --no-verification \
+        --seed-deviation-weight ${SEED_DEVIATION_WEIGHT:-2} "$@" $DISTILL_EXTRA > runs/d-$name-$stage.log 2>&1 || tail -30 runs/d-$name-$stage.log
+    tail -1 runs/d-$name/log.jsonl
+}
+arms() {  # seconds to keep after
+    arm main q-corpus 0 $1 --input-view-weight ${INPUT_VIEW_WEIGHT:-1} &
+    if [ -n "$NFIT" ]; then arm nfit q-nfit 1 $1 & else arm noiv q-corpus 1 $1 & fi
+    wait
 }
 
 if [ "$stage" = student ]; then
-    if [ "${TEACHER_SECONDS:-170}" -gt 0 ]; then
+    if [ "${TEACHER_SECONDS:-0}" -gt 0 ]; then
         echo "[$(left) s left] teacher training, continued"
-        train_teacher $(( budget - ${TEACHER_SECONDS:-170} ))
-    else  # export the newest checkpoint as it is: the run resumes at its step and stops there
+        train_teacher $(( budget - TEACHER_SECONDS ))
+    elif [ ! -f runs/teacher/model_index.json ]; then  # export the newest checkpoint: the run resumes at its step and stops
         last=$(ls runs/t-main/checkpoints | sed -n 's/^step-0*\([0-9]*\)$/\1/p' | sort -n | tail -1)
         echo "[$(left) s left] teacher export at step $last"
         TEACHER_EXTRA="$TEACHER_EXTRA --stop-after $last" train_teacher 0
     fi
     echo "[$(left) s left] teacher scores (GPU 1) and quadruples"
     on_gpu 1 python3 benchmarks/teacher_quality.py --teacher runs/teacher --objects 100 --batch 50 --fit-steps 150 \
-        --out runs/tq $TQ_EXTRA > runs/tq.log 2>&1 &
+        --colour-check --out runs/tq $TQ_EXTRA > runs/tq.log 2>&1 &
     tq=$!
     simulate_all
     wait $tq || tail -20 runs/tq.log
     tail -25 runs/tq.log
-    echo "[$(left) s left] student and N-fit probe"
-    arm main q-corpus 0 ${ARM_MARGIN:-100} &
-    arm nfit q-nfit 1 ${ARM_MARGIN:-100} &
-    wait
+    echo "[$(left) s left] students"
+    arms ${ARM_MARGIN:-100}
     exit 0
 fi
 
 # finish: train on, then score
-echo "[$(left) s left] student and N-fit probe, continued"
-arm main q-corpus 0 ${EVAL_SECONDS:-150} &
-arm nfit q-nfit 1 ${EVAL_SECONDS:-150} &
-wait
+echo "[$(left) s left] students, continued"
+arms ${EVAL_SECONDS:-150}
 echo "[$(left) s left] evaluation"
 mkdir -p runs/eval
-on_gpu 0 timeout $(box 25) python3 benchmarks/distill_quality.py --quadruples runs/q-test --truth runs/gt-test --pipeline main=runs/d-main/pipeline \
+pipelines=(); for arm in runs/d-*/pipeline; do [ -f $arm/model_index.json ] && pipelines+=(--pipeline "$(basename "$(dirname $arm)" | sed 's/^d-//')=$arm"); done
+on_gpu 0 timeout $(box 25) python3 benchmarks/distill_quality.py --quadruples runs/q-test --truth runs/gt-test "${pipelines[@]}" \
     --count 192 --fit-steps 0 --out runs/eval/test $EVAL_EXTRA > runs/eval/test.log 2>&1 &
-on_gpu 1 timeout $(box 25) python3 benchmarks/distill_quality.py --quadruples runs/q-heldout --truth runs/gt-heldout --pipeline main=runs/d-main/pipeline \
+on_gpu 1 timeout $(box 25) python3 benchmarks/distill_quality.py --quadruples runs/q-heldout --truth runs/gt-heldout "${pipelines[@]}" \
     --count 128 --diversity-images 16 --fit-steps 0 --out runs/eval/heldout $EVAL_EXTRA > runs/eval/heldout.log 2>&1 &
 wait
-on_gpu 0 timeout $(box 15) python3 benchmarks/distill_quality.py --quadruples runs/q-nfit --pipeline nfit=runs/d-nfit/pipeline \
-    --count 64 --diversity-images 8 --fit-steps 0 --out runs/eval/nfit-train $EVAL_EXTRA > runs/eval/nfit-train.log 2>&1 &
-on_gpu 1 timeout $(box 15) python3 benchmarks/distill_quality.py --quadruples runs/q-nfit-new --pipeline nfit=runs/d-nfit/pipeline \
-    --count 64 --diversity-images 8 --fit-steps 0 --out runs/eval/nfit-new $EVAL_EXTRA > runs/eval/nfit-new.log 2>&1 &
-wait
+if [ -f benchmarks/student_step.py ] && [ -z "$SMOKE" ]; then  # the student's step against its model alone
+    on_gpu 0 timeout $(box 10) python3 benchmarks/student_step.py --teacher runs/teacher --json runs/eval/student_step.json > runs/eval/student_step.log 2>&1 &
+    on_gpu 1 timeout $(box 10) python3 benchmarks/student_step.py --teacher runs/teacher --compile --json runs/eval/student_step_compiled.json > runs/eval/student_step_compiled.log 2>&1 &
+    wait
+fi
 tail -n 20 runs/eval/*.log
