@@ -59,6 +59,7 @@ STUDENT_BOUNDS: Bounds = {
     "initial_scale": (float, 1e-9, 100.0),
     "initial_opacity": (float, 1e-6, 1 - 1e-6),
     "phase1_timestep": (int, 0, 10_000),
+    "phase1_text_tokens": (int, 1, 1024),
 }
 UNET_BOUNDS: Bounds = {
     "sample_size": (int, 4, 512),
@@ -71,6 +72,13 @@ UNET_BOUNDS: Bounds = {
     "transformer_depth": (int, 0, 16),
     "norm_num_groups": (int, 1, 1024),
     "dropout": (float, 0.0, 1.0),
+    # ImageDream's UNet (phase1_architecture "imagedream") names its sizes differently
+    "image_size": (int, 4, 512),
+    "model_channels": (int, 1, 8192),
+    "num_head_channels": (int, 1, 1024),
+    "num_res_blocks": (int, 1, 8),
+    "ip_dim": (int, 0, 1024),
+    "ip_embedding_dim": (int, 1, 8192),
 }
 UNET_MAX_LEVELS, UNET_MAX_CHANNELS = 8, 8192
 ENCODER_BOUNDS: Bounds = {"image_size": (int, 32, 1024)}

@@ -165,6 +165,8 @@ def test_full_size_benchmark_entry_point_runs_at_toy_size(tmp_path):
     ("frame_encoder/config.json", {"image_size": 100_000}, "frame_encoder/config.json: image_size must be an integer from 8 to 2,048"),
     ("prompt_encoder/config.json", {"vision_config": {"hidden_size": 1 << 20}}, "vision_config.hidden_size must be an integer"),
     ("model_index.json", {"frame_encoder": ["diffusers", "AutoencoderKL"]}, "frame_encoder must be dd3g.models.input_encoders.LatentFrameEncoder or null"),
+    ("student/config.json", {"unet_config": {"image_size": 1 << 20}}, "unet_config.image_size must be an integer from 4 to 512"),
+    ("student/config.json", {"phase1_architecture": "sdxl"}, "phase1_architecture must be one of ['imagedream', 'mv-unet']"),
 ])
 def test_encoder_configs_are_checked_before_anything_is_built(chain, tmp_path, component, change, message):
     root, _ = chain
