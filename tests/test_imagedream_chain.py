@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from plyfile import PlyData
 
 from dd3g.pipeline import CheckpointError, DD3GPipeline
@@ -179,3 +180,24 @@ def test_encoder_configs_are_checked_before_anything_is_built(chain, tmp_path, c
     path.write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match=re.escape(message)):
         DD3GPipeline.from_pretrained(broken)
+
+
+def test_soft_matte_corpus_stops_distillation_before_training(chain, tmp_path):
+    """A corpus of soft mattes (allowed here with --min-opaque-fraction 0) used to train and fail only at export."""
+    root, _ = chain
+    images = tmp_path / "images"
+    images.mkdir()
+    yy, xx = np.mgrid[:48, :48]
+    for k in range(2):
+        rgba = np.zeros((48, 48, 4), np.uint8)
+        rgba[..., 1] = 100 + 50 * k
+        rgba[..., 3] = (((yy - 24) ** 2 + (xx - 24) ** 2) < 14**2) * 90  # alpha 0.35: no opaque pixel
+        Image.fromarray(rgba, "RGBA").save(images / f"soft{k}.png")
+    build_corpus.main(["--source", "folder", "--images", str(images), "--out", str(tmp_path / "corpus"), "--size", "64",
+                       "--no-progress", "--min-opaque-fraction", "0"])
+    simulate.main(["--teacher", str(root / "imagedream"), "--corpus", str(tmp_path / "corpus"), "--out", str(tmp_path / "q"),
+                   "--seeds-per-image", "1", "--steps", "1", "--batch-size", "2", "--no-progress"])
+    with pytest.raises(SystemExit, match="inputs are empty .*build_corpus"):
+        distill.main(["--tiny-test", "--teacher", str(root / "imagedream"), "--quadruples", str(tmp_path / "q"),
+                      "--output-dir", str(tmp_path / "run"), "--max-steps", "2", "--export", str(tmp_path / "pipe")])
+    assert not (tmp_path / "run" / "log.jsonl").exists()  # not one step was trained

@@ -297,7 +297,8 @@ def input_framing(images: torch.Tensor) -> tuple:
         if len(rows) and len(cols):
             ratios.append(max(int(rows[-1] - rows[0]) + 1, int(cols[-1] - cols[0]) + 1) / alpha.shape[-1])
     if not ratios:
-        raise SystemExit("the training inputs are empty (no alpha): cannot tell the framing")
+        raise SystemExit("the training inputs are empty (no pixel with alpha > 0.5): cannot tell the framing the export "
+                         "needs; rebuild the corpus with training/build_corpus.py, which drops such images")
     return int(images.shape[-1]), float(torch.tensor(ratios).median())
 
 
@@ -373,6 +374,8 @@ def main(argv=None):
     data = QuadrupleBatches(args.quadruples, teacher.noise_shape, allow_incomplete=args.allow_incomplete)
     if args.preload:
         data.preload(device)
+    # What the export needs of the inputs (their framing) is checked before training, not after it.
+    framing = input_framing(data.batch(range(min(256, len(data.rows))))["image"]) if args.export else None
 
     ema = EMAModel(student.parameters(), decay=args.ema_decay, model_cls=PEPD, model_config=student.config, foreach=True)
     optimizer = torch.optim.AdamW(student.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99))
@@ -415,7 +418,6 @@ def main(argv=None):
     progress.close()
     accelerator.wait_for_everyone()
     if args.export and accelerator.is_main_process:
-        framing = input_framing(data.batch(range(min(256, len(data.rows))))["image"])
         export_pipeline(accelerator.unwrap_model(student), ema, teacher, Path(args.export), framing, inputs_builder)
     accelerator.end_training()  # releases the process group of a multi-GPU run
     return step
