@@ -55,6 +55,13 @@ EXAMPLES_DIR = ROOT / "examples"
 PHOTO_EXAMPLE = "lion.jpg"
 MAX_SEED = 2**32 - 1
 FOREGROUND_RATIO_RANGE = (0.5, 1.0)
+
+
+def foreground_ratio_range(pipe) -> "tuple[float, float]":
+    """The slider's range: FOREGROUND_RATIO_RANGE, widened down to the framing the model was trained on (a student
+    of procedural renders can be trained at under 0.5; its own default must be a value the app accepts)."""
+    low, high = FOREGROUND_RATIO_RANGE
+    return min(low, float(pipe.config.foreground_ratio)), high
 # Every event that runs the model or decodes an image joins this concurrency group, so the limit holds
 # across handlers (gradio's own limit is per event).
 MODEL_CONCURRENCY_ID = "dd3g-model"
@@ -221,7 +228,7 @@ class DD3GApp:
         if image_path is None or image_path == "":
             raise user_error("No image: upload a picture of one object (PNG with transparency, JPEG or WebP).")
         ratio = _number(foreground_ratio, "foreground ratio")
-        low, high = FOREGROUND_RATIO_RANGE
+        low, high = foreground_ratio_range(self.pipe)
         if not low <= ratio <= high:
             raise user_error(f"The foreground ratio must be between {low} and {high}, got {ratio:g}.")
         path = Path(str(image_path))
@@ -460,7 +467,7 @@ def build_demo(pipe: DD3GPipeline, settings: Optional[AppSettings] = None) -> gr
                 gr.Examples(example_inputs(), inputs=[image], label="Examples (held-out procedural objects, one photo)")
                 prepared = gr.Image(label="What the model sees (cut out, recentred)", type="pil", format="png",
                                     interactive=False, height=260, elem_id="preprocessed")
-                ratio = gr.Slider(*FOREGROUND_RATIO_RANGE, value=float(pipe.config.foreground_ratio), step=0.05, label="Foreground ratio",
+                ratio = gr.Slider(*foreground_ratio_range(pipe), value=float(pipe.config.foreground_ratio), step=0.05, label="Foreground ratio",
                                   info="how much of the frame the object fills")
                 with gr.Row():
                     seed = gr.Number(0, label="Seed", precision=0, elem_id="seed")  # range checked in the handler, naming the field

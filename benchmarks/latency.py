@@ -3,10 +3,14 @@
     python benchmarks/latency.py --scale tiny                  # CPU: warm process, RGBA file -> PLY file, median of 10
     python benchmarks/latency.py --scale base --device cuda    # GPU: image tensor -> Gaussians, bf16, eager + compiled
     python benchmarks/latency.py --scale base --device cuda --profile   # + where the time goes
+    python benchmarks/latency.py --scale base --phase1 imagedream --device cuda   # a student distilled from ImageDream
 
 On a GPU the figure covers the image tokenizer and the student (preprocessing and file writing excluded),
 batch 1 and 8, steady state; "compiled" is torch.compile with CUDA graphs (mode="reduce-overhead").
 On the CPU the figure is the whole pipeline call from an RGBA image file to a written PLY file.
+`--phase1 imagedream`: the student as distillation from ImageDream makes it (phase 1 = ImageDream's UNet with its
+image-prompt adapter, at the published sizes for `base`, the test fixture's for `base-small`), and the timed call
+also runs the encoders its pipeline carries: the CLIP image encoder (ViT-H/14 at 224 px) and the VAE encoder (256 px).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from diffusers import DDIMScheduler
 from PIL import Image
 
@@ -41,14 +46,48 @@ def example_rgba(size: int = 512) -> Image.Image:
     return Image.fromarray(np.dstack([rgb, alpha]), "RGBA")
 
 
-def random_pipeline(scale: str) -> DD3GPipeline:
+def imagedream_parts(scale: str) -> tuple:
+    """(student, frame_encoder, prompt_encoder), random, for a student distilled from ImageDream: `base` at ImageDream's
+    published sizes, `base-small` at the sizes of tests/imagedream_fixture.py."""
+    from dd3g.models.imagedream_unet import ImageDreamUNet
+    from dd3g.models.input_encoders import ImagePromptEncoder, LatentFrameEncoder
+    from tests import imagedream_fixture as fixture
+
+    if scale not in ("base", "base-small"):
+        raise SystemExit(f"--phase1 imagedream needs --scale base or base-small, got {scale!r}")
+    full = scale == "base"
+    resampler = fixture.PUBLISHED_RESAMPLER if full else fixture.TINY_RESAMPLER
+    with torch.device("meta"):  # only its config is wanted here
+        unet = ImageDreamUNet.from_published_config(
+            fixture.PUBLISHED_UNET_CONFIG if full else fixture.TINY_UNET_CONFIG, ip_embedding_dim=resampler["embedding_dim"],
+            ip_resampler_depth=resampler["depth"], ip_resampler_heads=resampler["heads"], ip_resampler_dim_head=resampler["dim_head"])
+    unet_config = {k: v for k, v in unet.config.items() if not k.startswith("_")}
+    student = PEPD(**{**PEPD.PRESETS[scale], "unet_preset": None, "unet_config": unet_config, "phase1_architecture": "imagedream",
+                      "sample_space": "sd-vae"}).eval()
+    vae = fixture.FULL_VAE_CONFIG if full else fixture.TINY_VAE_CONFIG
+    frame_encoder = LatentFrameEncoder(
+        image_size=student.sample_size * 2 ** (len(vae["block_out_channels"]) - 1),
+        **{k: vae[k] for k in ("in_channels", "latent_channels", "down_block_types", "block_out_channels", "layers_per_block",
+                               "act_fn", "norm_num_groups", "scaling_factor")}).eval()
+    vision = {k: v for k, v in (fixture.FULL_VISION_CONFIG if full else fixture.TINY_VISION_CONFIG).items()
+              if k not in ("_name_or_path", "architectures", "torch_dtype", "transformers_version")}
+    side = vision["image_size"]
+    prompt_encoder = ImagePromptEncoder(vision_config=vision, resize=side, crop=side).eval()
+    return student, frame_encoder, prompt_encoder
+
+
+def random_pipeline(scale: str, phase1: str = "mv-unet") -> DD3GPipeline:
     scheduler = DDIMScheduler(num_train_timesteps=1000, prediction_type="v_prediction", timestep_spacing="trailing", clip_sample=False)
+    if phase1 == "imagedream":
+        student, frame_encoder, prompt_encoder = imagedream_parts(scale)
+        return DD3GPipeline(student, EfficientNetLite0Tokenizer.from_imagenet(), scheduler, frame_encoder=frame_encoder,
+                            prompt_encoder=prompt_encoder)
     return DD3GPipeline(PEPD.preset(scale).eval(), EfficientNetLite0Tokenizer.from_imagenet(), scheduler)
 
 
-def cpu_pipeline_latency(scale: str, repeats: int) -> dict:
+def cpu_pipeline_latency(scale: str, repeats: int, phase1: str = "mv-unet") -> dict:
     """Warm process, RGBA file in, PLY file out (rembg, video and GLB excluded by construction)."""
-    pipe = random_pipeline(scale)
+    pipe = random_pipeline(scale, phase1)
     pipe.set_progress_bar_config(disable=True)
     with tempfile.TemporaryDirectory() as tmp:
         image_path = Path(tmp) / "input.png"
@@ -59,30 +98,44 @@ def cpu_pipeline_latency(scale: str, repeats: int) -> dict:
             g[0].save_ply(Path(tmp) / "out.ply")
 
         samples = time_samples(once, repeats, torch.device("cpu"), warmup=1)
-    return {"scale": scale, "device": f"cpu ({torch.get_num_threads()} threads)", "case": "RGBA file -> PLY file", "median_ms": statistics.median(samples), "samples_ms": samples}
+    return {"scale": scale, "phase1": phase1, "device": f"cpu ({torch.get_num_threads()} threads)", "case": "RGBA file -> PLY file", "median_ms": statistics.median(samples), "samples_ms": samples}
 
 
-def gpu_student(scale: str, device: torch.device, dtype: torch.dtype, channels_last: bool = False):
-    """tokenizer + student as one callable: images [B, 3, S, S] on white, noise, frame -> Gaussian tensors."""
-    with torch.device(device):
-        student = PEPD.preset(scale).eval().to(dtype)
+def gpu_student(scale: str, device: torch.device, dtype: torch.dtype, channels_last: bool = False, phase1: str = "mv-unet"):
+    """tokenizer + student as one callable: images [B, 3, S, S] on white, noise, frame -> Gaussian tensors. With an
+    ImageDream phase 1 the callable also encodes the images with the CLIP and VAE encoders its pipeline carries (the
+    `frame` argument is then unused)."""
+    if phase1 == "imagedream":
+        with torch.device(device):
+            student, frame_encoder, prompt_encoder = (m.to(dtype) for m in imagedream_parts(scale))
+    else:
+        with torch.device(device):
+            student = PEPD.preset(scale).eval().to(dtype)
+        frame_encoder = prompt_encoder = None
     tokenizer = EfficientNetLite0Tokenizer.from_imagenet().to(device, dtype)
     if channels_last:  # cuDNN's native layout: saves the NCHW<->NHWC transposes around every conv
-        student.to(memory_format=torch.channels_last)
-        tokenizer.to(memory_format=torch.channels_last)
-    size = student.unet.config.sample_size
+        for model in (student, tokenizer, frame_encoder):
+            if model is not None:
+                model.to(memory_format=torch.channels_last)
+    size = student.sample_size
 
     def run(images, noise, frame, cameras):
         tokens = tokenizer(images)
-        g = student(noise, frame, cameras, tokens).gaussians
+        phase1_tokens = None
+        if prompt_encoder is not None:
+            phase1_tokens = prompt_encoder(images)
+            side = frame_encoder.config.image_size
+            frame = frame_encoder(F.interpolate(images, size=(side, side), mode="bilinear", align_corners=False) * 2 - 1)
+        g = student(noise, frame, cameras, tokens, phase1_tokens).gaussians
         return g.means, g.log_scales, g.quats, g.opacity_logits, g.sh_dc
 
     return student, run, size
 
 
-def gpu_latency(scale: str, device: torch.device, batches, repeats: int, compile_modes, profile: bool, channels_last: bool = False) -> list:
+def gpu_latency(scale: str, device: torch.device, batches, repeats: int, compile_modes, profile: bool, channels_last: bool = False,
+                phase1: str = "mv-unet") -> list:
     dtype = torch.bfloat16
-    student, run, size = gpu_student(scale, device, dtype, channels_last)
+    student, run, size = gpu_student(scale, device, dtype, channels_last, phase1)
     params = sum(p.numel() for p in student.parameters())
     rows = []
     for batch in batches:
@@ -100,7 +153,7 @@ def gpu_latency(scale: str, device: torch.device, batches, repeats: int, compile
                 warmup_s = time.perf_counter() - t0
                 samples = time_samples(lambda: fn(images, noise, frame, cameras), repeats, device, warmup=5)
             rows.append({
-                "scale": scale, "device": torch.cuda.get_device_name(device), "dtype": "bf16", "batch": batch,
+                "scale": scale, "phase1": phase1, "device": torch.cuda.get_device_name(device), "dtype": "bf16", "batch": batch,
                 "mode": mode + (" channels_last" if channels_last else ""),
                 "median_ms": statistics.median(samples), "ms_per_image": statistics.median(samples) / batch,
                 "first_call_s": warmup_s, "params_M": params / 1e6, "gaussians": student.num_gaussians,
@@ -135,20 +188,24 @@ def main(argv=None):
     parser.add_argument("--batches", default="1,8")
     parser.add_argument("--modes", default="eager,reduce-overhead", help="eager and/or torch.compile modes")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--phase1", choices=("mv-unet", "imagedream"), default="mv-unet",
+                        help="imagedream: the student distilled from ImageDream, with its CLIP and VAE encoders (module docstring)")
     parser.add_argument("--channels-last", action="store_true", help="convolution weights in NHWC (cuDNN's native layout)")
     parser.add_argument("--json", help="write results here")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda":
-        rows = gpu_latency(args.scale, device, [int(b) for b in args.batches.split(",")], args.repeats, args.modes.split(","), args.profile, args.channels_last)
+        rows = gpu_latency(args.scale, device, [int(b) for b in args.batches.split(",")], args.repeats, args.modes.split(","), args.profile,
+                           args.channels_last, args.phase1)
     else:
-        rows = [cpu_pipeline_latency(args.scale, args.repeats)]
+        rows = [cpu_pipeline_latency(args.scale, args.repeats, args.phase1)]
     print("| scale | device | case | batch | mode | median ms | ms / image |\n|---|---|---|---|---|---|---|")
     for r in rows:
         if "median_ms" in r:
             print(f"| {r['scale']} | {r['device']} | {r.get('case', 'tokenizer + student, ' + r.get('dtype', ''))} | {r.get('batch', 1)} | {r.get('mode', 'eager')} | {r['median_ms']:.2f} | {r.get('ms_per_image', r['median_ms']):.2f} |")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
+    return rows
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ the input frame, through the real `MultiViewTeacher.simulate` (conditioning, sam
 
 `imagedream` writes a randomly initialised checkpoint of the published sizes (SD-2.1 UNet with ImageDream's
 image-prompt adapter, SD VAE, OpenCLIP ViT-H towers, a toy tokenizer) to a temporary folder and loads it
-through `ImageDreamTeacher.from_pretrained`, so the timed path is the one real weights take. `--compile`
+through `dd3g.teachers.load_teacher`, so the timed path is the one real weights take. `--compile`
 wraps the UNet in torch.compile (default mode; `--compile max-autotune-no-cudagraphs` tunes kernels for minutes).
 Goal for the ImageDream-size UNet on an H100: >= 8 quadruples/s.
 
@@ -40,11 +40,11 @@ def build_teacher(name: str, device: torch.device, dtype: torch.dtype, workdir: 
         pipe = TinyMVDMPipeline(MultiViewUNet.preset("tiny").eval(), EfficientNetLite0Tokenizer.from_imagenet(), training_scheduler())
         return TinyTeacher(pipe.to(device, dtype))
     if name in ("imagedream", "imagedream-tiny"):
-        from dd3g.teachers.imagedream import ImageDreamTeacher
+        from dd3g.teachers import load_teacher
         from tests.imagedream_fixture import write_tiny_imagedream
 
         folder = write_tiny_imagedream(workdir / "imagedream-random", full_size=name == "imagedream")
-        return ImageDreamTeacher.from_pretrained(folder, device=device, dtype=dtype)
+        return load_teacher(folder, device=device, dtype=dtype)
     raise SystemExit(f"unknown teacher {name!r}")
 
 

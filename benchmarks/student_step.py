@@ -35,6 +35,7 @@ from dd3g.models.pepd import PEPD  # noqa: E402
 from dd3g.preprocess import composite_on  # noqa: E402
 from dd3g.randomness import noise_from_seeds  # noqa: E402
 from dd3g.rendering import render  # noqa: E402
+from dd3g.student_inputs import StudentInputBuilder  # noqa: E402
 from dd3g.teachers.tiny import TinyTeacher  # noqa: E402
 from training import distill  # noqa: E402
 from training.common import optimization_step, warmup_cosine  # noqa: E402
@@ -46,9 +47,7 @@ TOY_PHASE2 = dict(patch_size=4, gaussians_per_token=4, width=32, num_heads=2, bl
 def build_student(dargs, teacher) -> PEPD:
     """The PEPD as distill.py's main() builds it: phase 1 is the teacher's UNet at the sampler's first timestep."""
     torch.manual_seed(dargs.seed)
-    first_step = int(teacher.sampling_scheduler(1).timesteps[0].item())
-    student = PEPD.from_teacher(teacher.unet_for_timestep(first_step), preset=None if dargs.tiny_test else dargs.preset,
-                                phase1_timestep=first_step, **(TOY_PHASE2 if dargs.tiny_test else {}))
+    student = PEPD.from_teacher(teacher, preset=None if dargs.tiny_test else dargs.preset, **(TOY_PHASE2 if dargs.tiny_test else {}))
     return student.float().train()
 
 
@@ -79,21 +78,18 @@ class SyntheticQuadruples:
                 "image_ids": self.image_of_row[index]}  # [B] on the CPU
 
 
-def prepare(batch: dict, teacher, tokenizer, device) -> dict:
-    """distillation_step's model inputs, computed once: what the model-alone step starts from."""
+def prepare(batch: dict, inputs_builder: StudentInputBuilder, device) -> dict:
+    """distillation_step's model inputs, computed once (by the same builder): what the model-alone step starts from."""
     image = batch["image"].to(device)  # [B, 4, S, S]
-    size = teacher.image_size
-    with torch.no_grad():
-        tokens = tokenizer(composite_on(image).to(tokenizer.dtype))  # [B, L, D]
-        frame = teacher.encode(image)  # [B, C, h, w]
-    cameras = teacher.layout.cameras(size, size, elevation_deg=batch["elevation"], include_input=True).to(device)  # [B, V + 1]
-    return {"noise": batch["noise"].to(device), "frame": frame, "cameras": cameras, "tokens": tokens, "image": image,
-            "views": batch["views"].to(device), "image_ids": batch["image_ids"]}
+    inputs = inputs_builder.images(image)  # tokens [B, L, D], frame [B, C, h, w]
+    cameras = inputs_builder.cameras(batch["elevation"], image.shape[0]).to(device)  # [B, V + 1]
+    return {"noise": batch["noise"].to(device), "frame": inputs.input_frame, "cameras": cameras, "tokens": inputs.image_tokens,
+            "phase1_tokens": inputs.phase1_tokens, "image": image, "views": batch["views"].to(device), "image_ids": batch["image_ids"]}
 
 
 def model_loss(student, inputs: dict, dargs, lpips_model) -> torch.Tensor:
     """distillation_step without the data work: PEPD, render at C, distill's explicit, seed-deviation and input-view terms."""
-    gaussians = student(inputs["noise"], inputs["frame"], inputs["cameras"], inputs["tokens"]).gaussians
+    gaussians = student(inputs["noise"], inputs["frame"], inputs["cameras"], inputs["tokens"], inputs["phase1_tokens"]).gaussians
     return render_loss(gaussians, inputs, dargs, lpips_model)
 
 
@@ -120,7 +116,7 @@ def count_flops(student, inputs: dict, dargs, lpips_model) -> tuple:
     with FlopCounterMode(display=False) as whole:
         model_loss(student, inputs, dargs, lpips_model).backward()
     with torch.no_grad():
-        gaussians = student(inputs["noise"], inputs["frame"], inputs["cameras"], inputs["tokens"]).gaussians
+        gaussians = student(inputs["noise"], inputs["frame"], inputs["cameras"], inputs["tokens"], inputs["phase1_tokens"]).gaussians
     leaves = {f.name: getattr(gaussians, f.name) for f in dataclasses.fields(gaussians)}
     leaves = type(gaussians)(**{k: None if v is None else v.detach().requires_grad_() for k, v in leaves.items()})
     with FlopCounterMode(display=False) as loss_side:
@@ -145,6 +141,7 @@ def build(args):
             unet.requires_grad_(False).eval()
     tokenizer = teacher.pipe.image_encoder
     student = build_student(dargs, teacher).to(device)
+    inputs_builder = StudentInputBuilder(student, tokenizer, teacher.layout)
     lpips_model = None
     if dargs.lpips_weight > 0:
         try:
@@ -176,18 +173,18 @@ def build(args):
         indices = list(range(step * batch_size, (step + 1) * batch_size))
         batch = data.batch(data.training_rows(indices, dargs.seed))
         with autocast:
-            losses, _, _ = distill.distillation_step(model, teacher, tokenizer, batch, dargs, step, indices, lpips_model)
+            losses, _, _ = distill.distillation_step(model, teacher, inputs_builder, batch, dargs, step, indices, lpips_model)
         update(losses["total"])
 
     with autocast:
-        fixed = prepare(data.batch(data.training_rows(range(batch_size), dargs.seed)), teacher, tokenizer, device)
+        fixed = prepare(data.batch(data.training_rows(range(batch_size), dargs.seed)), inputs_builder, device)
 
     def model_step():
         with autocast:
             loss = model_loss(model, fixed, dargs, lpips_model)
         update(loss)
 
-    return SimpleNamespace(device=device, dargs=dargs, teacher=teacher, tokenizer=tokenizer, student=student, data=data,
+    return SimpleNamespace(device=device, dargs=dargs, teacher=teacher, tokenizer=tokenizer, inputs_builder=inputs_builder, student=student, data=data,
                            lpips=lpips_model, fixed=fixed, autocast=autocast, full_step=full_step, model_step=model_step)
 
 

@@ -37,7 +37,7 @@ from dd3g.metrics import psnr, ssim  # noqa: E402
 from dd3g.preprocess import composite_on  # noqa: E402
 from dd3g.rendering import render  # noqa: E402
 from dd3g.teachers.base import camera_sensitivity  # noqa: E402
-from dd3g.teachers.tiny import TinyTeacher  # noqa: E402
+from dd3g.teachers import load_teacher  # noqa: E402
 from training import synthetic  # noqa: E402
 from training.common import image_grid  # noqa: E402
 
@@ -225,7 +225,7 @@ def main(argv=None):
     device = torch.device(args.device)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    teacher = TinyTeacher.from_pretrained(args.teacher, device=device)
+    teacher = load_teacher(args.teacher, device=device)
     report = {"teacher": args.teacher, "device": str(device), "steps": args.steps, "guidance_scale": teacher.default_guidance_scale}
     report["determinism"] = determinism(teacher, device, min(args.steps, 10))
     for split in [s for s in args.splits.split(",") if s]:

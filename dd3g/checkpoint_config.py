@@ -27,6 +27,11 @@ COMPONENTS = {
     "image_encoder": ("dd3g.models.image_tokenizer", "EfficientNetLite0Tokenizer"),
     "scheduler": ("diffusers", "DDIMScheduler"),
 }
+# components a student of a latent teacher carries; absent or [null, null] otherwise
+OPTIONAL_COMPONENTS = {
+    "frame_encoder": ("dd3g.models.input_encoders", "LatentFrameEncoder"),
+    "prompt_encoder": ("dd3g.models.input_encoders", "ImagePromptEncoder"),
+}
 
 Bounds = Dict[str, Tuple[type, float, float]]  # field -> (int or float, lowest, highest), both allowed
 
@@ -54,6 +59,7 @@ STUDENT_BOUNDS: Bounds = {
     "initial_scale": (float, 1e-9, 100.0),
     "initial_opacity": (float, 1e-6, 1 - 1e-6),
     "phase1_timestep": (int, 0, 10_000),
+    "phase1_text_tokens": (int, 1, 1024),
 }
 UNET_BOUNDS: Bounds = {
     "sample_size": (int, 4, 512),
@@ -66,9 +72,33 @@ UNET_BOUNDS: Bounds = {
     "transformer_depth": (int, 0, 16),
     "norm_num_groups": (int, 1, 1024),
     "dropout": (float, 0.0, 1.0),
+    # ImageDream's UNet (phase1_architecture "imagedream") names its sizes differently
+    "image_size": (int, 4, 512),
+    "model_channels": (int, 1, 8192),
+    "num_head_channels": (int, 1, 1024),
+    "num_res_blocks": (int, 1, 8),
+    "ip_dim": (int, 0, 1024),
+    "ip_embedding_dim": (int, 1, 8192),
 }
 UNET_MAX_LEVELS, UNET_MAX_CHANNELS = 8, 8192
 ENCODER_BOUNDS: Bounds = {"image_size": (int, 32, 1024)}
+FRAME_ENCODER_BOUNDS: Bounds = {
+    "image_size": (int, 8, 2048),
+    "in_channels": (int, 1, 16),
+    "latent_channels": (int, 1, 64),
+    "layers_per_block": (int, 1, 8),
+    "norm_num_groups": (int, 1, 1024),
+    "scaling_factor": (float, 1e-6, 100.0),
+}
+PROMPT_ENCODER_BOUNDS: Bounds = {"resize": (int, 1, 4096), "crop": (int, 1, 4096), "hidden_state_index": (int, -256, 256)}
+VISION_BOUNDS: Bounds = {
+    "hidden_size": (int, 1, 8192),
+    "intermediate_size": (int, 1, 65536),
+    "num_hidden_layers": (int, 1, 128),
+    "num_attention_heads": (int, 1, 256),
+    "image_size": (int, 8, 2048),
+    "patch_size": (int, 1, 512),
+}
 SCHEDULER_BOUNDS: Bounds = {
     "num_train_timesteps": (int, 2, 10_000),
     "beta_start": (float, 0.0, 1.0),
@@ -92,8 +122,16 @@ def check_checkpoint_configs(folder: Path) -> None:
             got = ".".join(map(str, entry)) if isinstance(entry, list) else repr(entry)
             raise CheckpointError(f"{index_file}: {name} must be {library}.{class_name}, got {got}")
     for key, value in index.items():
-        if key not in COMPONENTS and isinstance(value, list) and len(value) == 2:
+        if key not in COMPONENTS and key not in OPTIONAL_COMPONENTS and isinstance(value, list) and len(value) == 2:
             raise CheckpointError(f"{index_file}: unexpected component {key!r} ({'.'.join(map(str, value))})")
+    for name, (library, class_name) in OPTIONAL_COMPONENTS.items():
+        entry = index.get(name)
+        if entry is None or entry == [None, None]:
+            continue
+        if entry != [library, class_name]:
+            got = ".".join(map(str, entry)) if isinstance(entry, list) else repr(entry)
+            raise CheckpointError(f"{index_file}: {name} must be {library}.{class_name} or null, got {got}")
+        check_input_encoder(name, folder / name / "config.json")
     check_bounds(index, PIPELINE_BOUNDS, index_file)
 
     encoder_file = folder / "image_encoder" / "config.json"
@@ -178,6 +216,37 @@ def check_student(config: Dict[str, Any], where: Path) -> None:
         raise CheckpointError(f"{where}: the student would have {parameters:,} parameters, more than the limit of {MAX_PARAMETERS:,}")
     if student.num_gaussians > MAX_GAUSSIANS:
         raise CheckpointError(f"{where}: the student would make {student.num_gaussians:,} Gaussians, more than the limit of {MAX_GAUSSIANS:,}")
+
+
+def check_input_encoder(name: str, where: Path) -> None:
+    """A frame_encoder / prompt_encoder config: bounded fields, then its constructor on the meta device."""
+    from .models.input_encoders import ImagePromptEncoder, LatentFrameEncoder
+
+    config = read_config(where)
+    if name == "frame_encoder":
+        check_bounds(config, FRAME_ENCODER_BOUNDS, where)
+        channels = config.get("block_out_channels")
+        if channels is not None and not (
+            isinstance(channels, list) and 1 <= len(channels) <= UNET_MAX_LEVELS
+            and all(isinstance(c, int) and not isinstance(c, bool) and 1 <= c <= UNET_MAX_CHANNELS for c in channels)
+        ):
+            raise CheckpointError(f"{where}: block_out_channels must be 1 to {UNET_MAX_LEVELS} integers from 1 to {UNET_MAX_CHANNELS:,}, got {channels!r}")
+        model_class = LatentFrameEncoder
+    else:
+        check_bounds(config, PROMPT_ENCODER_BOUNDS, where)
+        vision = config.get("vision_config")
+        if not isinstance(vision, dict):
+            raise CheckpointError(f"{where}: vision_config must be a JSON object, got {type(vision).__name__}")
+        check_bounds(vision, VISION_BOUNDS, where, prefix="vision_config.")
+        model_class = ImagePromptEncoder
+    try:
+        with torch.device("meta"):
+            model = model_class.from_config(config)
+    except Exception as error:  # noqa: BLE001 - any refusal of the constructor is a bad config
+        raise CheckpointError(f"{where}: the {name} cannot be built from it: {one_line(error)}") from None
+    parameters = sum(t.numel() for t in model.parameters())
+    if parameters > MAX_PARAMETERS:
+        raise CheckpointError(f"{where}: the {name} would have {parameters:,} parameters, more than the limit of {MAX_PARAMETERS:,}")
 
 
 def check_unet(unet: Dict[str, Any], where: Path) -> None:

@@ -1,8 +1,11 @@
 """DD3GPipeline: image -> 3D Gaussians with a distilled PEPD student (diffusers-style, holds no weights itself).
 
 Components: `student` (PEPD), `image_encoder` (the frozen tokenizer) and `scheduler` (the teacher's DDIM
-settings, which fix the timestep phase 1 runs at). Preprocessing and view-layout settings live in the
-pipeline config, so a saved folder is everything needed to reproduce a result.
+settings, which fix the timestep phase 1 runs at); a student of a latent teacher (ImageDream) also carries
+`frame_encoder` (the teacher's VAE encoder, for the input frame) and `prompt_encoder` (the teacher's CLIP image
+encoder, for its phase 1's image prompt). Preprocessing and view-layout settings live in the pipeline config,
+so a saved folder is everything needed to reproduce a result. The student's inputs are built by
+`dd3g.student_inputs`, the same code training uses.
 """
 
 from __future__ import annotations
@@ -23,9 +26,11 @@ from .cameras import ViewLayout
 from .checkpoint_config import CheckpointError, check_checkpoint_configs, one_line, read_config
 from .gaussians import Gaussians
 from .models.image_tokenizer import EfficientNetLite0Tokenizer
+from .models.input_encoders import ImagePromptEncoder, LatentFrameEncoder
 from .models.pepd import PEPD
 from .randomness import noise_from_seeds
-from .preprocess import PreprocessConfig, PreprocessedImage, composite_on, preprocess
+from .preprocess import PreprocessConfig, PreprocessedImage, preprocess
+from .student_inputs import StudentInputBuilder
 
 OUTPUT_TYPES = ("gaussians", "ply", "np")
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "hub" / "dd3g-tiny"
@@ -56,13 +61,16 @@ def slerp(a: Tensor, b: Tensor, weight: float) -> Tensor:
 class DD3GPipeline(DiffusionPipeline):
     """Single image -> 3D Gaussians in one forward pass of a distilled student."""
 
-    model_cpu_offload_seq = "image_encoder->student"
+    model_cpu_offload_seq = "prompt_encoder->frame_encoder->image_encoder->student"  # absent encoders are skipped
+    _optional_components = ["frame_encoder", "prompt_encoder"]
 
     def __init__(
         self,
         student: PEPD,
         image_encoder: EfficientNetLite0Tokenizer,
         scheduler: DDIMScheduler,
+        frame_encoder: Optional[LatentFrameEncoder] = None,
+        prompt_encoder: Optional[ImagePromptEncoder] = None,
         image_size: int = 256,
         foreground_ratio: float = 0.85,
         elevation_deg: float = 0.0,
@@ -70,7 +78,8 @@ class DD3GPipeline(DiffusionPipeline):
         fov_deg: float = 40.0,
     ):
         super().__init__()
-        self.register_modules(student=student, image_encoder=image_encoder, scheduler=scheduler)
+        self.register_modules(student=student, image_encoder=image_encoder, scheduler=scheduler,
+                              frame_encoder=frame_encoder, prompt_encoder=prompt_encoder)
         self.register_to_config(
             image_size=image_size, foreground_ratio=foreground_ratio, elevation_deg=elevation_deg, radius=radius, fov_deg=fov_deg
         )
@@ -88,15 +97,34 @@ class DD3GPipeline(DiffusionPipeline):
         _check_checkpoint_folder(folder)
         check_checkpoint_configs(folder)
         kwargs["use_safetensors"] = True  # also where a .bin lies beside weights of another name: never unpickled
+        from diffusers.utils import logging as diffusers_logging
+
+        bars = diffusers_logging.is_progress_bar_enabled()
+        diffusers_logging.disable_progress_bar()  # a bar over a few components adds nothing, and would break one-line errors
         try:
             pipe = super().from_pretrained(folder, **kwargs)
         except CheckpointError:
             raise
         except (OSError, ValueError, KeyError, RuntimeError, TypeError, json.JSONDecodeError) as error:
             raise CheckpointError(f"could not load a DD3G checkpoint from {path}: {one_line(error)}") from error
-        for component in ("student", "image_encoder"):
-            _check_finite(getattr(pipe, component), component, path)
+        finally:
+            if bars:
+                diffusers_logging.enable_progress_bar()
+        for component in ("student", "image_encoder", "frame_encoder", "prompt_encoder"):
+            if getattr(pipe, component, None) is not None:
+                _check_finite(getattr(pipe, component), component, path)
+        problem = pipe.missing_parts()
+        if problem:  # it loads but could not run: say so now, in one line, not at the first image
+            raise CheckpointError(f"checkpoint {path} cannot run: {problem}; re-export it with training/distill.py --export")
         return pipe
+
+    def missing_parts(self) -> Optional[str]:
+        """Why this pipeline's student cannot run with the encoders it carries, or None."""
+        return self._input_builder(check=False).missing_parts()
+
+    def _input_builder(self, check: bool = True) -> StudentInputBuilder:
+        return StudentInputBuilder(self.student, self.image_encoder, self.view_layout, self.frame_encoder,
+                                   self.prompt_encoder, check=check)
 
     # ------------------------------------------------------------------ inputs
     @property
@@ -147,31 +175,15 @@ class DD3GPipeline(DiffusionPipeline):
         the pipeline's). Evaluation feeds training-distribution images here."""
         device, dtype = self._execution_device, self.student.dtype
         count = noise.shape[0]
-        unet_size = self.student.unet.config.sample_size
-        rgb_white = composite_on(rgba)  # [I, 3, S, S] on white
-        tokens = self.image_encoder(rgb_white.to(device, self.image_encoder.dtype))  # [I, L, D]
-        frame = torch.nn.functional.interpolate(rgba, size=(unet_size, unet_size), mode="bilinear", antialias=True, align_corners=False)
-        frame = self.encode_frame(frame)  # [I, C, H, W] the input in the teacher's sample space
-        index = torch.as_tensor(list(sample_images), dtype=torch.long)
+        builder = self._input_builder()
+        inputs = builder.images(rgba)  # tokens [I, L, D], input frame [I, C, H, W], phase-1 tokens [I, T, E] or None
+        index = torch.as_tensor(list(sample_images), dtype=torch.long, device=inputs.image_tokens.device)
         elevation = float(self.config.elevation_deg) if elevation_deg is None else elevation_deg
-        elevation = torch.as_tensor(elevation, dtype=torch.float32).expand(count)
-        cameras = self.view_layout.cameras(unet_size, unet_size, elevation_deg=elevation, include_input=True).to(device)
-        out = self.student(
-            noise.to(device, dtype), frame[index].to(device, dtype), cameras, tokens[index.to(device)].to(dtype)
-        )
+        cameras = builder.cameras(elevation, count).to(device)
+        phase1_tokens = None if inputs.phase1_tokens is None else inputs.phase1_tokens[index].to(device, dtype)
+        out = self.student(noise.to(device, dtype), inputs.input_frame[index].to(device, dtype), cameras,
+                           inputs.image_tokens[index].to(device, dtype), phase1_tokens)
         return out.gaussians
-
-    def encode_frame(self, rgba: Tensor) -> Tensor:
-        """The input image in the teacher's sample space.  rgba [I, 4, H, W] in [0, 1] -> [I, C, H, W].
-
-        The tiny teacher is pixel-space RGBA scaled to [-1, 1] (as diffusion models expect). A student of a
-        latent teacher (sample_space "sd-vae") would need the teacher's VAE encoder, which no shipped
-        pipeline carries yet.
-        """
-        space = self.student.config.sample_space
-        if space != "rgba":
-            raise NotImplementedError(f"encoding the input frame into the {space!r} sample space needs the teacher's VAE")
-        return rgba * 2 - 1
 
     def __call__(
         self,
@@ -281,7 +293,8 @@ def _check_checkpoint_folder(path: Path) -> None:
         raise CheckpointError(f"{index} names no pipeline class (no _class_name): not a saved DD3GPipeline folder")
     if config.get("_class_name") != DD3GPipeline.__name__:
         raise CheckpointError(f"{path} holds a {config.get('_class_name')!r} pipeline, not a DD3GPipeline")
-    for component in ("student", "image_encoder", "scheduler"):
+    listed = [name for name in ("frame_encoder", "prompt_encoder") if isinstance(config.get(name), list) and config[name][0]]
+    for component in ("student", "image_encoder", "scheduler", *listed):
         folder = path / component
         if not folder.is_dir():
             raise CheckpointError(f"{path} is incomplete: the {component}/ folder is missing")

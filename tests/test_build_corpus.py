@@ -260,3 +260,43 @@ def test_time_limited_build_stops_at_a_shard_boundary_and_resumes(tmp_path):
     second = data.build_shards(folder, 8, 2, features, slow, progress=False)
     assert second.complete and second.written_shards == 3
     assert data.load_shards(folder)["value"] == [i * i for i in range(8)]
+
+
+def test_soft_or_empty_mattes_are_dropped_with_the_reason(tmp_path, capsys):
+    """What distillation needs: an opaque part (alpha > 0.5) after background removal; a soft matte used to pass
+    here and fail only at export."""
+    images = tmp_path / "images"
+    images.mkdir()
+    yy, xx = np.mgrid[:48, :48]
+    disc = ((yy - 24) ** 2 + (xx - 24) ** 2) < 15**2
+    for name, alpha in (("a_solid.png", 255), ("b_soft.png", 90), ("c_barely.png", 255)):
+        rgba = np.zeros((48, 48, 4), np.uint8)
+        rgba[..., 0] = 200
+        rgba[..., 3] = disc * alpha
+        if name == "c_barely.png":  # solid but tiny: 2 opaque pixels in a faint haze
+            rgba[..., 3] = 20
+            rgba[24, 24:26, 3] = 255
+        Image.fromarray(rgba, "RGBA").save(images / name)
+    out = tmp_path / "corpus"
+    report = build_corpus.main(["--source", "folder", "--images", str(images), "--out", str(out), "--size", "32", "--no-progress"])
+    assert report.written_rows == 1 and sorted(report.skipped) == [1, 2]
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: skipped")]
+    soft = next(line for line in warnings if "b_soft.png" in line)
+    assert "0.00% of the image is opaque (alpha > 0.5)" in soft and "--min-opaque-fraction" in soft
+    assert any("c_barely.png" in line and "too soft or empty" in line for line in warnings)
+    kept = np.asarray(data.load_shards(out)["image"][0])[..., 3]
+    assert (kept > 127).mean() >= 0.01
+    # The threshold is a setting: 0 keeps everything that has any alpha box at all.
+    report = build_corpus.main(["--source", "folder", "--images", str(images), "--out", str(tmp_path / "all"), "--size", "32",
+                                "--no-progress", "--min-opaque-fraction", "0"])
+    assert report.written_rows == 3
+
+
+def test_shipped_object_prompts():
+    prompts = build_corpus.read_prompts(build_corpus.DEFAULT_PROMPTS)
+    assert len(prompts) >= 100 and len(set(prompts)) == len(prompts)
+    assert all("plain white background" in p and "centered" in p for p in prompts)  # what background removal needs
+    header = build_corpus.DEFAULT_PROMPTS.read_text().split("\n\n")[0]
+    assert "stable-diffusion-2-1-base" in header and "stable-diffusion-xl-base-1.0" in header
+    args = build_corpus.parse_args(["--source", "text2image", "--t2i-model", "m", "--out", "o"])
+    assert args.prompts == str(build_corpus.DEFAULT_PROMPTS)

@@ -57,8 +57,8 @@ def test_model_alone_loss_is_distills_on_the_same_batch(bench):
     batch = bench.data.batch([0, 1])  # two seeds of one image: the seed-deviation term is live
     assert batch["image_ids"].tolist() == [0, 0] and batch["image"].shape == (2, 4, 32, 32)
     with torch.no_grad():
-        losses, _, _ = distill.distillation_step(bench.student, bench.teacher, bench.tokenizer, batch, bench.dargs, 0, [0, 1], bench.lpips)
-        ours = student_step.model_loss(bench.student, student_step.prepare(batch, bench.teacher, bench.tokenizer, bench.device),
+        losses, _, _ = distill.distillation_step(bench.student, bench.teacher, bench.inputs_builder, batch, bench.dargs, 0, [0, 1], bench.lpips)
+        ours = student_step.model_loss(bench.student, student_step.prepare(batch, bench.inputs_builder, bench.device),
                                        bench.dargs, bench.lpips)
     assert {"lpips", "seed_deviation", "input_view"} <= set(losses) and "verification" not in losses
     assert float(losses["seed_deviation"]) > 0 and float(losses["input_view"]) > 0

@@ -2,8 +2,8 @@
 
     python training/build_corpus.py --source procedural --num-images 120000 --out runs/corpus-procedural
     python training/build_corpus.py --source folder --images my_pictures/ --out runs/corpus-mine
-    python training/build_corpus.py --source text2image --t2i-model sd-2-1-base/ --prompts prompts.txt \
-        --images-per-prompt 4 --out runs/corpus-t2i
+    python training/build_corpus.py --source text2image --t2i-model sd-2-1-base/ \
+        --images-per-prompt 4 --out runs/corpus-t2i          # prompts: training/prompts/objects.txt
     accelerate launch --num_processes 4 training/build_corpus.py ...     # shards split over processes
 
 Sources:
@@ -20,6 +20,13 @@ Sources:
   text2image  a local diffusers text-to-image pipeline (--t2i-model DIR) run on a prompt list (one prompt a
               line, blank lines and lines starting with '#' ignored; --images-per-prompt each), then rembg and
               recentring through `preprocess`, as the paper did. Images rembg finds nothing in are skipped.
+              --prompts defaults to the shipped training/prompts/objects.txt: single whole objects on a plain
+              white background, written for Stable Diffusion 2.1-base and SDXL-base 1.0 (see its header).
+
+Folder and text-to-image items are also checked for what distillation needs: after background removal at least
+--min-opaque-fraction of the image (default 1%) must be opaque (alpha > 0.5, the threshold training/distill.py
+frames the inputs by). A soft or empty matte is dropped with a warning that gives the measured fraction, instead
+of passing here and failing at export ("the training inputs are empty").
 
 Dataset (`datasets`, parquet shards under OUT/data/, see training/data.py): `index` (int64, the item index),
 `image` (RGBA PNG at --size, straight alpha), `source` ("procedural" | "folder" | "text2image"), `prompt`
@@ -61,6 +68,8 @@ SPLIT_NOTES = {
     "heldout": "the held-out torus family: never seen in any training",
 }
 DEFAULT_LICENSES = {"procedural": "apache-2.0", "folder": "other", "text2image": "other"}
+DEFAULT_PROMPTS = Path(__file__).resolve().parent / "prompts" / "objects.txt"
+OPAQUE_ALPHA = 0.5  # training/distill.py's input_framing measures the object by the pixels above this alpha
 
 
 def features():
@@ -99,9 +108,12 @@ def parse_args(argv=None):
     g = p.add_argument_group("folder")
     g.add_argument("--images", default=None, help="folder of images (searched recursively)")
     g.add_argument("--foreground-ratio", type=float, default=0.85, help="folder/text2image: alpha box side / image side")
+    g.add_argument("--min-opaque-fraction", type=float, default=0.01,
+                   help="folder/text2image: drop an image whose opaque part (alpha > 0.5) after background removal is "
+                        "smaller than this fraction of it (0 keeps all)")
     g = p.add_argument_group("text2image")
     g.add_argument("--t2i-model", default=None, help="local diffusers text-to-image pipeline folder")
-    g.add_argument("--prompts", default=None, help="text file, one prompt a line")
+    g.add_argument("--prompts", default=str(DEFAULT_PROMPTS), help="text file, one prompt a line (default: the shipped object list)")
     g.add_argument("--images-per-prompt", type=int, default=1)
     g.add_argument("--t2i-steps", type=int, default=30)
     g.add_argument("--t2i-guidance-scale", type=float, default=7.5)
@@ -120,8 +132,10 @@ def parse_args(argv=None):
         p.error("--source procedural needs --num-images")
     if args.source == "folder" and not args.images:
         p.error("--source folder needs --images DIR")
-    if args.source == "text2image" and not (args.t2i_model and args.prompts):
-        p.error("--source text2image needs --t2i-model DIR and --prompts FILE")
+    if args.source == "text2image" and not args.t2i_model:
+        p.error("--source text2image needs --t2i-model DIR")
+    if not 0.0 <= args.min_opaque_fraction < 1.0:
+        p.error("--min-opaque-fraction must be in [0, 1)")
     if args.num_images is not None and args.num_images < 1:
         p.error("--num-images must be positive")
     return args
@@ -185,6 +199,11 @@ def _cutout(image, args):
         except pp.BackgroundRemovalError as fatal:
             raise SystemExit(f"background removal is unavailable: {fatal}") from fatal
         return data.Skipped(f"background removal failed: {exc}"), None
+    opaque = float((out.rgba[3] > OPAQUE_ALPHA).float().mean())
+    if opaque < args.min_opaque_fraction:
+        how = "after background removal" if out.background_removed else "in its own alpha channel"
+        return data.Skipped(f"only {opaque:.2%} of the image is opaque (alpha > {OPAQUE_ALPHA:g}) {how}; distillation needs "
+                            f"at least {args.min_opaque_fraction:.2%} (--min-opaque-fraction): the matte is too soft or empty"), None
     buffer = io.BytesIO()
     out.to_pil().save(buffer, format="PNG")
     return buffer.getvalue(), out.background_removed

@@ -44,7 +44,7 @@ from dd3g.models.pepd import PEPD  # noqa: E402
 from dd3g.preprocess import composite_on  # noqa: E402
 from dd3g.randomness import generator, noise_from_seeds, noise_sha256, sample_seed  # noqa: E402
 from dd3g.rendering import render  # noqa: E402
-from dd3g.teachers.tiny import TinyTeacher  # noqa: E402
+from dd3g.student_inputs import StudentInputBuilder  # noqa: E402
 from training.common import (  # noqa: E402
     JsonlLog, StepProfiler, image_grid, make_accelerator, optimization_step, resolve_resume, restore_checkpoint,
     save_checkpoint, warmup_cosine,
@@ -53,7 +53,10 @@ from training.common import (  # noqa: E402
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--teacher", required=True, help="a TinyMVDMPipeline folder (phase-1 init and the Verifier)")
+    p.add_argument("--teacher", required=True,
+                   help="a teacher folder, tiny (TinyMVDMPipeline) or ImageDream's diffusers layout: phase-1 init and the Verifier")
+    p.add_argument("--tokenizer-size", type=int, default=224,
+                   help="image size of the student's own EfficientNet-Lite0 tokenizer, for a teacher without one (ImageDream)")
     p.add_argument("--quadruples", required=True, help="a quadruple dataset folder written by training/simulate.py")
     p.add_argument("--output-dir", required=True)
     p.add_argument("--resume", default=None)
@@ -260,9 +263,9 @@ def input_view_loss(gaussians, input_camera, image: torch.Tensor, args) -> torch
     return F.mse_loss(rgb_pred, composite_on(image)) + args.alpha_weight * F.mse_loss(rendered.alpha[:, 0], image[:, 3:])
 
 
-def distillation_step(student, teacher, tokenizer, batch, args, step: int, global_indices, lpips_model):
+def distillation_step(student, teacher, inputs_builder: StudentInputBuilder, batch, args, step: int, global_indices, lpips_model):
     device = next(student.parameters()).device
-    layout, size = teacher.layout, teacher.image_size
+    layout = teacher.layout
     image = batch["image"].to(device)
     views = batch["views"].to(device)
     if args.fresh_noise:  # ablation: break the (N, C, II) -> OI correspondence
@@ -270,11 +273,9 @@ def distillation_step(student, teacher, tokenizer, batch, args, step: int, globa
     else:
         noise = batch["noise"]
     noise = noise.to(device)
-    with torch.no_grad():
-        tokens = tokenizer(composite_on(image).to(tokenizer.dtype))  # [B, L, D]
-    frame = teacher.encode(image)  # [B, C, h, w]
-    cameras = layout.cameras(size, size, elevation_deg=batch["elevation"], include_input=True).to(device)
-    gaussians = student(noise, frame, cameras, tokens).gaussians
+    inputs = inputs_builder.images(image)  # what the pipeline builds at serving time, by the same code
+    cameras = inputs_builder.cameras(batch["elevation"], len(global_indices)).to(device)
+    gaussians = student(noise, inputs.input_frame, cameras, inputs.image_tokens, inputs.phase1_tokens).gaussians
     renders = render(gaussians, cameras[:, : layout.num_views], background=None)
     losses = explicit_loss(renders, views, args, lpips_model)
     if args.seed_deviation_weight > 0:
@@ -296,7 +297,7 @@ def distillation_step(student, teacher, tokenizer, batch, args, step: int, globa
             canonical, azimuth = float(torch.rand(1, generator=gen)) < 0.5, float(torch.rand(1, generator=gen)) * 360
             offsets.append(0.0 if canonical else azimuth)
         offsets = torch.tensor(offsets)
-        check_cams = layout.cameras(size, size, elevation_deg=batch["elevation"], azimuth_offset_deg=offsets, include_input=True).to(device)
+        check_cams = inputs_builder.cameras(batch["elevation"], len(global_indices), azimuth_offset_deg=offsets).to(device)
         check = render(gaussians, check_cams[:, : layout.num_views], background=None).rgba()
         cond = teacher.condition(image)
         seeds = [sample_seed(args.seed, "verify", i, step) for i in global_indices]
@@ -315,22 +316,32 @@ def input_framing(images: torch.Tensor) -> tuple:
         if len(rows) and len(cols):
             ratios.append(max(int(rows[-1] - rows[0]) + 1, int(cols[-1] - cols[0]) + 1) / alpha.shape[-1])
     if not ratios:
-        raise SystemExit("the training inputs are empty (no alpha): cannot tell the framing")
+        raise SystemExit("the training inputs are empty (no pixel with alpha > 0.5): cannot tell the framing the export "
+                         "needs; rebuild the corpus with training/build_corpus.py, which drops such images")
     return int(images.shape[-1]), float(torch.tensor(ratios).median())
 
 
-def export_pipeline(student, ema, teacher, path: Path, framing: tuple, dtype=torch.float16):
-    """The EMA student as a DD3GPipeline folder (fp16 safetensors, sharded under 15 MiB a file)."""
+def export_pipeline(student, ema, teacher, path: Path, framing: tuple, inputs_builder: StudentInputBuilder, dtype=torch.float16):
+    """The EMA student as a DD3GPipeline folder (fp16 safetensors, sharded under 15 MiB a file), with the encoders its
+    inputs need: its tokenizer and, for a latent teacher, copies of the teacher's VAE encoder and CLIP image encoder."""
+    import copy
+
     from diffusers import DDIMScheduler
 
     from dd3g.pipeline import DD3GPipeline
 
     export = PEPD.from_config(student.config)
-    ema.copy_to(export.parameters())
+    export.load_state_dict(student.state_dict())  # buffers (ImageDream's text context) ride along...
+    ema.copy_to(export.parameters())  # ...the parameters are the EMA's
     scheduler = DDIMScheduler.from_config(teacher.scheduler_config, timestep_spacing="trailing", clip_sample=False, set_alpha_to_one=True)
     image_size, foreground_ratio = framing
-    pipe = DD3GPipeline(export.to(dtype), teacher.pipe.image_encoder.to(dtype), scheduler, image_size=image_size,
-                        foreground_ratio=round(foreground_ratio, 3), radius=teacher.layout.radius, fov_deg=teacher.layout.fov_deg)
+    tokenizer = copy.deepcopy(inputs_builder.tokenizer)  # the teacher keeps its own in float32
+    # SD's VAE overflows in float16 (diffusers keeps it in float32: force_upcast), so the frame encoder stays float32.
+    frame_encoder = None if inputs_builder.frame_encoder is None else inputs_builder.frame_encoder.copy().float()
+    prompt_encoder = None if inputs_builder.prompt_encoder is None else inputs_builder.prompt_encoder.copy().to(dtype)
+    pipe = DD3GPipeline(export.to(dtype), tokenizer.to(dtype), scheduler, frame_encoder=frame_encoder, prompt_encoder=prompt_encoder,
+                        image_size=image_size, foreground_ratio=round(foreground_ratio, 3), radius=teacher.layout.radius,
+                        fov_deg=teacher.layout.fov_deg)
     pipe.save_pretrained(path, safe_serialization=True, max_shard_size="12MB")
     return pipe
 
@@ -346,11 +357,18 @@ def main(argv=None):
     output_dir = Path(args.output_dir)
     log = JsonlLog(output_dir / "log.jsonl", enabled=accelerator.is_main_process)
 
-    teacher = TinyTeacher.from_pretrained(args.teacher, device=device)
-    for unet in (teacher.pipe.unet, teacher.pipe.high_noise_unet):
-        if unet is not None:
-            unet.requires_grad_(False).eval()
-    tokenizer = teacher.pipe.image_encoder
+    from training.simulate import load_teacher
+
+    teacher = load_teacher(args.teacher, device)
+    if hasattr(teacher, "pipe"):  # the tiny teacher's pipeline leaves its modules trainable
+        for unet in (teacher.pipe.unet, teacher.pipe.high_noise_unet):
+            if unet is not None:
+                unet.requires_grad_(False).eval()
+        tokenizer = teacher.pipe.image_encoder
+    else:  # a teacher without our tokenizer (ImageDream): phase 2's tokenizer is the student's own
+        from dd3g.models.image_tokenizer import EfficientNetLite0Tokenizer
+
+        tokenizer = EfficientNetLite0Tokenizer.from_imagenet(image_size=64 if args.tiny_test else args.tokenizer_size).to(device)
     torch.manual_seed(args.seed)  # phase-2 initial weights only
     phase2 = dict(patch_size=4, gaussians_per_token=4, width=32, num_heads=2, blocks_before_means=1, blocks_before_shape=1, blocks_before_appearance=1) if args.tiny_test else {}
     if args.position_mode:
@@ -359,11 +377,12 @@ def main(argv=None):
             phase2["gaussians_per_token"] = 16  # one per pixel of a 4 x 4 patch
     if args.no_colour_anchor or args.position_mode == "free":
         phase2["input_colour_anchor"] = False
-    # Phase 1 runs once on N at the sampler's first timestep: it starts as the UNet the teacher runs there (its
-    # high-noise expert when it has one; the main UNet is camera-blind at that timestep).
-    first_step = teacher.sampling_scheduler(1).timesteps[0].item()
-    student = PEPD.from_teacher(teacher.unet_for_timestep(int(first_step)), preset=None if args.tiny_test else args.preset,
-                                phase1_timestep=int(first_step), **phase2).float().train()
+    # Phase 1 runs once on N at the sampler's first timestep: it starts as the UNet the teacher runs there (the tiny
+    # teacher's high-noise expert when it has one; the main UNet is camera-blind at that timestep), conditioned as
+    # the teacher is; the sample space is the teacher's.
+    student = PEPD.from_teacher(teacher, preset=None if args.tiny_test else args.preset, **phase2).float().train()
+    inputs_builder = StudentInputBuilder(student, tokenizer, teacher.layout, getattr(teacher, "frame_encoder", None),
+                                         getattr(teacher, "prompt_encoder", None))
     lpips_model = None
     try:
         from dd3g.metrics import LPIPS
@@ -374,6 +393,8 @@ def main(argv=None):
     data = QuadrupleBatches(args.quadruples, teacher.noise_shape, allow_incomplete=args.allow_incomplete)
     if args.preload:
         data.preload(device)
+    # What the export needs of the inputs (their framing) is checked before training, not after it.
+    framing = input_framing(data.batch(range(min(256, len(data.rows))))["image"]) if args.export else None
 
     ema = EMAModel(student.parameters(), decay=args.ema_decay, model_cls=PEPD, model_config=student.config, foreach=True)
     optimizer = torch.optim.AdamW(student.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99),
@@ -394,7 +415,7 @@ def main(argv=None):
         with profiler.phase("load_batch"):
             batch = data.batch(data.training_rows(indices, args.seed))
         with profiler.phase("forward_losses"), accelerator.autocast():
-            losses, gaussians, renders = distillation_step(student, teacher, tokenizer, batch, args, step, indices, lpips_model)
+            losses, gaussians, renders = distillation_step(student, teacher, inputs_builder, batch, args, step, indices, lpips_model)
         with profiler.phase("backward_step_ema"):
             grad_norm = optimization_step(accelerator, student, optimizer, lr_schedule, ema, losses["total"])
         profiler.step()
@@ -417,8 +438,7 @@ def main(argv=None):
     progress.close()
     accelerator.wait_for_everyone()
     if args.export and accelerator.is_main_process:
-        framing = input_framing(data.batch(range(min(256, len(data.rows))))["image"])
-        export_pipeline(accelerator.unwrap_model(student), ema, teacher, Path(args.export), framing)
+        export_pipeline(accelerator.unwrap_model(student), ema, teacher, Path(args.export), framing, inputs_builder)
     accelerator.end_training()  # releases the process group of a multi-GPU run
     return step
 

@@ -124,19 +124,14 @@ def parse_args(argv=None):
 
 
 def load_teacher(path, device="cpu", dtype=torch.float32):
-    """A teacher folder -> MultiViewTeacher: the tiny teacher, or ImageDream's published diffusers layout."""
-    root = Path(path)
-    index_file = root / "model_index.json"
-    if not index_file.is_file():
-        raise SystemExit(f"--teacher {root}: not a teacher folder (no model_index.json)")
-    kind = json.loads(index_file.read_text()).get("_class_name")
-    if kind == "TinyMVDMPipeline":
-        from dd3g.teachers.tiny import TinyTeacher
+    """A teacher folder -> MultiViewTeacher (dd3g.teachers.load_teacher); a bad folder ends the run in one line."""
+    from dd3g.teachers import TeacherLoadError
+    from dd3g.teachers import load_teacher as load
 
-        return TinyTeacher.from_pretrained(root, device=device, dtype=dtype)
-    from dd3g.teachers.imagedream import ImageDreamTeacher
-
-    return ImageDreamTeacher.from_pretrained(root, device=device, dtype=dtype)
+    try:
+        return load(path, device=device, dtype=dtype)
+    except (TeacherLoadError, FileNotFoundError, ValueError) as error:
+        raise SystemExit(f"--teacher {path}: {error}") from None
 
 
 def teacher_fingerprint(path) -> str:

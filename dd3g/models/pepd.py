@@ -3,6 +3,12 @@
 Phase 1 (pattern extraction) is the teacher's multi-view UNet run *once*, at the sampler's first timestep,
 on the same noise N and cameras C the teacher's ODE started from, with the input image as the clean 5th
 frame. Its last decoder feature map holds per-view "patterns": the input view copied, the others imagined.
+It is the teacher's own network for every teacher (`phase1_architecture`), conditioned as that teacher is:
+"mv-unet" (our MultiViewUNet, the tiny teacher): the tokenizer's image tokens, the input frame at t = 0,
+per-pixel Plücker cameras; "imagedream" (ImageDream's UNet, weights loaded as they are): its text context (the
+prompt's CLIP text tokens, stored in the student as `phase1_text_context`) plus its resampler on the CLIP image
+tokens (`phase1_tokens`), the input frame at the views' timestep and an all-zero camera for it, as ImageDream
+feeds them. `phase1_prediction` returns the UNet's own output, which the tests hold against the teacher's.
 
 Phase 2 (progressive decoding) patchifies the 4 output views' patterns into tokens, adds each patch of N
 itself, concatenates the frozen tokenizer's image tokens, and runs transformer blocks over all of them. Heads
@@ -34,6 +40,8 @@ from torch import Tensor, nn
 
 from ..cameras import Cameras
 from ..gaussians import Gaussians
+from ..student_inputs import SAMPLE_SPACES
+from .imagedream_unet import ImageDreamUNet, imagedream_camera_vectors
 from .mv_unet import MultiViewUNet
 
 
@@ -70,9 +78,8 @@ def fourier_features(x: Tensor, num_frequencies: int) -> Tensor:
     return torch.cat([angles.sin(), angles.cos()], dim=-1).flatten(-2)
 
 
-# The teacher's sample space, where N and the clean input frame live: pixel RGBA in [-1, 1] (the tiny teacher)
-# or the latents of an SD VAE (ImageDream).
-SAMPLE_SPACES = ("rgba", "sd-vae")
+# The network of phase 1: our MultiViewUNet (the tiny teacher's) or ImageDream's UNet, each the teacher's own.
+PHASE1_ARCHITECTURES = {"mv-unet": MultiViewUNet, "imagedream": ImageDreamUNet}
 # Where a Gaussian's mean comes from: "free", a 3D point per Gaussian inside the ball; "pixel-aligned", a depth
 # along the ray through its own pixel of its view (Splatter Image / LGM style), so what a view's token sees in
 # its patch lands where that patch looks.
@@ -93,7 +100,9 @@ class PEPD(ModelMixin, ConfigMixin):
         "tiny": dict(unet_preset="tiny", patch_size=4, width=256, num_heads=4, blocks_before_means=2,
                      blocks_before_shape=2, blocks_before_appearance=2, image_token_dim=112, sample_space="rgba",
                      position_mode="pixel-aligned", input_colour_anchor=True),
-        # 4 views x 32 x 32 latent tokens x 16 = 65,536 Gaussians; phase 1 mirrors ImageDream's UNet.
+        # 4 views x 32 x 32 latent tokens x 16 = 65,536 Gaussians. Built alone, phase 1 is a MultiViewUNet shaped like
+        # ImageDream's (for timing); PEPD.from_teacher(ImageDream teacher, preset="base") puts ImageDream's own UNet there
+        # and takes sample_space from the teacher (the value here is for the standalone build).
         "base": dict(unet_preset="base", patch_size=1, width=768, num_heads=12, blocks_before_means=4,
                      blocks_before_shape=2, blocks_before_appearance=2, image_token_dim=112, sample_space="sd-vae"),
         # base's structure at toy widths, for CPU tests.
@@ -125,8 +134,12 @@ class PEPD(ModelMixin, ConfigMixin):
         sample_space: str = "rgba",
         position_mode: str = "free",
         input_colour_anchor: bool = False,
+        phase1_architecture: str = "mv-unet",
+        phase1_text_tokens: int = 77,
     ):
         super().__init__()
+        if phase1_architecture not in PHASE1_ARCHITECTURES:
+            raise ValueError(f"phase1_architecture must be one of {sorted(PHASE1_ARCHITECTURES)}, got {phase1_architecture!r}")
         if sample_space not in SAMPLE_SPACES:
             raise ValueError(f"sample_space must be one of {SAMPLE_SPACES}, got {sample_space!r}")
         if position_mode not in POSITION_MODES:
@@ -137,16 +150,24 @@ class PEPD(ModelMixin, ConfigMixin):
         if unet_config is None:
             if unet_preset is None:
                 raise ValueError("PEPD needs unet_preset or unet_config")
+            if phase1_architecture != "mv-unet":
+                raise ValueError(f"a {phase1_architecture!r} phase 1 is built from its teacher's unet_config (PEPD.from_teacher), not a preset")
             unet_config = dict(MultiViewUNet.PRESETS[unet_preset])
             self.register_to_config(unet_config=unet_config)
-        self.unet = MultiViewUNet(**unet_config)
+        self.unet = PHASE1_ARCHITECTURES[phase1_architecture](**unet_config)
         # Phase 1 uses the UNet's features, not its denoising output: freeze that head (kept so the teacher's
         # weights load as they are) so every trainable parameter gets a gradient, as DDP requires.
-        self.unet.norm_out.requires_grad_(False)
-        self.unet.conv_out.requires_grad_(False)
-        if self.unet.config.num_frames != num_views + 1:
+        for head in self._phase1_output_head():
+            head.requires_grad_(False)
+        if phase1_architecture == "mv-unet" and self.unet.config.num_frames != num_views + 1:
             raise ValueError(f"the UNet has {self.unet.config.num_frames} frames; PEPD needs {num_views} views + the input frame")
-        sample_size = self.unet.config.sample_size
+        if phase1_architecture == "imagedream":
+            if self.unet.config.ip_dim <= 0:
+                raise ValueError("an ImageDream phase 1 needs the image-prompt adapter (ip_dim > 0)")
+            # The prompt's text tokens ImageDream cross-attends to (77 CLIP tokens of "" by default): fixed per
+            # teacher, so stored here instead of shipping the text encoder; PEPD.from_teacher fills them in.
+            self.register_buffer("phase1_text_context", torch.zeros(1, phase1_text_tokens, self.unet.config.context_dim))
+        sample_size = self.sample_size
         if sample_size % patch_size:
             raise ValueError(f"patch_size {patch_size} must divide the UNet's sample size {sample_size}")
         self.grid = sample_size // patch_size
@@ -154,17 +175,21 @@ class PEPD(ModelMixin, ConfigMixin):
             raise ValueError(f"pixel-aligned Gaussians need gaussians_per_token ({gaussians_per_token}) to be a multiple of "
                              f"the pixels of a patch ({patch_size}x{patch_size})")
         patch_dim = self.unet.feature_channels * patch_size * patch_size
+        in_channels = self.unet.config.in_channels
 
         self.patch_embed = nn.Linear(patch_dim, width)
-        noise_channels = self.unet.config.in_channels * patch_size * patch_size
+        noise_channels = in_channels * patch_size * patch_size
         self.noise_embed = nn.Linear(noise_channels, width)  # N's own patch: the seed's identity (module docstring)
         self.ray_embed = nn.Linear(6, width)  # the patch centre's Plücker ray: where this token looks from
         self.view_embed = nn.Parameter(torch.zeros(num_views, width))
         self.image_embed = nn.Linear(image_token_dim, width)
-        # Phase 1 cross-attends to the image tokens; a teacher with another context width (base: 1024) gets a
-        # learned projection (ImageDream's own CLIP encoder is not reachable here).
+        # An mv-unet phase 1 cross-attends to the image tokens; one with another context width (the `base` preset:
+        # 1024) gets a learned projection. An ImageDream phase 1 has its own image prompt (phase1_tokens).
         context_dim = self.unet.config.context_dim
-        self.context_projection = nn.Identity() if context_dim == image_token_dim else nn.Linear(image_token_dim, context_dim)
+        if phase1_architecture == "imagedream" or context_dim == image_token_dim:
+            self.context_projection = nn.Identity()
+        else:
+            self.context_projection = nn.Linear(image_token_dim, context_dim)
         self.image_type = nn.Parameter(torch.zeros(width))
 
         def blocks(n):
@@ -205,32 +230,109 @@ class PEPD(ModelMixin, ConfigMixin):
             raise ValueError(f"unknown PEPD preset {name!r}; choose from {sorted(cls.PRESETS)}")
         return cls(**{**cls.PRESETS[name], **overrides})
 
+    def _phase1_output_head(self) -> tuple:
+        if isinstance(self.unet, ImageDreamUNet):
+            return (self.unet.out,)
+        return (self.unet.norm_out, self.unet.conv_out)
+
+    @property
+    def sample_size(self) -> int:
+        """Side of phase 1's frames (N and the input frame): pixels for "rgba", latents for "sd-vae"."""
+        unet = self.unet.config
+        return int(unet.image_size if isinstance(self.unet, ImageDreamUNet) else unet.sample_size)
+
+    @property
+    def needs_image_prompt(self) -> bool:
+        """Whether forward needs `phase1_tokens` (the teacher's CLIP image tokens): an ImageDream phase 1."""
+        return self.config.phase1_architecture == "imagedream"
+
     @property
     def noise_shape(self) -> tuple:
         """Shape of one sample's noise N: [views, channels, H, W] (the teacher's x_T for the output views)."""
-        unet = self.unet.config
-        return (self.config.num_views, unet.in_channels, unet.sample_size, unet.sample_size)
+        return (self.config.num_views, self.unet.config.in_channels, self.sample_size, self.sample_size)
 
     @property
     def num_gaussians(self) -> int:
         return self.config.num_views * self.grid * self.grid * self.config.gaussians_per_token
 
-    def load_phase1_from_teacher(self, teacher_unet: MultiViewUNet) -> None:
+    def load_phase1_from_teacher(self, teacher_unet, text_context: Optional[Tensor] = None) -> None:
         """Initialise phase 1 from the teacher's weights (the architectures must match)."""
-        if _init_config(teacher_unet) != _init_config(self.unet):
+        if _init_config(teacher_unet) != _init_config(self.unet) or type(teacher_unet) is not type(self.unet):
             raise ValueError("the teacher UNet's config differs from PEPD's phase 1; build it with PEPD.from_teacher(...)")
         self.unet.load_state_dict(teacher_unet.state_dict())
+        if self.needs_image_prompt:
+            if text_context is None or tuple(text_context.shape) != tuple(self.phase1_text_context.shape):
+                raise ValueError(f"an ImageDream phase 1 needs the teacher's text context {tuple(self.phase1_text_context.shape)}, "
+                                 f"got {None if text_context is None else tuple(text_context.shape)}")
+            self.phase1_text_context.copy_(text_context.detach())
 
     @classmethod
-    def from_teacher(cls, teacher_unet, preset: Optional[str] = None, **config) -> "PEPD":
-        """A PEPD whose phase 1 is a copy of the teacher's UNet (an instance or a save_pretrained folder)."""
-        if not isinstance(teacher_unet, MultiViewUNet):
-            teacher_unet = MultiViewUNet.from_pretrained(teacher_unet, use_safetensors=True)
+    def from_teacher(cls, teacher, preset: Optional[str] = None, **config) -> "PEPD":
+        """A PEPD whose phase 1 is a copy of the teacher's own UNet.
+
+        `teacher`: a MultiViewTeacher (the tiny teacher or ImageDream: its UNet at the sampler's first timestep,
+        its sample space, and ImageDream's text context), a MultiViewUNet, or a MultiViewUNet save_pretrained folder.
+        Phase 2 comes from `preset` and `config`; `sample_space` always comes from the teacher.
+        """
+        from ..teachers.base import MultiViewTeacher
+
+        text_context = None
+        if isinstance(teacher, MultiViewTeacher):
+            first_step = int(teacher.sampling_scheduler(1).timesteps[0])
+            teacher_unet = teacher.phase1_unet(first_step)
+            sample_space = teacher.sample_space
+            config.setdefault("phase1_timestep", first_step)
+            if isinstance(teacher_unet, ImageDreamUNet):
+                if getattr(teacher, "input_frame_timestep", "views") != "views":
+                    raise ValueError("the student's ImageDream phase 1 gives the input frame the views' timestep, as "
+                                     "ImageDream does; load the teacher with input_frame_timestep='views'")
+                text_context = teacher.prompt_context()
+        else:
+            teacher_unet = teacher
+            if not isinstance(teacher_unet, (MultiViewUNet, ImageDreamUNet)):
+                teacher_unet = MultiViewUNet.from_pretrained(teacher_unet, use_safetensors=True)
+            sample_space = config.pop("sample_space", "rgba")
+        architecture = "imagedream" if isinstance(teacher_unet, ImageDreamUNet) else "mv-unet"
         settings = dict(cls.PRESETS[preset]) if preset else {}
-        settings.update(config, unet_preset=None, unet_config=_init_config(teacher_unet))
+        settings.update(config, unet_preset=None, unet_config=_init_config(teacher_unet), sample_space=sample_space,
+                        phase1_architecture=architecture)
+        if text_context is not None:
+            settings["phase1_text_tokens"] = int(text_context.shape[1])
+        if sample_space != "rgba" and "input_colour_anchor" not in config:
+            settings["input_colour_anchor"] = False  # the anchor reads pixel colours; a latent frame has none
         student = cls(**settings)
-        student.load_phase1_from_teacher(teacher_unet)
+        student.load_phase1_from_teacher(teacher_unet, text_context)
         return student.to(teacher_unet.dtype)
+
+    def phase1_features(self, noise: Tensor, input_frame: Tensor, cameras: Cameras, image_tokens: Tensor,
+                        phase1_tokens: Optional[Tensor] = None) -> Tensor:
+        """Phase 1 once: the last decoder features of all frames [B, V+1, Cf, H, W] (shapes as in forward)."""
+        return self._phase1(noise, input_frame, cameras, image_tokens, phase1_tokens, features=True)
+
+    def phase1_prediction(self, noise: Tensor, input_frame: Tensor, cameras: Cameras, image_tokens: Tensor,
+                          phase1_tokens: Optional[Tensor] = None) -> Tensor:
+        """Phase 1's UNet output (the teacher's denoising prediction) for all frames [B, V+1, C, H, W]."""
+        return self._phase1(noise, input_frame, cameras, image_tokens, phase1_tokens, features=False)
+
+    def _phase1(self, noise, input_frame, cameras, image_tokens, phase1_tokens, features: bool) -> Tensor:
+        b, v = noise.shape[:2]
+        frames = torch.cat([noise, input_frame[:, None].to(noise.dtype)], dim=1)  # [B, V+1, C, H, W]
+        timesteps = torch.full((b, v + 1), float(self.config.phase1_timestep), device=noise.device)
+        if isinstance(self.unet, MultiViewUNet):
+            timesteps[:, -1] = 0  # our teachers see the input frame clean
+            camera = self.unet.camera_condition(cameras).to(noise.dtype)
+            context = self.context_projection(image_tokens.to(noise.dtype))  # [B, L, context_dim]
+            out = self.unet(frames, timesteps, camera, context, return_features=features)
+            return out.features if features else out.sample
+        # ImageDream: one t for all frames (the clean input frame included), an all-zero camera for the input
+        # frame, context = the prompt's text tokens + the resampled CLIP image tokens.
+        if phase1_tokens is None:
+            raise ValueError("an ImageDream phase 1 needs phase1_tokens: the teacher's CLIP image tokens [B, T, E]")
+        camera = imagedream_camera_vectors(cameras.to(noise.device))  # [B, V+1, 16]
+        camera[:, -1] = 0.0
+        text = self.phase1_text_context.to(noise.dtype).expand(b, -1, -1)  # [B, 77, D]
+        context = torch.cat([text, self.unet.image_prompt_tokens(phase1_tokens)], dim=1)  # [B, 77 + ip_dim, D]
+        return self.unet(frames, timesteps, camera, context, return_features=features)
 
     def forward(
         self,
@@ -238,6 +340,7 @@ class PEPD(ModelMixin, ConfigMixin):
         input_frame: Tensor,  # [B, C, H, W] the input image in the teacher's sample space (clean)
         cameras: Cameras,  # [B, V + 1]: the output views, then the input view
         image_tokens: Tensor,  # [B, L, image_token_dim] from the frozen tokenizer
+        phase1_tokens: Optional[Tensor] = None,  # [B, T, E] the teacher's CLIP image tokens (ImageDream phase 1)
         return_dict: bool = True,
     ):
         cfg = self.config
@@ -247,14 +350,9 @@ class PEPD(ModelMixin, ConfigMixin):
         if cameras.shape != (b, v + 1):
             raise ValueError(f"cameras must be [B, {v + 1}] (output views + input view), got {tuple(cameras.shape)}")
 
-        # Phase 1: the UNet once, output views at the first sampler timestep, the input frame clean (t = 0).
-        frames = torch.cat([noise, input_frame[:, None]], dim=1)  # [B, V+1, C, H, W]
-        timesteps = torch.full((b, v + 1), float(cfg.phase1_timestep), device=noise.device)
-        timesteps[:, -1] = 0
-        camera = self.unet.camera_condition(cameras).to(noise.dtype)
-        context = self.context_projection(image_tokens.to(noise.dtype))  # [B, L, context_dim]
-        features = self.unet(frames, timesteps, camera, context, return_features=True).features
-        features = features[:, :v]  # [B, V, Cf, H, W]: the output views' patterns
+        # Phase 1: the teacher's UNet once, output views at the first sampler timestep, conditioned as the teacher is.
+        features = self.phase1_features(noise, input_frame, cameras, image_tokens, phase1_tokens)
+        features = features[:, :v].to(noise.dtype)  # [B, V, Cf, H, W]: the output views' patterns
 
         # Tokens: patchified patterns + the same patch of N + the ray through each patch centre + which view.
         p, g = cfg.patch_size, self.grid
@@ -318,7 +416,7 @@ class PEPD(ModelMixin, ConfigMixin):
     def _pixel_aligned_means(self, raw_depth: Tensor, cameras: Cameras) -> Tensor:
         """Means on each Gaussian's pixel ray: the ray's closest approach to the world origin, moved along the ray
         by up to +-position_bound (the object's ball).  raw_depth [B, T, k] -> means [B, T, k, 3]"""
-        size = self.unet.config.sample_size
+        size = self.sample_size
         origins, dirs = cameras.resized(size, size).pixel_rays()  # [B, V, S, S, 3] each, S the phase-1 grid
         origins, dirs = (self._per_token_pixels(x.to(raw_depth.dtype)) for x in (origins, dirs))  # [B, T, k, 3]
         closest = -(origins * dirs).sum(-1)  # [B, T, k] depth of the point nearest the origin

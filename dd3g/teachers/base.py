@@ -53,6 +53,8 @@ class MultiViewTeacher(abc.ABC):
 
     #: a short name stored with quadruples
     teacher_id: str = "teacher"
+    #: where N and the clean input frame live (dd3g.student_inputs.SAMPLE_SPACES): a student takes it from here
+    sample_space: str = "rgba"
     #: default sampler settings (DESIGN.md: CFG 3 for tiny, 5 for ImageDream; 30 steps)
     default_guidance_scale: float = 3.0
     default_num_steps: int = 30
@@ -96,6 +98,10 @@ class MultiViewTeacher(abc.ABC):
     @abc.abstractmethod
     def denoise(self, frames: Tensor, timesteps: Tensor, cameras: Cameras, context: Tensor) -> Tensor:
         """The raw network output for all frames.  frames [B, V+1, C, h, w], timesteps [B, V+1] -> [B, V+1, C, h, w]."""
+
+    def phase1_unet(self, timestep: int):
+        """The network that denoises at `timestep`: what a PEPD student's phase 1 starts from (PEPD.from_teacher)."""
+        return self.unet
 
     # ------------------------------------------------------------------ shared machinery
     def cameras(self, batch: int, elevation_deg=0.0, azimuth_offset_deg=0.0) -> Cameras:

@@ -20,14 +20,13 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from diffusers import DDPMScheduler, DiffusionPipeline
 from torch import Tensor
 
 from ..cameras import Cameras, ViewLayout
 from ..models.image_tokenizer import EfficientNetLite0Tokenizer
 from ..models.mv_unet import MultiViewUNet
-from ..preprocess import composite_on
+from ..student_inputs import encode_input_frame, tokenize
 from .base import MultiViewTeacher, SimulationResult, TeacherCondition
 
 
@@ -69,6 +68,7 @@ class TinyMVDMPipeline(DiffusionPipeline):
 
 class TinyTeacher(MultiViewTeacher):
     teacher_id = "mvdm-tiny"
+    sample_space = "rgba"
 
     def __init__(self, pipe: TinyMVDMPipeline):
         self.pipe = pipe
@@ -108,17 +108,12 @@ class TinyTeacher(MultiViewTeacher):
 
     def condition(self, images: Tensor) -> TeacherCondition:
         images = images.to(self.device)  # [B, 4, S, S]
-        tokens = self.pipe.image_encoder(composite_on(images).to(self.pipe.image_encoder.dtype))  # [B, L, D]
+        tokens = tokenize(images, self.pipe.image_encoder)  # [B, L, D]: the student's phase-2 tokens too
         frame = self.encode(images)  # [B, 4, h, w]
         return TeacherCondition(tokens, frame, torch.zeros_like(tokens), torch.zeros_like(frame))
 
     def encode(self, images: Tensor) -> Tensor:
-        size = self.image_size
-        if images.shape[-1] != size or images.shape[-2] != size:
-            lead = images.shape[:-3]
-            images = F.interpolate(images.reshape(-1, *images.shape[-3:]), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-            images = images.reshape(*lead, *images.shape[-3:])
-        return images * 2 - 1
+        return encode_input_frame(images, self.sample_space, self.image_size)
 
     def decode(self, samples: Tensor) -> Tensor:
         return ((samples + 1) / 2).clamp(0, 1)
@@ -142,6 +137,9 @@ class TinyTeacher(MultiViewTeacher):
         """The UNet that denoises at `timestep`: the high-noise expert from `high_noise_start` up, if there is one."""
         expert = self.pipe.high_noise_unet
         return expert if expert is not None and timestep >= self.pipe.config.high_noise_start else self.unet
+
+    def phase1_unet(self, timestep: int) -> MultiViewUNet:
+        return self.unet_for_timestep(timestep)
 
     @staticmethod
     def _run(unet: MultiViewUNet, frames: Tensor, timesteps: Tensor, cameras: Cameras, context: Tensor) -> Tensor:

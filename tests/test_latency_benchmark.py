@@ -1,0 +1,28 @@
+"""benchmarks/latency.py's ImageDream-phase-1 student (the GPU latency goal of issue 16) at toy size on the CPU."""
+
+import json
+
+import torch
+
+from benchmarks import latency
+from dd3g.cameras import ViewLayout
+
+
+def test_imagedream_student_pipeline_latency_runs_on_the_cpu(tmp_path):
+    rows = latency.main(["--scale", "base-small", "--phase1", "imagedream", "--repeats", "1", "--json", str(tmp_path / "r.json")])
+    assert json.loads((tmp_path / "r.json").read_text()) == rows
+    assert rows[0]["phase1"] == "imagedream" and rows[0]["median_ms"] > 0
+
+
+def test_gpu_callable_encodes_the_images_it_is_given():
+    """The callable the GPU path times, run here on the CPU: its CLIP and VAE encoders read the images (the frame
+    argument is not used), so two images give two objects."""
+    student, run, size = latency.gpu_student("base-small", torch.device("cpu"), torch.float32, phase1="imagedream")
+    assert student.config.phase1_architecture == "imagedream" and size == 8
+    gen = torch.Generator().manual_seed(0)
+    images = torch.rand(2, 3, 256, 256, generator=gen)
+    noise = torch.randn(1, *student.noise_shape, generator=gen).expand(2, -1, -1, -1, -1)
+    cameras = ViewLayout().cameras(size, size, elevation_deg=torch.zeros(2), include_input=True)
+    with torch.no_grad():
+        means, *_ = run(images, noise, None, cameras)
+    assert means.shape == (2, student.num_gaussians, 3) and not torch.allclose(means[0], means[1])
