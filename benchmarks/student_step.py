@@ -29,8 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.teacher_step import timed  # noqa: E402
-from benchmarks.timing import print_and_save  # noqa: E402
+from benchmarks.timing import print_and_save, time_training_steps  # noqa: E402
 from dd3g.models.pepd import PEPD  # noqa: E402
 from dd3g.preprocess import composite_on  # noqa: E402
 from dd3g.randomness import noise_from_seeds  # noqa: E402
@@ -222,14 +221,8 @@ def main(argv=None):
               "lpips": bench.lpips is not None, "compiled": args.compile,
               "student_parameters": sum(p.numel() for p in bench.student.parameters()), "gaussians": bench.student.num_gaussians,
               "student_forward_backward_tflop": flops / 1e12, "loss_forward_backward_tflop": loss_flops / 1e12}
-    for name, step in (("model_alone", bench.model_step), ("full_step", bench.full_step)):
-        timed(step, args.warmup, device)
-        seconds = timed(step, args.steps, device)
-        report[name] = {"ms": seconds * 1e3, "steps_per_s": 1 / seconds, "samples_per_s": batch_size / seconds,
-                        "tflop_per_s": flops / seconds / 1e12}
-    report["full_over_model"] = report["full_step"]["ms"] / report["model_alone"]["ms"]
-    if device.type == "cuda":
-        report["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    report.update(time_training_steps({"model_alone": bench.model_step, "full_step": bench.full_step}, args.warmup, args.steps,
+                                      device, batch_size, flops))
     return print_and_save(report, args.json)
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -24,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dd3g.cameras import ViewLayout  # noqa: E402
 from dd3g.models.image_tokenizer import EfficientNetLite0Tokenizer  # noqa: E402
-from benchmarks.timing import print_and_save  # noqa: E402
+from benchmarks.timing import print_and_save, time_training_steps  # noqa: E402
 from dd3g.teachers.tiny import training_scheduler  # noqa: E402
 from training import train_teacher  # noqa: E402
 
@@ -37,18 +36,6 @@ def unet_step_flops(unet, inputs) -> int:
         train_teacher.unet_loss(unet, inputs).backward()
     unet.zero_grad(set_to_none=True)
     return counter.get_total_flops()
-
-
-def timed(step, count: int, device) -> float:
-    """Seconds per call of `step`, synchronised only before and after."""
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(count):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - start) / count
 
 
 def main(argv=None):
@@ -105,14 +92,8 @@ def main(argv=None):
     report = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "batch_size": args.batch_size,
               "sample_size": size, "compiled": args.compile, "unet_parameters": sum(p.numel() for p in unet.parameters()),
               "unet_forward_backward_tflop": flops / 1e12}
-    for name, step in (("model_alone", model_step), ("full_step", full_step)):
-        timed(step, args.warmup, device)
-        seconds = timed(step, args.steps, device)
-        report[name] = {"ms": seconds * 1e3, "steps_per_s": 1 / seconds, "samples_per_s": args.batch_size / seconds,
-                        "tflop_per_s": flops / seconds / 1e12}
-    report["full_over_model"] = report["full_step"]["ms"] / report["model_alone"]["ms"]
-    if device.type == "cuda":
-        report["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    report.update(time_training_steps({"model_alone": model_step, "full_step": full_step}, args.warmup, args.steps, device,
+                                      args.batch_size, flops))
     return print_and_save(report, args.json)
 
 

@@ -31,6 +31,30 @@ def time_samples(fn, repeats: int, device: torch.device, warmup: int = 3) -> lis
     return samples
 
 
+def time_training_steps(steps: dict, warmup: int, count: int, device: torch.device, batch_size: int, flops: float) -> dict:
+    """Each of `steps` ({name: fn}) timed over `count` calls after `warmup`, synchronised only at the ends: ms, steps/s,
+    samples/s and TFLOP/s (`flops` a step), plus full_over_model for steps named "full_step" and "model_alone", and
+    the peak memory on CUDA."""
+    report = {}
+    for name, step in steps.items():
+        for repeats in (warmup, count):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            for _ in range(repeats):
+                step()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+        seconds = (time.perf_counter() - start) / max(count, 1)
+        report[name] = {"ms": seconds * 1e3, "steps_per_s": 1 / seconds, "samples_per_s": batch_size / seconds,
+                        "tflop_per_s": flops / seconds / 1e12}
+    if "full_step" in report and "model_alone" in report:
+        report["full_over_model"] = report["full_step"]["ms"] / report["model_alone"]["ms"]
+    if device.type == "cuda":
+        report["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    return report
+
+
 def print_and_save(report: dict, path=None) -> dict:
     """Print a benchmark's report as JSON, and write it to `path` too when one is given."""
     text = json.dumps(report, indent=1)

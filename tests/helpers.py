@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import socket
 
 import numpy as np
 import torch
@@ -86,3 +88,21 @@ def imagedream_camera(elevation_deg: float, azimuth_deg: float) -> np.ndarray:
     c2w[:3, 3] = position
     flip_yz = np.array([[1, 0, 0, 0], [0, 0, -1, 0], [0, 1, 0, 0], [0, 0, 0, 1]], dtype=float)
     return (flip_yz @ c2w).reshape(16)
+
+
+@contextlib.contextmanager
+def serve(pipe, **settings):
+    """app.py's demo around `pipe` on its own port (for settings the shared test server must not have): (url, demo)."""
+    import app
+
+    settings = app.AppSettings(**{"video_frames": 2, "video_size": 32, "uploads_per_minute": 10_000, **settings})
+    demo = app.build_demo(pipe, settings)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    app.launch(demo, host="127.0.0.1", port=port, block=False, quiet=True)
+    try:
+        yield f"http://127.0.0.1:{port}/", demo
+    finally:
+        demo.close()
+        demo.dd3g_app.close()

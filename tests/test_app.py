@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import io
 import logging
 import os
@@ -31,7 +30,7 @@ from plyfile import PlyData
 import app
 from dd3g.gaussians import Gaussians
 from dd3g.preprocess import PreprocessConfig, preprocess
-from helpers import rgba_image, toy_pipeline
+from helpers import rgba_image, serve, toy_pipeline
 
 PLY_PROPERTIES = {"x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity", "scale_0", "scale_1", "scale_2",
                   "rot_0", "rot_1", "rot_2", "rot_3"}
@@ -243,22 +242,6 @@ def test_viewer_arrives_before_the_files_and_the_files_before_the_video(client, 
 
 # ---------------------------------------------------------------------------------------------------------
 # What one visitor can cost the server (issue 20): each test fails when its protection is removed.
-
-@contextlib.contextmanager
-def serve(pipe, **settings):
-    """app.py's demo around `pipe` on its own port (for settings the shared test server must not have)."""
-    settings = app.AppSettings(**{"video_frames": 2, "video_size": 32, "uploads_per_minute": 10_000, **settings})
-    demo = app.build_demo(pipe, settings)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    app.launch(demo, host="127.0.0.1", port=port, block=False, quiet=True)
-    try:
-        yield f"http://127.0.0.1:{port}/", demo
-    finally:
-        demo.close()
-        demo.dd3g_app.close()
-
 
 class CountingPipe:
     """The pipeline, counting its calls (and preprocessing's, through `track`) that run at the same time.

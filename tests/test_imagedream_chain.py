@@ -17,7 +17,7 @@ from PIL import Image
 from plyfile import PlyData
 
 from dd3g.pipeline import CheckpointError, DD3GPipeline
-from tests.helpers import rgba_image
+from tests.helpers import rgba_image, serve
 from tests.imagedream_fixture import write_tiny_imagedream
 from training import build_corpus, distill, simulate
 
@@ -109,8 +109,6 @@ def test_checkpoint_that_loads_but_cannot_run_is_one_line(chain, tmp_path):
 
 
 def test_app_serves_the_latent_student(chain, tmp_path, capsys):
-    import socket
-
     from gradio_client import Client, handle_file
 
     import app
@@ -120,18 +118,8 @@ def test_app_serves_the_latent_student(chain, tmp_path, capsys):
     pipe = app.load_pipeline(root / "pipeline", "cpu")  # through from_pretrained, as `python app.py` does
     image = tmp_path / "object.png"
     rgba_image(64).save(image)
-    settings = app.AppSettings(video_frames=2, video_size=32, uploads_per_minute=10_000)
-    demo = app.build_demo(pipe, settings)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    app.launch(demo, host="127.0.0.1", port=port, block=False, quiet=True)
-    try:
-        viewer, *_ = Client(f"http://127.0.0.1:{port}/", verbose=False).predict(handle_file(image), pipe.config.foreground_ratio, 3, 1,
-                                                                 api_name="/generate")
-    finally:
-        demo.close()
-        demo.dd3g_app.close()
+    with serve(pipe) as (url, _):
+        viewer, *_ = Client(url, verbose=False).predict(handle_file(image), pipe.config.foreground_ratio, 3, 1, api_name="/generate")
     shown = Gaussians.load_ply(viewer)
     expected = pipe(str(image), seeds=[3]).gaussians[0]
     assert shown.num_gaussians == pipe.student.num_gaussians
