@@ -12,7 +12,6 @@ the way a browser would (upload, then `/preprocess`), and reports the server's p
 from __future__ import annotations
 
 import argparse
-import json
 import socket
 import subprocess
 import sys

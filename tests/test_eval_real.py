@@ -75,9 +75,9 @@ def test_revolved_silhouette_has_the_inputs_height_and_width(tmp_path):
     views = render_mesh(mesh, cams)  # [2, 4, S, S]
     left, top, right, bottom = eval_real.alpha_box(framed[3])
     for view in views:
-        l, t, r, b = eval_real.alpha_box(view[3])
-        assert abs((b - t) - (bottom - top)) <= 2
-        assert abs((r - l) - (right - left)) <= 0.1 * (right - left) + 2
+        view_left, view_top, view_right, view_bottom = eval_real.alpha_box(view[3])
+        assert abs((view_bottom - view_top) - (bottom - top)) <= 2
+        assert abs((view_right - view_left) - (right - left)) <= 0.1 * (right - left) + 2
     # Coloured from the input: the front view's mean colour over the object is the input's.
     inside = (views[0, 3] > 0.99) & (framed[3] > 0.99)
     assert torch.allclose(views[0, :3, inside].mean(1), framed[:3, inside].mean(1), atol=0.06)

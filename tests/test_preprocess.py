@@ -550,8 +550,8 @@ def test_bad_config():
 )
 def test_crop_pad_ratio_and_centre(canvas, box, size, ratio, no_rembg):
     img = Image.new("RGBA", canvas, (0, 0, 0, 0))
-    l, t, r, b = box
-    ImageDraw.Draw(img).rectangle((l, t, r - 1, b - 1), fill=(10, 200, 30, 255))
+    left, top, right, bottom = box
+    ImageDraw.Draw(img).rectangle((left, top, right - 1, bottom - 1), fill=(10, 200, 30, 255))
     opaque = box == (0, 0) + canvas  # no transparency at all: say there is nothing to remove
     mode = "never" if opaque else "auto"
     out = preprocess(img, PreprocessConfig(size=size, foreground_ratio=ratio, remove_background=mode))
@@ -561,7 +561,7 @@ def test_crop_pad_ratio_and_centre(canvas, box, size, ratio, no_rembg):
     w, h = R - L, B - T
     target = round(ratio * size)
     assert abs(max(w, h) - target) <= 1
-    assert abs(min(w, h) - target * min(r - l, b - t) / max(r - l, b - t)) <= 1.5
+    assert abs(min(w, h) - target * min(right - left, bottom - top) / max(right - left, bottom - top)) <= 1.5
     assert abs((L + R) / 2 - size / 2) <= 1 and abs((T + B) / 2 - size / 2) <= 1
     # Interior colour survives the resize.
     cy, cx = (T + B) // 2, (L + R) // 2

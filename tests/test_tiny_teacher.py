@@ -94,8 +94,6 @@ def test_save_load(teacher, images, tmp_path):
 def test_camera_sensitivity_tells_a_camera_blind_teacher(teacher):
     """dd3g.teachers.base.camera_sensitivity: ~0 when the UNet cannot see the rays, clearly > 0 when it can."""
     import copy
-    import sys
-    from pathlib import Path
 
     from dd3g.rendering import render
     from training import synthetic
