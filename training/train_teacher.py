@@ -90,7 +90,7 @@ def parse_args(argv=None):
     p.add_argument("--input-size", type=int, default=128, help="render size of the input view (tokens)")
     p.add_argument("--tokenizer-size", type=int, default=224, help="resolution the frozen tokenizer sees")
     p.add_argument("--elevation-range", type=float, nargs=2, default=(-10.0, 30.0))
-    p.add_argument("--canonical-fraction", type=float, default=0.5,
+    p.add_argument("--canonical-fraction", type=float, default=0.75,
                    help="share of samples whose 4 views are in the canonical layout (view 0 at the input's camera: what "
                         "sampling asks for); the others are turned by a random azimuth")
     p.add_argument("--lighting", default="mixed", choices=synthetic.LIGHTINGS,
