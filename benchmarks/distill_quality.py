@@ -3,7 +3,7 @@
     python benchmarks/distill_quality.py --quadruples runs/quads-test --truth runs/truth-test \\
         --pipeline main=runs/dd3g-tiny/pipeline --pipeline no-verification=runs/abl-nv/pipeline ... --out runs/eval
 
-DESIGN.md section 6, on held-out quadruples (a corpus of `test`-split objects, never trained on, turned into
+docs/design.md section 6, on held-out quadruples (a corpus of `test`-split objects, never trained on, turned into
 quadruples by the teacher with `simulate.py`, and into ground-truth quadruples of the same rows and seeds with
 `simulate.py --ground-truth`):
 * student vs teacher: the student gets the quadruple's own N, C and II; its Gaussians rendered at C are compared
@@ -179,7 +179,7 @@ def main(argv=None):
     p.add_argument("--quadruples", required=True, help="the teacher's held-out quadruples (simulate.py)")
     p.add_argument("--truth", default=None, help="ground-truth quadruples of the same corpus and seeds (simulate.py --ground-truth)")
     p.add_argument("--pipeline", action="append", required=True, metavar="NAME=DIR", help="a DD3GPipeline folder; repeat to compare")
-    p.add_argument("--count", type=int, default=128, help="quadruples scored (>= 100 for the DESIGN.md figure)")
+    p.add_argument("--count", type=int, default=128, help="quadruples scored (>= 100 for the docs/design.md figure)")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--diversity-images", type=int, default=16)
     p.add_argument("--fit-steps", type=int, default=300, help="ceiling fits; 0 skips them")

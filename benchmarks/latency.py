@@ -1,4 +1,4 @@
-"""Student latency as DESIGN.md section 6 defines it (random weights: the compute is the same as trained ones).
+"""Student latency as docs/design.md section 6 defines it (random weights: the compute is the same as trained ones).
 
     python benchmarks/latency.py --scale tiny                  # CPU: warm process, RGBA file -> PLY file, median of 10
     python benchmarks/latency.py --scale base --device cuda    # GPU: image tensor -> Gaussians, bf16, eager + compiled

@@ -1,4 +1,4 @@
-"""Quadruples per second of a teacher's deterministic ODE (DESIGN.md section 6): 30 DDIM steps, CFG, 4 views +
+"""Quadruples per second of a teacher's deterministic ODE (docs/design.md section 6): 30 DDIM steps, CFG, 4 views +
 the input frame, through the real `MultiViewTeacher.simulate` (conditioning, sampler loop, decoding).
 
     python benchmarks/simulate_throughput.py --teacher tiny --device cuda

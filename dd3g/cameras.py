@@ -1,4 +1,4 @@
-"""Cameras in the project's one convention (DESIGN.md section 4).
+"""Cameras in the project's one convention (docs/design.md section 4).
 
 World: right-handed, +Y up, the object centred at the origin inside the unit sphere.
 Orbit cameras look at the origin: azimuth 0 looks from +Z, azimuth grows counter-clockwise seen from

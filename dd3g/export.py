@@ -1,6 +1,6 @@
 """Exports of one object's Gaussians: a coloured GLB mesh and a turntable MP4.
 
-Both keep the project's world convention (DESIGN.md section 4: right-handed, +Y up). glTF is +Y up as
+Both keep the project's world convention (docs/design.md section 4: right-handed, +Y up). glTF is +Y up as
 well, so the mesh is written without any axis swap and opens the right way up in viewers.
 
 Mesh extraction (``gaussians_to_mesh``):

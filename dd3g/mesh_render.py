@@ -1,7 +1,7 @@
 """Exact, unlit rendering of textured triangle meshes on the CPU (ground truth for the real-scan eval).
 
 `load_scan(path)` reads a glTF/GLB scene with trimesh, bakes the scene-graph transforms into one
-triangle soup and applies the project's real-scan convention (DESIGN.md section 4): rotate -90 degrees
+triangle soup and applies the project's real-scan convention (docs/design.md section 4): rotate -90 degrees
 about X (the files are Z-up, the world is +Y up), centre on the bounding-box centre, and scale so the
 bounding sphere (largest vertex distance from that centre) has radius 0.5.
 

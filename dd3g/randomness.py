@@ -1,4 +1,4 @@
-"""Keyed randomness (DESIGN.md section 4): every per-sample draw comes from its own CPU generator.
+"""Keyed randomness (docs/design.md section 4): every per-sample draw comes from its own CPU generator.
 
 A sample's noise depends only on its seed, never on its batch position, the device or the number of
 processes, so a stored seed reproduces the teacher's N exactly and a resumed run draws what it would have.

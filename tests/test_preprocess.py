@@ -70,7 +70,7 @@ def no_rembg(monkeypatch):
 
 
 # ---------------------------------------------------------------------------------------------
-# bad input: one test per kind (DESIGN.md section 7), asserting the specific message
+# bad input: one test per kind (docs/design.md section 7), asserting the specific message
 # ---------------------------------------------------------------------------------------------
 
 

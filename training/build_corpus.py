@@ -1,4 +1,4 @@
-"""Build the RGBA image corpus that the teacher turns into quadruples (DESIGN.md sections 1 and 4, "Data").
+"""Build the RGBA image corpus that the teacher turns into quadruples (docs/design.md sections 1 and 4, "Data").
 
     python training/build_corpus.py --source procedural --num-images 120000 --out runs/corpus-procedural
     python training/build_corpus.py --source folder --images my_pictures/ --out runs/corpus-mine

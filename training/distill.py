@@ -1,4 +1,4 @@
-"""Distil a multi-view diffusion teacher into the PEPD student (DESIGN.md sections 1 and 4).
+"""Distil a multi-view diffusion teacher into the PEPD student (docs/design.md sections 1 and 4).
 
     accelerate launch training/distill.py --teacher hub/mvdm-tiny --quadruples data/quadruples \\
         --output-dir runs/dd3g-tiny --max-steps 20000 --resume latest --export runs/dd3g-tiny/pipeline
@@ -109,7 +109,7 @@ def verification_weight(args, step: int) -> float:
 
 
 def verification_t_range(args, step: int) -> tuple:
-    """t ~ U[0.02, 0.98] annealed toward U[0.02, 0.5] over training (DESIGN.md section 4)."""
+    """t ~ U[0.02, 0.98] annealed toward U[0.02, 0.5] over training (docs/design.md section 4)."""
     progress = min(1.0, step / max(1, args.max_steps))
     return (0.02, 0.98 - (0.98 - 0.5) * progress)
 

@@ -1,4 +1,4 @@
-"""Simulate N-C-II-OI quadruples with the teacher's deterministic ODE (DESIGN.md section 1, step 1).
+"""Simulate N-C-II-OI quadruples with the teacher's deterministic ODE (docs/design.md section 1, step 1).
 
     accelerate launch training/simulate.py --teacher hub/mvdm-tiny --corpus runs/corpus-procedural \
         --out runs/quadruples --seeds-per-image 4 --steps 30 --guidance-scale 3 --batch-size 64

@@ -1,4 +1,4 @@
-"""The 3D-only baseline (DESIGN.md section 6): the DD3G student trained on ground-truth renders, not on a teacher.
+"""The 3D-only baseline (docs/design.md section 6): the DD3G student trained on ground-truth renders, not on a teacher.
 
 The same PEPD architecture, the same phase-1 initialisation from the teacher's UNet, the same optimizer, steps
 and batch as a distillation run (training/distill.py, whose code this reuses unchanged), but:

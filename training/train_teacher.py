@@ -1,4 +1,4 @@
-"""Train the tiny multi-view diffusion teacher on procedural objects (DESIGN.md sections 2 and 4).
+"""Train the tiny multi-view diffusion teacher on procedural objects (docs/design.md sections 2 and 4).
 
     accelerate launch training/train_teacher.py --output-dir runs/mvdm-tiny --max-steps 20000 --resume latest
     python training/train_teacher.py --tiny-test --output-dir /tmp/t    # the CPU smoke configuration

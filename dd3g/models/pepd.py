@@ -1,4 +1,4 @@
-"""PEPD: Pattern Extraction + Progressive Decoding, the feed-forward student (DESIGN.md sections 1 and 4).
+"""PEPD: Pattern Extraction + Progressive Decoding, the feed-forward student (docs/design.md sections 1 and 4).
 
 Phase 1 (pattern extraction) is the teacher's multi-view UNet run *once*, at the sampler's first timestep,
 on the same noise N and cameras C the teacher's ODE started from, with the input image as the clean 5th

@@ -5,7 +5,7 @@ to call its denoiser; this base class turns that into the two things DD3G needs:
 
 * `simulate`: the deterministic DDIM ODE (eta = 0) from seeded noise N to multi-view RGBA images OI, so
   (N, C, II) -> OI is a function and a quadruple can be stored and reproduced;
-* `verification_loss`: implicit verification in the SDS form of DESIGN.md section 4, with no gradient
+* `verification_loss`: implicit verification in the SDS form of docs/design.md section 4, with no gradient
   through the teacher.
 
 Frames: the V output views, then the input image as a clean last frame (t = 0). Cameras are [B, V + 1] in
@@ -55,7 +55,7 @@ class MultiViewTeacher(abc.ABC):
     teacher_id: str = "teacher"
     #: where N and the clean input frame live (dd3g.student_inputs.SAMPLE_SPACES): a student takes it from here
     sample_space: str = "rgba"
-    #: default sampler settings (DESIGN.md: CFG 3 for tiny, 5 for ImageDream; 30 steps)
+    #: default sampler settings (docs/design.md: CFG 3 for tiny, 5 for ImageDream; 30 steps)
     default_guidance_scale: float = 3.0
     default_num_steps: int = 30
 

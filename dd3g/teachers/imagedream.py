@@ -1,4 +1,4 @@
-"""ImageDream as a DD3G teacher (the `base` scale of DESIGN.md section 2), loaded from a local folder.
+"""ImageDream as a DD3G teacher (the `base` scale of docs/design.md section 2), loaded from a local folder.
 
 ImageDream (Wang & Shi, arXiv 2312.02201) is an image-prompt multi-view diffusion model built on
 SD-2.1-base: 4 views of 256 x 256 RGB, latents 4 x 32 x 32 per view, plus the input image as a 5th

@@ -1,4 +1,4 @@
-"""The tiny teacher: our own pixel-space RGBA multi-view diffusion model (DESIGN.md section 4, "Tiny teacher").
+"""The tiny teacher: our own pixel-space RGBA multi-view diffusion model (docs/design.md section 4, "Tiny teacher").
 
 Frames are the 4 output views (noisy) plus the clean input image as a 5th frame, RGBA at 64 px scaled to
 [-1, 1]; cameras enter as per-pixel Plücker rays; the input image also enters through cross-attention to its
