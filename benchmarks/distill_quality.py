@@ -31,8 +31,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dd3g.fitting import leave_one_out_psnr  # noqa: E402
-from dd3g.metrics import LPIPS, psnr, ssim  # noqa: E402
+from dd3g.evaluation.fitting import leave_one_out_psnr  # noqa: E402
+from dd3g.evaluation.metrics import LPIPS, psnr, ssim  # noqa: E402
 from dd3g.pipeline import DD3GPipeline  # noqa: E402
 from dd3g.preprocess import composite_on  # noqa: E402
 from dd3g.rendering import render  # noqa: E402

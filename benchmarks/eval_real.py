@@ -3,7 +3,7 @@
     python benchmarks/eval_real.py --objects ../shared/eval/real --out runs/eval-real [--checkpoint hub/dd3g-tiny]
     python benchmarks/eval_real.py --objects ../shared/eval/real --out runs/eval-real/baselines --baselines-only
 
-For each GLB (sorted): load + normalise (dd3g.mesh_render: Z-up -> Y-up, bounding box centred, bounding
+For each GLB (sorted): load + normalise (dd3g.rendering.mesh_renderer: Z-up -> Y-up, bounding box centred, bounding
 sphere radius 0.5) and render the input view (azimuth 0, elevation 0; the ViewLayout's radius and fov). That
 RGBA is what the pipeline gets.
 
@@ -49,8 +49,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dd3g.cameras import Cameras, ViewLayout, orbit_cameras  # noqa: E402
 from dd3g.gaussians import Gaussians  # noqa: E402
-from dd3g.mesh_render import Mesh, composite, load_scan, render_mesh  # noqa: E402
-from dd3g.metrics import lpips, psnr, ssim  # noqa: E402
+from dd3g.rendering.mesh_renderer import Mesh, composite, load_scan, render_mesh  # noqa: E402
+from dd3g.evaluation.metrics import lpips, psnr, ssim  # noqa: E402
 from dd3g.preprocess import PreprocessConfig, preprocess  # noqa: E402
 from dd3g.rendering import render  # noqa: E402
 

@@ -39,8 +39,8 @@ def best_of(repeats: int, fn):
 
 
 def splatter_stage_times(fn) -> dict:
-    """Seconds spent in each stage of dd3g.splatter while `fn` runs (wrapped in place, then restored)."""
-    import dd3g.splatter as splatter
+    """Seconds spent in each stage of dd3g.rendering.torch_splatter while `fn` runs (wrapped in place, then restored)."""
+    import dd3g.rendering.torch_splatter as splatter
 
     spent = {}
     originals = {name: getattr(splatter, name) for name in ("covariances", "project", "intersect_tiles", "rasterize")}

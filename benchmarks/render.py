@@ -67,7 +67,7 @@ def explain_pixel(g: Gaussians, cams, image: int, row: int, col: int) -> dict:
     A fragment within float rounding of a cut-off is kept by one implementation and dropped by the
     other (gsplat uses the fast __expf), which explains an isolated pixel difference of up to ~1/255.
     """
-    from dd3g import splatter
+    from dd3g.rendering import torch_splatter as splatter
 
     cams = cams[image : image + 1]
     covars = splatter.covariances(g.quats[None], g.scales[None])

@@ -144,7 +144,7 @@ def build(args):
     lpips_model = None
     if dargs.lpips_weight > 0:
         try:
-            from dd3g.metrics import LPIPS
+            from dd3g.evaluation.metrics import LPIPS
 
             lpips_model = LPIPS.from_pretrained().to(device)
         except (ImportError, FileNotFoundError) as error:

@@ -12,7 +12,7 @@ much the true views differ (about 1 for a teacher that reads its cameras, about 
     python benchmarks/teacher_quality.py --teacher hub/mvdm-tiny --real ../shared/eval/real --colour-check --out runs/tq
 
 --real DIR: the real scans where users meet the teacher. Each GLB is loaded and normalised and rendered unlit by
-benchmarks/eval_real.py's cached mesh renderer (dd3g.mesh_render) at the input view (azimuth 0, elevation 0,
+benchmarks/eval_real.py's cached mesh renderer (dd3g.rendering.mesh_renderer) at the input view (azimuth 0, elevation 0,
 --input-size px) and at the teacher's 4 cameras at its own size; the teacher's views (its default DDIM steps,
 CFG as stored) are scored against those exact renders, beside the trivial prediction "the input view, as the
 teacher receives it, copied to the same 4 cameras". No recentring: the teacher gets the scan's own input view.
@@ -32,8 +32,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dd3g.cameras import orbit_cameras  # noqa: E402
-from dd3g.fitting import leave_one_out_psnr  # noqa: E402
-from dd3g.metrics import psnr, ssim  # noqa: E402
+from dd3g.evaluation.fitting import leave_one_out_psnr  # noqa: E402
+from dd3g.evaluation.metrics import psnr, ssim  # noqa: E402
 from dd3g.preprocess import composite_on  # noqa: E402
 from dd3g.rendering import render  # noqa: E402
 from dd3g.teachers.base import camera_sensitivity  # noqa: E402

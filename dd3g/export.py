@@ -32,7 +32,7 @@ import torch
 from .cameras import DEFAULT_FOV_DEG, DEFAULT_RADIUS, orbit_cameras
 from .gaussians import Gaussians, PathLike, _create_temp_beside, _write_atomically
 from .rendering import WHITE, render
-from .splatter import quats_to_rotmats
+from .rendering.torch_splatter import quats_to_rotmats
 
 __all__ = ["gaussians_to_mesh", "save_glb", "turntable_frames", "save_turntable_mp4", "EmptyMeshError"]
 

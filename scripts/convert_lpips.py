@@ -21,14 +21,14 @@ What the script does:
      arrays, checks its sha256 and structure;
   3. checks that the five heads are bit-identical to ``lpips/weights/v0.1/alex.pth`` of the official
      package (read with ``torch.load(weights_only=True)``), i.e. the "v0.1" heads;
-  4. converts HWIO -> OIHW into ``dd3g.metrics.LPIPS``'s state dict (keys ``features.{0,3,6,8,10}``
+  4. converts HWIO -> OIHW into ``dd3g.evaluation.metrics.LPIPS``'s state dict (keys ``features.{0,3,6,8,10}``
      as torchvision's ``alexnet.features``, ``heads.{0..4}.weight``) and loads it strictly;
   5. computes LPIPS on deterministic synthetic image pairs with an independent float64 numpy
      implementation that works on the Flax arrays as they are (NHWC, HWIO, im2col), checks the torch
      module against it, writes float16 safetensors and measures what float16 storage changes;
   6. writes the model card and ``tests/data/lpips_reference.npz`` (the numpy reference distances,
      the pairs' generator parameters and the sha256 of their pixels);
-  7. prints the sha256 to hard-code as ``LPIPS_ALEX_SHA256`` in ``dd3g/metrics.py``.
+  7. prints the sha256 to hard-code as ``LPIPS_ALEX_SHA256`` in ``dd3g/evaluation/metrics.py``.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from dd3g.metrics import (  # noqa: E402
+from dd3g.evaluation.metrics import (  # noqa: E402
     LPIPS,
     LPIPS_ALEX_CHANNELS,
     LPIPS_ALEX_SHA256,
@@ -345,7 +345,7 @@ tags:
 
 The perceptual distance of Zhang et al., "The Unreasonable Effectiveness of Deep Features as a
 Perceptual Metric" (CVPR 2018), AlexNet variant with the official linear calibration ("v0.1", the
-default of `pip install lpips`), as the state dict of `dd3g.metrics.LPIPS` (plain torch, float16
+default of `pip install lpips`), as the state dict of `dd3g.evaluation.metrics.LPIPS` (plain torch, float16
 safetensors, {n_params:,} parameters: the AlexNet convolutional trunk, 2,469,696, and the five 1x1
 heads, 1,152).
 
@@ -353,7 +353,7 @@ DD3G uses it as an evaluation metric and as a loss term of explicit supervision 
 w.r.t. the images).
 
 ```python
-from dd3g.metrics import LPIPS, lpips
+from dd3g.evaluation.metrics import LPIPS, lpips
 d = lpips(prediction, target)              # [..., 3, H, W] in [0, 1] -> [...]; H, W >= 31
 model = LPIPS.from_pretrained()            # checks the sha256 below; frozen, float32
 d = model(prediction, target)
@@ -518,7 +518,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"wrote {weights_file}: {size} bytes ({size / 2**20:.2f} MiB), {n_params} parameters")
     print(f"sha256: {sha}")
     if sha != LPIPS_ALEX_SHA256:
-        print("NOTE: set LPIPS_ALEX_SHA256 in dd3g/metrics.py to the sha256 above.")
+        print("NOTE: set LPIPS_ALEX_SHA256 in dd3g/evaluation/metrics.py to the sha256 above.")
 
 
 if __name__ == "__main__":

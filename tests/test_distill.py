@@ -157,14 +157,14 @@ def test_distill_quality_benchmark_scores_students_against_teacher_and_truth(wor
     # Scoring the truth against itself is perfect; the teacher against the truth is not.
     import distill_quality as dq
     views = distill.QuadrupleBatches(str(truth), (4, 4, 16, 16)).batch([0, 1])["views"]
-    same = dq.compare(views, views, __import__("dd3g.metrics", fromlist=["LPIPS"]).LPIPS.from_pretrained())
+    same = dq.compare(views, views, __import__("dd3g.evaluation.metrics", fromlist=["LPIPS"]).LPIPS.from_pretrained())
     assert (same["psnr"] > 100).all() and same["lpips"].abs().max() < 1e-5
     assert report["teacher_vs_truth"]["psnr"]["all"] < 40
     # N-use: a student that outputs the teacher's seed-mean whatever its N follows no seed (own = other) and sits
     # exactly on the N-blind floor; one that outputs each seed's own views is at 0 against its own seed.
     teacher_data = distill.QuadrupleBatches(str(world / "quadruples"), (4, 4, 16, 16))
     args = argparse.Namespace(seeds_per_image=2, diversity_images=2)
-    lpips_model = __import__("dd3g.metrics", fromlist=["LPIPS"]).LPIPS.from_pretrained()
+    lpips_model = __import__("dd3g.evaluation.metrics", fromlist=["LPIPS"]).LPIPS.from_pretrained()
     size = teacher_data.batch([0])["views"].shape[-1]
 
     def seed_mean(pipe, batch, size):  # opaque views whose colour on white is the mean of the teacher's

@@ -12,8 +12,8 @@ import torch
 
 from benchmarks import eval_real
 from dd3g.cameras import orbit_cameras
-from dd3g.mesh_render import composite, load_scan, render_mesh
-from dd3g.metrics import psnr
+from dd3g.rendering.mesh_renderer import composite, load_scan, render_mesh
+from dd3g.evaluation.metrics import psnr
 from tests.helpers import toy_pipeline
 from tests.test_mesh_render import checker_quad_glb, two_quads_glb
 

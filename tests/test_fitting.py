@@ -1,9 +1,9 @@
 import torch
 
 from dd3g.cameras import ViewLayout
-from dd3g.fitting import fit_gaussians, initial_gaussians
+from dd3g.evaluation.fitting import fit_gaussians, initial_gaussians
 from dd3g.gaussians import Gaussians
-from dd3g.metrics import psnr
+from dd3g.evaluation.metrics import psnr
 from dd3g.rendering import render
 
 
@@ -20,7 +20,7 @@ def test_fitting_reproduces_the_views_it_saw():
 
 
 def test_leave_one_out_psnr_tells_consistent_views_from_inconsistent_ones():
-    from dd3g.fitting import leave_one_out_psnr
+    from dd3g.evaluation.fitting import leave_one_out_psnr
     from training import synthetic
 
     cams = ViewLayout().cameras(16, 16, elevation_deg=torch.tensor([20.0, 20.0]))

@@ -312,7 +312,7 @@ def test_to_and_detach():
 def test_rotation_about_y_moves_means_and_turns_splats():
     import math
 
-    from dd3g.splatter import covariances
+    from dd3g.rendering.torch_splatter import covariances
 
     g = Gaussians.from_activated(
         torch.tensor([[[0.3, 0.1, 0.0]], [[0.3, 0.1, 0.0]]]), torch.tensor([[[0.2, 0.01, 0.01]]]).expand(2, 1, 3),

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from dd3g.metrics import LPIPS, LPIPS_ALEX_CHANNELS, LPIPS_WEIGHTS_DIR, LPIPS_WEIGHTS_NAME, lpips
+from dd3g.evaluation.metrics import LPIPS, LPIPS_ALEX_CHANNELS, LPIPS_WEIGHTS_DIR, LPIPS_WEIGHTS_NAME, lpips
 
 REFERENCE = Path(__file__).parent / "data" / "lpips_reference.npz"
 

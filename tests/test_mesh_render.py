@@ -11,7 +11,7 @@ import trimesh
 from PIL import Image
 
 from dd3g.cameras import intrinsics, orbit_cameras
-from dd3g.mesh_render import load_scan, render_mesh
+from dd3g.rendering.mesh_renderer import load_scan, render_mesh
 
 # Texture quadrants (PIL row 0 = top): top-left red, top-right green, bottom-left blue, bottom-right white.
 CHECKER = np.array([[[255, 0, 0], [0, 255, 0]], [[0, 0, 255], [255, 255, 255]]], np.uint8)

@@ -2,7 +2,7 @@ import pytest
 import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from dd3g.metrics import psnr, ssim
+from dd3g.evaluation.metrics import psnr, ssim
 
 
 @pytest.fixture()

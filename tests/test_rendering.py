@@ -144,7 +144,7 @@ def test_gradients_match_finite_differences():
         # render() works in float32 like gsplat; gradcheck needs float64 end to end, so call the splatter.
         return out
 
-    from dd3g.splatter import splat
+    from dd3g.rendering.torch_splatter import splat
 
     def rendered(means, log_scales, quats, logits, dc):
         g = Gaussians(means, log_scales, quats, logits, dc)

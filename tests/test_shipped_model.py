@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from dd3g.__main__ import main
 from dd3g.gaussians import Gaussians
-from dd3g.metrics import psnr
+from dd3g.evaluation.metrics import psnr
 from dd3g.pipeline import DEFAULT_CHECKPOINT, DD3GPipeline
 from dd3g.preprocess import composite_on, preprocess
 from dd3g.rendering import render

@@ -385,7 +385,7 @@ def main(argv=None):
                                          getattr(teacher, "prompt_encoder", None))
     lpips_model = None
     try:
-        from dd3g.metrics import LPIPS
+        from dd3g.evaluation.metrics import LPIPS
 
         lpips_model = LPIPS.from_pretrained().to(device) if args.lpips_weight > 0 else None
     except (ImportError, FileNotFoundError) as error:

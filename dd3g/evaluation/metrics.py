@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from .checksums import verify_sha256
+from ..checksums import verify_sha256
 
 
 def psnr(prediction: Tensor, target: Tensor, mask: Optional[Tensor] = None, max_value: float = 1.0) -> Tensor:
@@ -79,7 +79,7 @@ def ssim(prediction: Tensor, target: Tensor, mask: Optional[Tensor] = None, wind
 # ---------------------------------------------------------------------------------------------------
 
 #: ``hub/lpips-alex`` at the repository root.
-LPIPS_WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "hub" / "lpips-alex"
+LPIPS_WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "hub" / "lpips-alex"
 #: Name of the safetensors file inside that folder.
 LPIPS_WEIGHTS_NAME = "model.safetensors"
 #: sha256 of ``hub/lpips-alex/model.safetensors`` as written by ``scripts/convert_lpips.py`` (float16).
@@ -114,7 +114,7 @@ class LPIPS(nn.Module):
 
     The value is identical to ``lpips.LPIPS(net="alex", version="0.1")(2 x - 1, 2 y - 1)`` of the
     official package, which takes inputs in [-1, 1]; this module takes [0, 1] like the rest of
-    ``dd3g.metrics``. Symmetric in (x, y); 0 for identical images.
+    ``dd3g.evaluation.metrics``. Symmetric in (x, y); 0 for identical images.
 
     Frozen: no parameter requires grad and the module stays in eval mode, but gradients flow to the
     inputs (usable as a loss). The computation follows the inputs' device and dtype: weights are cast

@@ -13,9 +13,9 @@ from typing import Literal, Sequence, Union
 import torch
 from torch import Tensor
 
-from .cameras import Cameras
-from .gaussians import Gaussians
-from .splatter import splat
+from ..cameras import Cameras
+from ..gaussians import Gaussians
+from .torch_splatter import splat
 
 Background = Union[None, float, Sequence[float], Tensor]
 Backend = Literal["auto", "torch", "gsplat"]

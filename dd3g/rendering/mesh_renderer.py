@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .cameras import Cameras
+from ..cameras import Cameras
 
 TARGET_RADIUS = 0.5
 NEAR = 1e-3

@@ -13,10 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .cameras import Cameras
-from .gaussians import Gaussians
-from .randomness import generator
-from .rendering import render
+from ..cameras import Cameras
+from ..gaussians import Gaussians
+from ..randomness import generator
+from ..rendering import render
 
 
 def initial_gaussians(batch: int, num: int, seed: int = 0, radius: float = 0.45, device="cpu") -> Gaussians:
