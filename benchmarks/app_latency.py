@@ -33,7 +33,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -60,7 +59,7 @@ def wait_for_server(url: str, process: subprocess.Popen, timeout: float = 180.0)
 
 
 def save_random_pipeline(preset: str, folder: Path) -> Path:
-    from benchmarks.latency import random_pipeline
+    from dd3g.testing import random_pipeline
 
     random_pipeline(preset).save_pretrained(folder, safe_serialization=True)
     return folder

@@ -19,11 +19,10 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from dd3g.testing import make_images
+from dd3g.evaluation.timing import print_and_save
 
-from benchmarks.preprocess_memory import make_images  # noqa: E402
-from benchmarks.timing import print_and_save  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def memory_kb(pid: int) -> dict:

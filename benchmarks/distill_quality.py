@@ -23,21 +23,19 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dd3g.evaluation.fitting import leave_one_out_psnr  # noqa: E402
-from dd3g.evaluation.metrics import LPIPS, psnr, ssim  # noqa: E402
-from dd3g.pipeline import DD3GPipeline  # noqa: E402
-from dd3g.preprocess import composite_on  # noqa: E402
-from dd3g.rendering import render  # noqa: E402
-from training import data as shards  # noqa: E402
-from training.distill import QuadrupleBatches  # noqa: E402
+from dd3g.evaluation.fitting import leave_one_out_psnr
+from dd3g.evaluation.metrics import LPIPS, psnr, ssim
+from dd3g.pipeline import DD3GPipeline
+from dd3g.preprocess import composite_on
+from dd3g.rendering import render
+from training import data as shards
+from training.distill import QuadrupleBatches
 
 BACK_VIEW = 2  # azimuth 180 in the canonical layout
 

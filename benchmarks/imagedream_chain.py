@@ -5,7 +5,7 @@
     python benchmarks/imagedream_chain.py --size tiny --work /tmp/chain --images 2 --distill-steps 3   # CPU, toy
 
 `--size full` writes ImageDream's published sizes (SD-2.1 UNet with its image-prompt adapter, SD VAE, OpenCLIP
-ViT-H towers; tests/imagedream_fixture.py, a few GB of random weights) and distils the `base` student (phase 1 =
+ViT-H towers; dd3g/testing/imagedream_fixture.py, a few GB of random weights) and distils the `base` student (phase 1 =
 ImageDream's UNet, 65,536 Gaussians) with implicit verification from the first step; `--size tiny` runs the same
 code on the tiny fixture with the toy student of `distill.py --tiny-test`. Each stage runs through its own
 script's `main`, on the device accelerate picks (the GPU when there is one).
@@ -26,15 +26,13 @@ import json
 import resource
 import shutil
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.timing import print_and_save  # noqa: E402
+from dd3g.evaluation.timing import print_and_save
 
 
 def parse_args(argv=None):
@@ -72,8 +70,8 @@ def _peak_mb() -> dict:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     from dd3g.pipeline import DD3GPipeline
-    from tests.helpers import rgba_image
-    from tests.imagedream_fixture import write_tiny_imagedream
+    from dd3g.testing import rgba_image
+    from dd3g.testing.imagedream_fixture import write_tiny_imagedream
     from training import build_corpus, distill, simulate
 
     full = args.size == "full"

@@ -18,71 +18,19 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import DDIMScheduler
-from PIL import Image
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from dd3g.cameras import ViewLayout  # noqa: E402
-from dd3g.models.image_tokenizer import EfficientNetLite0Tokenizer  # noqa: E402
-from dd3g.models.pepd import PEPD  # noqa: E402
-from dd3g.pipeline import DD3GPipeline  # noqa: E402
-from timing import time_samples  # noqa: E402
 
 
-def example_rgba(size: int = 512) -> Image.Image:
-    yy, xx = np.mgrid[:size, :size] / size
-    alpha = ((xx - 0.5) ** 2 + (yy - 0.5) ** 2 < 0.12).astype(np.uint8) * 255
-    rgb = np.stack([xx * 255, yy * 255, np.full_like(xx, 128)], -1).astype(np.uint8)
-    return Image.fromarray(np.dstack([rgb, alpha]), "RGBA")
-
-
-def imagedream_parts(scale: str) -> tuple:
-    """(student, frame_encoder, prompt_encoder), random, for a student distilled from ImageDream: `base` at ImageDream's
-    published sizes, `base-small` at the sizes of tests/imagedream_fixture.py."""
-    from dd3g.models.imagedream_unet import ImageDreamUNet
-    from dd3g.models.input_encoders import ImagePromptEncoder, LatentFrameEncoder
-    from tests import imagedream_fixture as fixture
-
-    if scale not in ("base", "base-small"):
-        raise SystemExit(f"--phase1 imagedream needs --scale base or base-small, got {scale!r}")
-    full = scale == "base"
-    resampler = fixture.PUBLISHED_RESAMPLER if full else fixture.TINY_RESAMPLER
-    with torch.device("meta"):  # only its config is wanted here
-        unet = ImageDreamUNet.from_published_config(
-            fixture.PUBLISHED_UNET_CONFIG if full else fixture.TINY_UNET_CONFIG, ip_embedding_dim=resampler["embedding_dim"],
-            ip_resampler_depth=resampler["depth"], ip_resampler_heads=resampler["heads"], ip_resampler_dim_head=resampler["dim_head"])
-    unet_config = {k: v for k, v in unet.config.items() if not k.startswith("_")}
-    student = PEPD(**{**PEPD.PRESETS[scale], "unet_preset": None, "unet_config": unet_config, "phase1_architecture": "imagedream",
-                      "sample_space": "sd-vae"}).eval()
-    vae = fixture.FULL_VAE_CONFIG if full else fixture.TINY_VAE_CONFIG
-    frame_encoder = LatentFrameEncoder(
-        image_size=student.sample_size * 2 ** (len(vae["block_out_channels"]) - 1),
-        **{k: vae[k] for k in ("in_channels", "latent_channels", "down_block_types", "block_out_channels", "layers_per_block",
-                               "act_fn", "norm_num_groups", "scaling_factor")}).eval()
-    vision = {k: v for k, v in (fixture.FULL_VISION_CONFIG if full else fixture.TINY_VISION_CONFIG).items()
-              if k not in ("_name_or_path", "architectures", "torch_dtype", "transformers_version")}
-    side = vision["image_size"]
-    prompt_encoder = ImagePromptEncoder(vision_config=vision, resize=side, crop=side).eval()
-    return student, frame_encoder, prompt_encoder
-
-
-def random_pipeline(scale: str, phase1: str = "mv-unet") -> DD3GPipeline:
-    scheduler = DDIMScheduler(num_train_timesteps=1000, prediction_type="v_prediction", timestep_spacing="trailing", clip_sample=False)
-    if phase1 == "imagedream":
-        student, frame_encoder, prompt_encoder = imagedream_parts(scale)
-        return DD3GPipeline(student, EfficientNetLite0Tokenizer.from_imagenet(), scheduler, frame_encoder=frame_encoder,
-                            prompt_encoder=prompt_encoder)
-    return DD3GPipeline(PEPD.preset(scale).eval(), EfficientNetLite0Tokenizer.from_imagenet(), scheduler)
+from dd3g.cameras import ViewLayout
+from dd3g.models.image_tokenizer import EfficientNetLite0Tokenizer
+from dd3g.models.pepd import PEPD
+from dd3g.evaluation.timing import time_samples
+from dd3g.testing import example_rgba, imagedream_parts, random_pipeline
 
 
 def cpu_pipeline_latency(scale: str, repeats: int, phase1: str = "mv-unet") -> dict:

@@ -23,6 +23,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from dd3g.testing import make_images
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # Runs inside the measured subprocess; argv: code folder, image path.
@@ -50,32 +52,6 @@ after = rss_peak_mb()
 print(json.dumps(dict(rss_peak_mb=after, rss_growth_mb=after - before, traced_peak_mb=traced_peak / 2**20,
                       seconds=seconds, background_removed=out.background_removed, box=out.foreground_box)))
 """
-
-
-def disc(side: int):
-    """[side, side] bool: a disc off the centre, the object of every test image."""
-    import numpy as np
-
-    yy, xx = np.ogrid[:side, :side]
-    return (xx - side * 0.5) ** 2 + (yy - side * 0.55) ** 2 < (side * 0.3) ** 2
-
-
-def make_images(folder: Path, side: int) -> dict:
-    import numpy as np
-    from PIL import Image
-
-    inside = disc(side)
-    paths = {}
-    gray16 = np.where(inside, 12000, 65535).astype(np.uint16)  # [side, side]
-    paths["16-bit grayscale PNG"] = folder / f"gray16_{side}.png"
-    rgb = np.full((side, side, 3), 255, np.uint8)  # [side, side, 3]
-    rgb[inside] = (40, 90, 160)
-    paths["8-bit RGB PNG"] = folder / f"rgb8_{side}.png"
-    paths["8-bit RGB JPEG"] = folder / f"rgb8_{side}.jpg"
-    for key, array in (("16-bit grayscale PNG", gray16), ("8-bit RGB PNG", rgb), ("8-bit RGB JPEG", rgb)):
-        if not paths[key].exists():
-            Image.fromarray(array).save(paths[key])
-    return paths
 
 
 def main() -> None:

@@ -13,17 +13,14 @@ import argparse
 import json
 import platform
 import statistics
-import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from dd3g.cameras import ViewLayout  # noqa: E402
-from dd3g.gaussians import Gaussians  # noqa: E402
-from dd3g.rendering import render  # noqa: E402
-from timing import time_samples  # noqa: E402
+from dd3g.cameras import ViewLayout
+from dd3g.gaussians import Gaussians
+from dd3g.rendering import render
+from dd3g.evaluation.timing import time_samples
 
 
 def object_like_gaussians(num: int, seed: int = 0, device="cpu") -> Gaussians:

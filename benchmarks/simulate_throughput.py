@@ -19,18 +19,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dd3g.models.image_tokenizer import EfficientNetLite0Tokenizer  # noqa: E402
-from dd3g.models.mv_unet import MultiViewUNet  # noqa: E402
-from dd3g.teachers.tiny import TinyMVDMPipeline, TinyTeacher, training_scheduler  # noqa: E402
+from dd3g.models.image_tokenizer import EfficientNetLite0Tokenizer
+from dd3g.models.mv_unet import MultiViewUNet
+from dd3g.teachers.tiny import TinyMVDMPipeline, TinyTeacher, training_scheduler
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -41,7 +39,7 @@ def build_teacher(name: str, device: torch.device, dtype: torch.dtype, workdir: 
         return TinyTeacher(pipe.to(device, dtype))
     if name in ("imagedream", "imagedream-tiny"):
         from dd3g.teachers import load_teacher
-        from tests.imagedream_fixture import write_tiny_imagedream
+        from dd3g.testing.imagedream_fixture import write_tiny_imagedream
 
         folder = write_tiny_imagedream(workdir / "imagedream-random", full_size=name == "imagedream")
         return load_teacher(folder, device=device, dtype=dtype)

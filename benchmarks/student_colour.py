@@ -12,17 +12,15 @@ channel.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dd3g.rendering import render  # noqa: E402
-from benchmarks.teacher_quality import coloured_shapes, mean_colour  # noqa: E402
-from benchmarks.timing import print_and_save  # noqa: E402
+from dd3g.rendering import render
+from dd3g.evaluation.colour_check import coloured_shapes, mean_colour
+from dd3g.evaluation.timing import print_and_save
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "hub" / "dd3g-tiny"
 

@@ -22,22 +22,20 @@ import argparse
 import dataclasses
 import itertools
 import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.timing import print_and_save, time_training_steps  # noqa: E402
-from dd3g.models.pepd import PEPD  # noqa: E402
-from dd3g.preprocess import composite_on  # noqa: E402
-from dd3g.randomness import noise_from_seeds  # noqa: E402
-from dd3g.rendering import render  # noqa: E402
-from dd3g.student_inputs import StudentInputBuilder  # noqa: E402
-from dd3g.teachers.tiny import TinyTeacher  # noqa: E402
-from training import distill  # noqa: E402
-from training.common import optimization_step, warmup_cosine  # noqa: E402
+from dd3g.evaluation.timing import print_and_save, time_training_steps
+from dd3g.models.pepd import PEPD
+from dd3g.preprocess import composite_on
+from dd3g.randomness import noise_from_seeds
+from dd3g.rendering import render
+from dd3g.student_inputs import StudentInputBuilder
+from dd3g.teachers.tiny import TinyTeacher
+from training import distill
+from training.common import optimization_step, warmup_cosine
 
 TOY_PHASE2 = dict(patch_size=4, gaussians_per_token=4, width=32, num_heads=2, blocks_before_means=1, blocks_before_shape=1,
                   blocks_before_appearance=1)  # distill.py's --tiny-test phase 2

@@ -12,7 +12,7 @@ much the true views differ (about 1 for a teacher that reads its cameras, about 
     python benchmarks/teacher_quality.py --teacher hub/mvdm-tiny --real ../shared/eval/real --colour-check --out runs/tq
 
 --real DIR: the real scans where users meet the teacher. Each GLB is loaded and normalised and rendered unlit by
-benchmarks/eval_real.py's cached mesh renderer (dd3g.rendering.mesh_renderer) at the input view (azimuth 0, elevation 0,
+the cached mesh renderer of dd3g.evaluation.real_scans (shared with benchmarks/eval_real.py) at the input view (azimuth 0, elevation 0,
 --input-size px) and at the teacher's 4 cameras at its own size; the teacher's views (its default DDIM steps,
 CFG as stored) are scored against those exact renders, beside the trivial prediction "the input view, as the
 teacher receives it, copied to the same 4 cameras". No recentring: the teacher gets the scan's own input view.
@@ -24,25 +24,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dd3g.cameras import orbit_cameras  # noqa: E402
-from dd3g.evaluation.fitting import leave_one_out_psnr  # noqa: E402
-from dd3g.evaluation.metrics import psnr, ssim  # noqa: E402
-from dd3g.preprocess import composite_on  # noqa: E402
-from dd3g.rendering import render  # noqa: E402
-from dd3g.teachers.base import camera_sensitivity  # noqa: E402
-from dd3g.teachers import load_teacher  # noqa: E402
-from training import synthetic  # noqa: E402
-from training.common import image_grid  # noqa: E402
+from dd3g.cameras import orbit_cameras
+from dd3g.evaluation.colour_check import coloured_shapes, mean_colour
+from dd3g.evaluation.fitting import leave_one_out_psnr
+from dd3g.evaluation.metrics import psnr, ssim
+from dd3g.evaluation.real_scans import IDENTITY, Scan
+from dd3g.preprocess import composite_on
+from dd3g.rendering import render
+from dd3g.teachers.base import camera_sensitivity
+from dd3g.teachers import load_teacher
+from training import synthetic
+from training.common import image_grid
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import eval_real  # noqa: E402  the real scans' renderer and cache, shared with the student's evaluation
 
 
 def scores(pred_rgba, true_rgba) -> dict:
@@ -104,7 +102,7 @@ def copy_baseline(teacher, inputs: torch.Tensor) -> torch.Tensor:
 
 def real_scans(folder: Path, teacher, args, cache: Path, limit=None):
     """Input views [N, 4, s, s] and the truth at the teacher's cameras [N, V, 4, S, S] of every readable scan,
-    rendered by eval_real's cached mesh renderer; names of the scans used and {name: reason} of those skipped."""
+    rendered by dd3g.evaluation.real_scans (cached); names of the scans used and {name: reason} of those skipped."""
     layout, size = teacher.layout, teacher.image_size
     files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in (".glb", ".gltf"))[:limit]
     if not files:
@@ -114,13 +112,12 @@ def real_scans(folder: Path, teacher, args, cache: Path, limit=None):
     names = [f"teacher_{int(round(a)):03d}" for a in azimuths.tolist()]
     inputs, truth, used, skipped = [], [], [], {}
     for path in files:
-        settings = dict(out=Path(args.out), cache=cache, supersample=args.supersample, turntable_elevation=0.0)
         try:
-            at_input = eval_real.Scan(path, argparse.Namespace(size=args.input_size, **settings), layout, {})
-            at_views = eval_real.Scan(path, argparse.Namespace(size=size, **settings), layout, {})
+            at_input = Scan(path, cache, layout, {}, args.input_size, args.supersample)
+            at_views = Scan(path, cache, layout, {}, size, args.supersample)
             inputs.append(at_input.input_view())  # [4, s, s]
             at_views._mesh = at_input._mesh  # load the file at most once
-            truth.append(at_views.views(cameras, names, eval_real.IDENTITY))  # [V, 4, S, S]
+            truth.append(at_views.views(cameras, names, IDENTITY))  # [V, 4, S, S]
         except Exception as error:  # a broken or untextured file must not stop the run
             skipped[path.name] = f"{type(error).__name__}: {error}".splitlines()[0].replace(str(path), path.name)
             continue
@@ -153,28 +150,6 @@ def evaluate_real(teacher, folder: Path, args, device, out_dir: Path) -> dict:
                        views[i], truth[i]]) for i in range(min(6, len(names)))]
     image_grid(rows, out_dir / "grid-real.png")
     return report
-
-
-def coloured_shapes(size: int, supersample: int = 4) -> dict:
-    """Flat coloured disks and rings, antialiased: {name: ((r, g, b) in 0-255, RGBA [4, size, size])}."""
-    shapes = {"yellow_disk": ((167, 145, 21), 0.0), "cream_disk": ((170, 163, 138), 0.0), "blue_disk": ((29, 44, 146), 0.0),
-              "red_ring": ((200, 40, 40), 0.55), "green_ring": ((40, 160, 60), 0.55)}
-    big = size * supersample
-    coords = (torch.arange(big, dtype=torch.float32) + 0.5) / big - 0.5  # [big] in (-0.5, 0.5)
-    radius = torch.sqrt(coords[:, None] ** 2 + coords[None, :] ** 2)  # [big, big]
-    out = {}
-    for name, (rgb, inner) in shapes.items():
-        inside = ((radius < 0.32) & (radius >= 0.32 * inner)).float()[None, None]  # [1, 1, big, big]
-        alpha = torch.nn.functional.avg_pool2d(inside, supersample)[0]  # [1, size, size] covered fraction
-        colour = torch.tensor(rgb, dtype=torch.float32)[:, None, None].expand(3, size, size) / 255  # [3, size, size]
-        out[name] = (rgb, torch.cat([colour, alpha]))
-    return out
-
-
-def mean_colour(rgba: torch.Tensor, mask: torch.Tensor) -> list:
-    """Alpha-weighted mean straight RGB of rgba [4, H, W] over mask [H, W], in 0-255."""
-    weight = rgba[3] * mask  # [H, W]
-    return [round(float((rgba[c] * weight).sum() / weight.sum().clamp_min(1e-8)) * 255, 1) for c in range(3)]
 
 
 @torch.no_grad()

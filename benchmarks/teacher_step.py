@@ -14,18 +14,15 @@ the share of the step that is not the model (the goal is <= 1.25).
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dd3g.cameras import ViewLayout  # noqa: E402
-from dd3g.models.image_tokenizer import EfficientNetLite0Tokenizer  # noqa: E402
-from benchmarks.timing import print_and_save, time_training_steps  # noqa: E402
-from dd3g.teachers.tiny import training_scheduler  # noqa: E402
-from training import train_teacher  # noqa: E402
+from dd3g.cameras import ViewLayout
+from dd3g.models.image_tokenizer import EfficientNetLite0Tokenizer
+from dd3g.evaluation.timing import print_and_save, time_training_steps
+from dd3g.teachers.tiny import training_scheduler
+from training import train_teacher
 
 
 def unet_step_flops(unet, inputs) -> int:

@@ -222,7 +222,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    sys.path.insert(0, str(ROOT))  # the repo's dd3g, also when run as `python hub/publish.py`
     try:
         if args.dry_run:
             out = Path(args.dry_run)

@@ -19,14 +19,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from dd3g.cameras import orbit_cameras
+from dd3g.pipeline import DD3GPipeline
+from dd3g.preprocess import composite_on
+from dd3g.rendering import render
+from training.common import image_grid
 
-from dd3g.cameras import orbit_cameras  # noqa: E402
-from dd3g.pipeline import DD3GPipeline  # noqa: E402
-from dd3g.preprocess import composite_on  # noqa: E402
-from dd3g.rendering import render  # noqa: E402
-from training.common import image_grid  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 PHOTOS = [("skimage", "data/coffee.png"), ("skimage", "data/chelsea.png"), ("skimage", "data/astronaut.png"),
           ("skimage", "data/rocket.jpg"), ("gradio", "media_assets/images/lion.jpg"), ("gradio", "media_assets/images/cheetah1.jpg")]

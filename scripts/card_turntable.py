@@ -10,19 +10,17 @@ One row per image in examples/ (held-out procedural objects, never trained on): 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from dd3g.export import turntable_frames
+from dd3g.pipeline import DD3GPipeline
+from dd3g.preprocess import composite_on, preprocess
+from training.common import image_grid
 
-from dd3g.export import turntable_frames  # noqa: E402
-from dd3g.pipeline import DD3GPipeline  # noqa: E402
-from dd3g.preprocess import composite_on, preprocess  # noqa: E402
-from training.common import image_grid  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def main(argv=None):

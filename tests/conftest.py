@@ -16,7 +16,7 @@ def running_app(tmp_path_factory):
     """app.py's demo around a tiny random model, served on 127.0.0.1 for the whole session.
 
     Small video (8 frames at 64 px), a 1 MB upload limit and a 1 MP pixel limit keep the tests fast and the limit testable; the
-    upload rate limit is lifted (every test uploads from 127.0.0.1; tests/test_app.py checks it on its own
+    upload rate limit is lifted (every test uploads from 127.0.0.1; tests/app/test_app.py checks it on its own
     server). Yields (url, pipe, settings).
     """
     import socket

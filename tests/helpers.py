@@ -1,78 +1,29 @@
-"""Tiny random DD3G models built in the tests (no trained weights exist in tests)."""
+"""What several test files share: the repository root, ImageDream's camera convention, small scan files, a
+served app. The tiny random models and inputs live in `dd3g.testing` (the benchmarks use them too)."""
 
 from __future__ import annotations
 
 import contextlib
 import math
 import socket
+from pathlib import Path
 
 import numpy as np
-import torch
-from diffusers import DDIMScheduler
+import trimesh
 from PIL import Image
 
-from dd3g.models.image_tokenizer import EfficientNetLite0Tokenizer
-from dd3g.models.pepd import PEPD
-from dd3g.pipeline import DD3GPipeline
-
-# A phase-1 UNet of the tiny teacher's structure at toy width: 16 px frames, one attention level.
-TOY_UNET = dict(
-    sample_size=16, in_channels=4, out_channels=4, num_frames=5, block_out_channels=(16, 32),
-    layers_per_block=1, attention_levels=(False, True), mid_block_attention=True, attention_head_dim=8,
-    context_dim=112, transformer_depth=1, camera_conditioning="plucker", norm_num_groups=8, dropout=0.0,
+from dd3g.testing import (  # noqa: F401  (re-exported: the tests import them from here)
+    TOY_UNET,
+    randomize_zero_layers,
+    rgba_image,
+    toy_pipeline,
+    toy_student,
+    toy_teacher_pipeline,
 )
 
-
-def toy_student(seed: int = 0, **overrides) -> PEPD:
-    torch.manual_seed(seed)
-    config = dict(unet_preset=None, unet_config=TOY_UNET, patch_size=4, gaussians_per_token=4, width=32, num_heads=2,
-                  blocks_before_means=1, blocks_before_shape=1, blocks_before_appearance=1)
-    student = PEPD(**{**config, **overrides})
-    randomize_zero_layers(student)
-    return student.eval()
-
-
-def randomize_zero_layers(model: torch.nn.Module, std: float = 0.02) -> None:
-    """Zero-initialised output layers make a fresh model ignore its inputs; give them small random values."""
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.dim() > 1 and torch.count_nonzero(param) == 0:
-                param.normal_(std=std)
-
-
-def toy_teacher_pipeline(seed: int = 0, tokenizer_size: int = 224):
-    """A TinyMVDMPipeline with a toy UNet (16 px frames) and the real frozen tokenizer at `tokenizer_size`."""
-    from dd3g.models.mv_unet import MultiViewUNet
-    from dd3g.teachers.tiny import TinyMVDMPipeline, training_scheduler
-
-    torch.manual_seed(seed)
-    unet = MultiViewUNet(**TOY_UNET)
-    randomize_zero_layers(unet)
-    tokenizer = EfficientNetLite0Tokenizer.from_imagenet(image_size=tokenizer_size)
-    return TinyMVDMPipeline(unet.eval(), tokenizer, training_scheduler())
-
-
-def toy_pipeline(seed: int = 0) -> DD3GPipeline:
-    scheduler = DDIMScheduler(num_train_timesteps=1000, prediction_type="v_prediction", timestep_spacing="trailing", clip_sample=False)
-    return DD3GPipeline(
-        student=toy_student(seed),
-        image_encoder=EfficientNetLite0Tokenizer.from_imagenet(),
-        scheduler=scheduler,
-        image_size=64,
-    )
-
-
-def rgba_image(size: int = 48, seed: int = 0) -> Image.Image:
-    """A transparent-background RGBA picture of a coloured, off-centre blob (no background removal needed)."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:size, :size]
-    cx, cy, r = size * 0.45, size * 0.55, size * 0.3
-    inside = (xx - cx) ** 2 + (yy - cy) ** 2 < r * r
-    rgba = np.zeros((size, size, 4), np.uint8)
-    rgba[..., :3] = rng.integers(0, 255, 3)
-    rgba[..., 0] = (xx * 255 // size).astype(np.uint8)
-    rgba[..., 3] = inside * 255
-    return Image.fromarray(rgba, "RGBA")
+# Texture quadrants (PIL row 0 = top): top-left red, top-right green, bottom-left blue, bottom-right white.
+CHECKER = np.array([[[255, 0, 0], [0, 255, 0]], [[0, 0, 255], [255, 255, 255]]], np.uint8)
+REPO = Path(__file__).resolve().parents[1]  # the repository root, wherever a test file sits below tests/
 
 
 def imagedream_camera(elevation_deg: float, azimuth_deg: float) -> np.ndarray:
@@ -106,3 +57,35 @@ def serve(pipe, **settings):
     finally:
         demo.close()
         demo.dd3g_app.close()
+
+
+def checker_quad_glb(path, bump: bool = False, offset=(0.0, 0.0, 0.0)):
+    """A 2x2 square in the file's x-z plane (Z-up file: it stands upright, facing -Y, i.e. the front),
+    textured so the image's top row is at the file's +Z. Optionally a small spike at +Z's top edge."""
+    vertices = np.array([[-1, 0, -1], [1, 0, -1], [1, 0, 1], [-1, 0, 1]], float) + np.asarray(offset)
+    faces = np.array([[0, 1, 2], [0, 2, 3]])
+    uv = np.array([[0, 0], [1, 0], [1, 1], [0, 1]], float)  # trimesh convention: v up
+    texture = Image.fromarray(CHECKER, "RGB").resize((8, 8), Image.NEAREST)
+    mesh = trimesh.Trimesh(vertices, faces, visual=trimesh.visual.TextureVisuals(uv=uv, image=texture), process=False)
+    scene = trimesh.Scene()
+    scene.add_geometry(mesh, geom_name="quad")
+    if bump:  # a coloured sliver above the quad (file +Z), tiny enough not to change the frame much
+        spike = trimesh.Trimesh(np.array([[0, 0.01, 1], [0.02, 0.01, 1], [0.01, 0.01, 1.3]]) + np.asarray(offset), [[0, 1, 2]], process=False)
+        spike.visual = trimesh.visual.ColorVisuals(spike, vertex_colors=np.tile([10, 200, 10, 255], (3, 1)))
+        scene.add_geometry(spike, geom_name="spike")
+    scene.export(path)
+    return path
+
+
+def two_quads_glb(path):
+    """A near red quad in front (file -Y is the front) of a larger far blue one, placed by a node transform."""
+    red = trimesh.Trimesh([[-0.5, 0, -0.5], [0.5, 0, -0.5], [0.5, 0, 0.5], [-0.5, 0, 0.5]], [[0, 1, 2], [0, 2, 3]], process=False)
+    red.visual = trimesh.visual.ColorVisuals(red, vertex_colors=np.tile([255, 0, 0, 255], (4, 1)))
+    blue = trimesh.Trimesh([[-1, 0, -1], [1, 0, -1], [1, 0, 1], [-1, 0, 1]], [[0, 1, 2], [0, 2, 3]], process=False)
+    blue.visual = trimesh.visual.ColorVisuals(blue, vertex_colors=np.tile([0, 0, 255, 255], (4, 1)))
+    scene = trimesh.Scene()
+    # Blue is pushed back (+Y in the file, i.e. away from the front camera) by its node transform.
+    scene.add_geometry(blue, geom_name="blue", transform=trimesh.transformations.translation_matrix([0, 0.3, 0]))
+    scene.add_geometry(red, geom_name="red")
+    scene.export(path)
+    return path

@@ -53,10 +53,9 @@ from typing import List, Optional
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dd3g.randomness import generator, sample_seed  # noqa: E402
-from training import data  # noqa: E402
+from dd3g.randomness import generator, sample_seed
+from training import data
 
 SOURCES = ("procedural", "folder", "text2image")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}

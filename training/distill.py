@@ -38,14 +38,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dd3g.models.pepd import PEPD  # noqa: E402
-from dd3g.preprocess import composite_on  # noqa: E402
-from dd3g.randomness import generator, noise_from_seeds, noise_sha256, sample_seed  # noqa: E402
-from dd3g.rendering import render  # noqa: E402
-from dd3g.student_inputs import StudentInputBuilder  # noqa: E402
-from training.common import (  # noqa: E402
+from dd3g.models.pepd import PEPD
+from dd3g.preprocess import composite_on
+from dd3g.randomness import generator, noise_from_seeds, noise_sha256, sample_seed
+from dd3g.rendering import render
+from dd3g.student_inputs import StudentInputBuilder
+from training.common import (
     JsonlLog, StepProfiler, image_grid, make_accelerator, optimization_step, resolve_resume, restore_checkpoint,
     save_checkpoint, warmup_cosine,
 )

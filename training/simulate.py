@@ -46,18 +46,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 from typing import List
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dd3g.randomness import noise_sha256, sample_seed  # noqa: E402
-from training import data  # noqa: E402
-from training.build_corpus import finalize, process_layout  # noqa: E402
+from dd3g.randomness import noise_sha256, sample_seed
+from training import data
+from training.build_corpus import finalize, process_layout
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 

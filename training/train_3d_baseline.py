@@ -18,11 +18,9 @@ Every other flag is distill.py's; compare with a distillation run of the same --
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from training import data, distill  # noqa: E402
+from training import data, distill
 
 BASELINE_FLAGS = ["--no-verification", "--fresh-noise"]
 

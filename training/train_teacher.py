@@ -24,7 +24,6 @@ import argparse
 import copy
 import json
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Optional
@@ -32,19 +31,18 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dd3g.cameras import ViewLayout  # noqa: E402
-from dd3g.gaussians import Gaussians  # noqa: E402
-from dd3g.models.image_tokenizer import EfficientNetLite0Tokenizer  # noqa: E402
-from dd3g.models.mv_unet import MultiViewUNet  # noqa: E402
-from dd3g.preprocess import composite_on  # noqa: E402
-from dd3g.randomness import generator, sample_seed  # noqa: E402
-from dd3g.rendering import render  # noqa: E402
-from dd3g.teachers.base import camera_sensitivity  # noqa: E402
-from dd3g.teachers.tiny import TinyMVDMPipeline, TinyTeacher, training_scheduler  # noqa: E402
-from training import synthetic  # noqa: E402
-from training.common import (  # noqa: E402
+from dd3g.cameras import ViewLayout
+from dd3g.gaussians import Gaussians
+from dd3g.models.image_tokenizer import EfficientNetLite0Tokenizer
+from dd3g.models.mv_unet import MultiViewUNet
+from dd3g.preprocess import composite_on
+from dd3g.randomness import generator, sample_seed
+from dd3g.rendering import render
+from dd3g.teachers.base import camera_sensitivity
+from dd3g.teachers.tiny import TinyMVDMPipeline, TinyTeacher, training_scheduler
+from training import synthetic
+from training.common import (
     JsonlLog, StepProfiler, image_grid, make_accelerator, optimization_step, resolve_resume, restore_checkpoint,
     save_checkpoint, warmup_cosine,
 )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,9 +12,9 @@ import yaml
 from huggingface_hub import ModelCard
 
 from dd3g.pipeline import DD3GPipeline
-from helpers import rgba_image, toy_pipeline
+from helpers import REPO, rgba_image, toy_pipeline
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO
 TOKEN = "hf_sentinelTOKENthatmustneverbeprinted"
 
 

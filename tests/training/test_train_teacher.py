@@ -9,6 +9,7 @@ from safetensors.torch import load_file
 
 from dd3g.teachers.tiny import TinyTeacher
 from training import train_teacher
+from helpers import REPO
 
 
 def _run(output_dir, *extra):
@@ -180,11 +181,10 @@ def test_example_accelerate_configs_parse_and_the_cpu_one_launches(tmp_path):
     import os
     import subprocess
     import sys
-    from pathlib import Path
 
     from accelerate.commands.config.config_args import ClusterConfig
 
-    repo = Path(__file__).resolve().parents[1]
+    repo = REPO
     configs = {p.stem: ClusterConfig.from_yaml_file(str(p)) for p in (repo / "training" / "accelerate").glob("*.yaml")}
     assert set(configs) == {"cpu", "single_gpu", "multi_gpu", "multi_node"}
     assert configs["multi_gpu"].distributed_type == "MULTI_GPU" and configs["multi_gpu"].num_processes >= 2

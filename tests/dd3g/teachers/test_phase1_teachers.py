@@ -12,8 +12,8 @@ from dd3g.student_inputs import StudentInputBuilder, encode_input_frame
 from dd3g.teachers import TeacherLoadError, load_teacher, teacher_kind
 from dd3g.teachers.imagedream import ImageDreamTeacher
 from dd3g.teachers.tiny import TinyTeacher
-from tests.helpers import toy_teacher_pipeline
-from tests.imagedream_fixture import write_tiny_imagedream
+from helpers import toy_teacher_pipeline
+from dd3g.testing.imagedream_fixture import write_tiny_imagedream
 
 
 @pytest.fixture(scope="module")

@@ -18,12 +18,13 @@ import numpy as np
 from PIL import Image
 
 import app
+from helpers import REPO
 
 CHROMIUM = "/usr/bin/chromium"
 # Without the background-networking flags Chromium waits on network services that a closed network lacks.
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "heldout-0.png"
+EXAMPLE = REPO / "examples" / "heldout-0.png"
 # The viewer's canvas is the element a visitor would touch at its centre: no overlay covers it.
 VIEWER_UNCOVERED = """() => {
     const canvas = document.querySelector('#viewer canvas');

@@ -1,5 +1,5 @@
 """The whole chain with an ImageDream teacher on the CPU, on the tiny ImageDream-layout checkpoint of
-tests/imagedream_fixture.py: corpus -> simulate -> distil a few steps with implicit verification -> export ->
+dd3g/testing/imagedream_fixture.py: corpus -> simulate -> distil a few steps with implicit verification -> export ->
 DD3GPipeline and `python -m dd3g` -> a standard 3DGS PLY. A checkpoint that loads but cannot run ends in one line."""
 
 import json
@@ -8,7 +8,6 @@ import re
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,11 +16,10 @@ from PIL import Image
 from plyfile import PlyData
 
 from dd3g.pipeline import CheckpointError, DD3GPipeline
-from tests.helpers import rgba_image, serve
-from tests.imagedream_fixture import write_tiny_imagedream
+from helpers import REPO, rgba_image, serve
+from dd3g.testing.imagedream_fixture import write_tiny_imagedream
 from training import build_corpus, distill, simulate
 
-REPO = Path(__file__).resolve().parents[1]
 # The standard 3DGS vertex properties (Kerbl et al.'s viewers and tools read these), in order.
 GAUSSIAN_PLY_FIELDS = ["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2", "opacity",
                        "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]

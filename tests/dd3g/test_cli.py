@@ -8,7 +8,8 @@ import torch
 
 from dd3g.__main__ import main
 from dd3g.gaussians import Gaussians
-from tests.helpers import rgba_image, toy_pipeline
+from dd3g.testing import rgba_image, toy_pipeline
+from helpers import REPO
 
 
 @pytest.fixture(scope="session")
@@ -106,7 +107,7 @@ def test_missing_default_model_says_so(image, tmp_path, capsys, monkeypatch):
 
 def test_real_subprocess(checkpoint, image, tmp_path):
     out = tmp_path / "sub"
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
     result = subprocess.run(
         [sys.executable, "-m", "dd3g", str(image), "--out", str(out), "--checkpoint", str(checkpoint), "--format", "splat"],
         capture_output=True, text=True, timeout=300, env=env,
@@ -227,7 +228,7 @@ sys.exit(main(sys.argv[2:]))
 
 def test_sigterm_while_writing_leaves_no_temp_file(checkpoint, image, tmp_path):
     out = tmp_path / "out"
-    root = str(Path(__file__).resolve().parents[1])
+    root = str(REPO)
     result = subprocess.run([sys.executable, "-c", SIGTERM_MID_WRITE, root, str(image), "--out", str(out), "--checkpoint", str(checkpoint)],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 143, result.stderr

@@ -16,6 +16,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFile
 
 from dd3g import preprocess as pp
+from helpers import REPO
 from dd3g.preprocess import (
     BackgroundRemovalError,
     ImageInputError,
@@ -26,7 +27,6 @@ from dd3g.preprocess import (
     preprocess,
 )
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,6 +1,5 @@
 """Quadruple simulation with a toy teacher: schema, seeds and noise hashes, exact reproduction, kill/resume, sharding."""
 
-from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -10,7 +9,7 @@ import torch
 from dd3g.randomness import noise_from_seeds, noise_sha256
 from dd3g.teachers.tiny import TinyTeacher
 from training import build_corpus, data, simulate
-from tests.helpers import toy_teacher_pipeline
+from helpers import REPO, toy_teacher_pipeline
 
 # 3 corpus images x 2 seeds = 6 quadruples; batches of 2 inside shards of 4 (shards 0-3 and 4-5).
 SETTINGS = ["--seeds-per-image", "2", "--steps", "2", "--guidance-scale", "2.0", "--batch-size", "2", "--shard-size", "4", "--no-progress"]
@@ -118,7 +117,7 @@ def test_accelerate_launch_two_cpu_processes(world, tmp_path):
         _simulate(world, tmp_path / "one")
     finally:
         torch.set_num_threads(threads)
-    repo = Path(__file__).resolve().parents[1]
+    repo = REPO
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo), "ACCELERATE_USE_CPU": "true"}
     result = subprocess.run(
         # torchrun: `accelerate launch --cpu` starts a single process (multi-CPU needs MPI there), which would
@@ -169,7 +168,7 @@ def test_ground_truth_needs_a_procedural_corpus(world, tmp_path):
     folder_corpus = tmp_path / "mine"
     images = tmp_path / "images"
     images.mkdir()
-    from tests.helpers import rgba_image
+    from dd3g.testing import rgba_image
 
     rgba_image(32).save(images / "a.png")
     build_corpus.main(["--source", "folder", "--images", str(images), "--size", "32", "--out", str(folder_corpus), "--no-progress"])

@@ -9,7 +9,7 @@ import torch
 
 from dd3g.cameras import ViewLayout, orbit_cameras
 from dd3g.models.mv_unet import MultiViewUNet, MultiViewUNetOutput, SpatialTransformer3D
-from tests.helpers import imagedream_camera
+from helpers import imagedream_camera
 
 FRAMES = 5
 SMALL = 16  # spatial size for the behaviour tests

@@ -3,11 +3,11 @@ save/load and loading errors. CPU, a few seconds; uses the shipped hub/efficient
 
 import hashlib
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import REPO
 
 from dd3g.models.image_tokenizer import (
     DEFAULT_WEIGHTS_DIR,
@@ -16,7 +16,7 @@ from dd3g.models.image_tokenizer import (
     EfficientNetLite0Tokenizer,
 )
 
-REFERENCE = Path(__file__).parent / "data" / "efficientnet_lite0_reference.npz"
+REFERENCE = REPO / "tests" / "data" / "efficientnet_lite0_reference.npz"
 
 # Expected token grids at 224 px: (tokens, channels).
 SHAPES_224 = {
@@ -35,7 +35,7 @@ def _conversion_script():
     """scripts/convert_efficientnet_lite0.py as a module: the test uses its exact reference images."""
     import importlib.util
 
-    path = Path(__file__).resolve().parents[1] / "scripts" / "convert_efficientnet_lite0.py"
+    path = REPO / "scripts" / "convert_efficientnet_lite0.py"
     spec = importlib.util.spec_from_file_location("convert_efficientnet_lite0", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

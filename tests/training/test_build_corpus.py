@@ -12,7 +12,7 @@ from PIL import Image
 
 from dd3g import preprocess as pp
 from training import build_corpus, data
-from tests.helpers import rgba_image
+from dd3g.testing import rgba_image
 
 PROCEDURAL = ["--source", "procedural", "--num-images", "5", "--size", "32", "--num-gaussians", "256",
               "--shard-size", "2", "--no-progress"]

@@ -7,7 +7,7 @@ import torch
 
 from benchmarks import student_colour
 from dd3g.gaussians import SH_C0, Gaussians
-from tests.helpers import toy_pipeline
+from helpers import toy_pipeline
 
 
 class CardPipeline:

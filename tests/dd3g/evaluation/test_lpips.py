@@ -4,22 +4,22 @@ hub/lpips-alex weights."""
 
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from dd3g.evaluation.metrics import LPIPS, LPIPS_ALEX_CHANNELS, LPIPS_WEIGHTS_DIR, LPIPS_WEIGHTS_NAME, lpips
+from helpers import REPO
 
-REFERENCE = Path(__file__).parent / "data" / "lpips_reference.npz"
+REFERENCE = REPO / "tests" / "data" / "lpips_reference.npz"
 
 
 def _conversion_script():
     """scripts/convert_lpips.py as a module: the test regenerates its exact image pairs."""
     import importlib.util
 
-    path = Path(__file__).resolve().parents[1] / "scripts" / "convert_lpips.py"
+    path = REPO / "scripts" / "convert_lpips.py"
     spec = importlib.util.spec_from_file_location("convert_lpips", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -4,7 +4,6 @@ CPU, ~20 s. The thresholds are far below what the model scores (hub/dd3g-tiny/RE
 empty or untrained model gets, so they catch broken weights, a wrong default or a preprocessing mismatch.
 """
 
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,8 +15,9 @@ from dd3g.evaluation.metrics import psnr
 from dd3g.pipeline import DEFAULT_CHECKPOINT, DD3GPipeline
 from dd3g.preprocess import composite_on, preprocess
 from dd3g.rendering import render
+from helpers import REPO
 
-EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.png"))
+EXAMPLES = sorted((REPO / "examples").glob("*.png"))
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import torch
 
 from dd3g.randomness import noise_from_seeds
 from dd3g.teachers.tiny import TinyTeacher, training_scheduler
-from tests.helpers import toy_teacher_pipeline
+from helpers import toy_teacher_pipeline
 
 
 @pytest.fixture(scope="module")

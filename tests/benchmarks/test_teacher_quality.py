@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from benchmarks import teacher_quality
-from tests.helpers import toy_teacher_pipeline
-from tests.test_mesh_render import checker_quad_glb, two_quads_glb
+from helpers import toy_teacher_pipeline
+from helpers import checker_quad_glb, two_quads_glb
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks import student_step
-from tests.helpers import toy_teacher_pipeline
+from helpers import toy_teacher_pipeline
 from training import distill
 
 

@@ -17,8 +17,8 @@ from dd3g.teachers.imagedream import (
     alpha_from_white,
     imagedream_camera_vectors,
 )
-from tests.helpers import imagedream_camera
-from tests.imagedream_fixture import (
+from helpers import imagedream_camera
+from dd3g.testing.imagedream_fixture import (
     PUBLISHED_UNET_CONFIG,
     TINY_RESAMPLER,
     TINY_UNET_CONFIG,

@@ -11,11 +11,12 @@ import pytest
 import torch
 
 from benchmarks import eval_real
+from dd3g.evaluation import real_scans
 from dd3g.cameras import orbit_cameras
 from dd3g.rendering.mesh_renderer import composite, load_scan, render_mesh
 from dd3g.evaluation.metrics import psnr
-from tests.helpers import toy_pipeline
-from tests.test_mesh_render import checker_quad_glb, two_quads_glb
+from helpers import toy_pipeline
+from helpers import checker_quad_glb, two_quads_glb
 
 SIZE = 64
 
@@ -28,7 +29,7 @@ def framed_scan(path, ratio):
     """(mesh, input view [4, S, S], framed input [4, S, S]) of one synthetic scan."""
     mesh = load_scan(path)
     input_rgba = render_mesh(mesh, cameras_at([0.0]))[0]
-    return mesh, input_rgba, eval_real.frame_input(input_rgba, ratio)
+    return mesh, input_rgba, real_scans.frame_input(input_rgba, ratio)
 
 
 @pytest.mark.parametrize("maker,ratio", [(checker_quad_glb, 0.57), (two_quads_glb, 0.85), (two_quads_glb, 0.3)])
@@ -36,22 +37,22 @@ def test_truth_moved_into_the_models_frame_matches_the_preprocessing(tmp_path, m
     # two_quads has depth (a near and a far quad), so perspective matters; the bumped quad is off-centre.
     kwargs = {"bump": True} if maker is checker_quad_glb else {}
     mesh, input_rgba, framed = framed_scan(maker(tmp_path / "scan.glb", **kwargs), ratio)
-    before = eval_real.alpha_box(input_rgba[3])
-    target = eval_real.alpha_box(framed[3])
+    before = real_scans.alpha_box(input_rgba[3])
+    target = real_scans.alpha_box(framed[3])
     assert max(abs(a - b) for a, b in zip(before, target)) > 3  # the preprocessing really moved it
-    transform = eval_real.solve_framing(mesh, cameras_at([0.0]), input_rgba[3], framed[3])
-    after = render_mesh(eval_real.transformed(mesh, transform), cameras_at([0.0]))[0]
-    assert max(abs(a - b) for a, b in zip(eval_real.alpha_box(after[3]), target)) <= 2
+    transform = real_scans.solve_framing(mesh, cameras_at([0.0]), input_rgba[3], framed[3])
+    after = render_mesh(real_scans.transformed(mesh, transform), cameras_at([0.0]))[0]
+    assert max(abs(a - b) for a, b in zip(real_scans.alpha_box(after[3]), target)) <= 2
 
 
 def test_copy_and_mirror(tmp_path):
     _, _, framed = framed_scan(checker_quad_glb(tmp_path / "scan.glb", bump=True), 0.6)
     azimuths = [0.0, 90.0, 180.0, 270.0, 135.0, -100.0]
-    copy = eval_real.copy_prediction(framed, len(azimuths))
+    copy = real_scans.copy_prediction(framed, len(azimuths))
     assert torch.equal(copy[0], composite(framed))  # the framed input, exactly
-    mirror = eval_real.mirror_prediction(framed, azimuths)
+    mirror = real_scans.mirror_prediction(framed, azimuths)
     for view, azimuth in enumerate(azimuths):
-        behind = abs(eval_real.wrapped_azimuth(azimuth)) > 90
+        behind = abs(real_scans.wrapped_azimuth(azimuth)) > 90
         expected = composite(framed).flip(-1) if behind else composite(framed)
         assert torch.equal(mirror[view], expected), azimuth
     assert not torch.equal(mirror[2], copy[2])  # the checker is not symmetric: the flip shows
@@ -59,7 +60,7 @@ def test_copy_and_mirror(tmp_path):
 
 def test_card_reproduces_the_input_at_the_input_camera(tmp_path):
     _, _, framed = framed_scan(checker_quad_glb(tmp_path / "scan.glb", bump=True), 0.6)
-    card = eval_real.card_prediction(framed, cameras_at([0.0, 90.0, 180.0]), 2.0)  # [3, 3, S, S]
+    card = real_scans.card_prediction(framed, cameras_at([0.0, 90.0, 180.0]), 2.0)  # [3, 3, S, S]
     # Pixel-sized splats blur the checker's hard colour edges a little (the real scans: ~35 dB).
     assert float(psnr(card[0], composite(framed))) > 24
     assert float(psnr(card[0], composite(framed))) > float(psnr(torch.ones_like(card[0]), composite(framed))) + 12
@@ -71,11 +72,11 @@ def test_card_reproduces_the_input_at_the_input_camera(tmp_path):
 def test_revolved_silhouette_has_the_inputs_height_and_width(tmp_path):
     _, _, framed = framed_scan(checker_quad_glb(tmp_path / "scan.glb"), 0.6)
     cams = cameras_at([0.0, 90.0])
-    mesh = eval_real.revolve_mesh(framed, cams[0:1], 2.0)
+    mesh = real_scans.revolve_mesh(framed, cams[0:1], 2.0)
     views = render_mesh(mesh, cams)  # [2, 4, S, S]
-    left, top, right, bottom = eval_real.alpha_box(framed[3])
+    left, top, right, bottom = real_scans.alpha_box(framed[3])
     for view in views:
-        view_left, view_top, view_right, view_bottom = eval_real.alpha_box(view[3])
+        view_left, view_top, view_right, view_bottom = real_scans.alpha_box(view[3])
         assert abs((view_bottom - view_top) - (bottom - top)) <= 2
         assert abs((view_right - view_left) - (right - left)) <= 0.1 * (right - left) + 2
     # Coloured from the input: the front view's mean colour over the object is the input's.

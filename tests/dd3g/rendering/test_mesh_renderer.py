@@ -8,45 +8,11 @@ import numpy as np
 import pytest
 import torch
 import trimesh
-from PIL import Image
 
 from dd3g.cameras import intrinsics, orbit_cameras
 from dd3g.rendering.mesh_renderer import load_scan, render_mesh
+from helpers import checker_quad_glb, two_quads_glb
 
-# Texture quadrants (PIL row 0 = top): top-left red, top-right green, bottom-left blue, bottom-right white.
-CHECKER = np.array([[[255, 0, 0], [0, 255, 0]], [[0, 0, 255], [255, 255, 255]]], np.uint8)
-
-
-def checker_quad_glb(path, bump: bool = False, offset=(0.0, 0.0, 0.0)):
-    """A 2x2 square in the file's x-z plane (Z-up file: it stands upright, facing -Y, i.e. the front),
-    textured so the image's top row is at the file's +Z. Optionally a small spike at +Z's top edge."""
-    vertices = np.array([[-1, 0, -1], [1, 0, -1], [1, 0, 1], [-1, 0, 1]], float) + np.asarray(offset)
-    faces = np.array([[0, 1, 2], [0, 2, 3]])
-    uv = np.array([[0, 0], [1, 0], [1, 1], [0, 1]], float)  # trimesh convention: v up
-    texture = Image.fromarray(CHECKER, "RGB").resize((8, 8), Image.NEAREST)
-    mesh = trimesh.Trimesh(vertices, faces, visual=trimesh.visual.TextureVisuals(uv=uv, image=texture), process=False)
-    scene = trimesh.Scene()
-    scene.add_geometry(mesh, geom_name="quad")
-    if bump:  # a coloured sliver above the quad (file +Z), tiny enough not to change the frame much
-        spike = trimesh.Trimesh(np.array([[0, 0.01, 1], [0.02, 0.01, 1], [0.01, 0.01, 1.3]]) + np.asarray(offset), [[0, 1, 2]], process=False)
-        spike.visual = trimesh.visual.ColorVisuals(spike, vertex_colors=np.tile([10, 200, 10, 255], (3, 1)))
-        scene.add_geometry(spike, geom_name="spike")
-    scene.export(path)
-    return path
-
-
-def two_quads_glb(path):
-    """A near red quad in front (file -Y is the front) of a larger far blue one, placed by a node transform."""
-    red = trimesh.Trimesh([[-0.5, 0, -0.5], [0.5, 0, -0.5], [0.5, 0, 0.5], [-0.5, 0, 0.5]], [[0, 1, 2], [0, 2, 3]], process=False)
-    red.visual = trimesh.visual.ColorVisuals(red, vertex_colors=np.tile([255, 0, 0, 255], (4, 1)))
-    blue = trimesh.Trimesh([[-1, 0, -1], [1, 0, -1], [1, 0, 1], [-1, 0, 1]], [[0, 1, 2], [0, 2, 3]], process=False)
-    blue.visual = trimesh.visual.ColorVisuals(blue, vertex_colors=np.tile([0, 0, 255, 255], (4, 1)))
-    scene = trimesh.Scene()
-    # Blue is pushed back (+Y in the file, i.e. away from the front camera) by its node transform.
-    scene.add_geometry(blue, geom_name="blue", transform=trimesh.transformations.translation_matrix([0, 0.3, 0]))
-    scene.add_geometry(red, geom_name="red")
-    scene.export(path)
-    return path
 
 
 def front(size):

@@ -5,8 +5,9 @@ import struct
 from pathlib import Path
 
 import pytest
+from helpers import REPO
 
-HUB = Path(__file__).resolve().parents[1] / "hub"
+HUB = REPO / "hub"
 PACKAGES = sorted(p for p in HUB.iterdir() if p.is_dir())
 
 

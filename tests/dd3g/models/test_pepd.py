@@ -5,7 +5,7 @@ import torch
 from dd3g.cameras import ViewLayout
 from dd3g.models.mv_unet import MultiViewUNet
 from dd3g.models.pepd import PEPD
-from tests.helpers import TOY_UNET, toy_student
+from helpers import TOY_UNET, toy_student
 
 
 def _inputs(student: PEPD, batch: int = 2, seed: int = 0):

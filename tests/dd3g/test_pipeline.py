@@ -10,7 +10,7 @@ from safetensors.torch import load_file, save_file
 from dd3g.gaussians import Gaussians
 from dd3g.pipeline import CheckpointError, DD3GPipeline, slerp
 from dd3g.preprocess import ImageInputError
-from tests.helpers import rgba_image, toy_pipeline
+from dd3g.testing import rgba_image, toy_pipeline
 
 
 @pytest.fixture(scope="session")

@@ -7,10 +7,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from dd3g.evaluation.metrics import LPIPS
 from dd3g.pipeline import DD3GPipeline
 from dd3g.preprocess import composite_on
-from tests.helpers import rgba_image, toy_teacher_pipeline
+from dd3g.testing import rgba_image, toy_teacher_pipeline
 from training import build_corpus, distill, simulate
+from helpers import REPO
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +104,6 @@ def test_two_processes_match_one_with_the_same_global_batch(world, tmp_path):
     import os
     import subprocess
     import sys
-    from pathlib import Path
 
     args = ["--tiny-test", "--teacher", str(world / "teacher"), "--quadruples", str(world / "quadruples"),
             "--max-steps", "2", "--checkpoint-every", "2", "--log-every", "1", "--sample-every", "1000",
@@ -113,7 +114,7 @@ def test_two_processes_match_one_with_the_same_global_batch(world, tmp_path):
         assert distill.main([*args, "--output-dir", str(tmp_path / "one"), "--batch-size", "2"]) == 2
     finally:
         torch.set_num_threads(threads)
-    repo = Path(__file__).resolve().parents[1]
+    repo = REPO
     result = subprocess.run(
         # torchrun: `accelerate launch --cpu` starts a single process (multi-CPU needs MPI there); the script's
         # Accelerator picks the torchrun environment up as a 2-process gloo (MULTI_CPU) run.
@@ -133,11 +134,7 @@ def test_two_processes_match_one_with_the_same_global_batch(world, tmp_path):
 
 
 def test_distill_quality_benchmark_scores_students_against_teacher_and_truth(world, tmp_path, monkeypatch):
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    import distill_quality
+    from benchmarks import distill_quality
 
     _run(world, tmp_path / "run", "--max-steps", "1", "--no-verification", "--export", str(tmp_path / "pipe"))
     truth = world / "truth-eval"
@@ -155,16 +152,16 @@ def test_distill_quality_benchmark_scores_students_against_teacher_and_truth(wor
     assert set(report["ceiling"]) == {"teacher_views", "true_views"}
     assert "| toy |" in (tmp_path / "eval" / "distill_quality.md").read_text()
     # Scoring the truth against itself is perfect; the teacher against the truth is not.
-    import distill_quality as dq
+    dq = distill_quality
     views = distill.QuadrupleBatches(str(truth), (4, 4, 16, 16)).batch([0, 1])["views"]
-    same = dq.compare(views, views, __import__("dd3g.evaluation.metrics", fromlist=["LPIPS"]).LPIPS.from_pretrained())
+    same = dq.compare(views, views, LPIPS.from_pretrained())
     assert (same["psnr"] > 100).all() and same["lpips"].abs().max() < 1e-5
     assert report["teacher_vs_truth"]["psnr"]["all"] < 40
     # N-use: a student that outputs the teacher's seed-mean whatever its N follows no seed (own = other) and sits
     # exactly on the N-blind floor; one that outputs each seed's own views is at 0 against its own seed.
     teacher_data = distill.QuadrupleBatches(str(world / "quadruples"), (4, 4, 16, 16))
     args = argparse.Namespace(seeds_per_image=2, diversity_images=2)
-    lpips_model = __import__("dd3g.evaluation.metrics", fromlist=["LPIPS"]).LPIPS.from_pretrained()
+    lpips_model = LPIPS.from_pretrained()
     size = teacher_data.batch([0])["views"].shape[-1]
 
     def seed_mean(pipe, batch, size):  # opaque views whose colour on white is the mean of the teacher's
