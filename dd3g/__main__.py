@@ -136,7 +136,7 @@ def check_out_dir(out_dir: Path) -> bool:
 
 
 def remove_partial_outputs(targets: Sequence[Path]) -> None:
-    """Temp files the writers (gaussians._write_atomically, export) leave next to a target when cut short."""
+    """Temp files the writers (dd3g.files: every PLY, .splat, GLB and MP4 writer) leave next to a target when cut short."""
     for target in targets:
         for temp in target.parent.glob(f".{glob.escape(target.name)}.*.tmp*"):
             try:

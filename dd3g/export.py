@@ -30,7 +30,8 @@ import numpy as np
 import torch
 
 from .cameras import DEFAULT_FOV_DEG, DEFAULT_RADIUS, orbit_cameras
-from .gaussians import Gaussians, PathLike, _create_temp_beside, _write_atomically
+from .files import replacing, write_atomically
+from .gaussians import Gaussians, PathLike
 from .rendering import WHITE, render
 from .rendering.torch_splatter import quats_to_rotmats
 
@@ -194,7 +195,7 @@ def save_glb(g: Gaussians, path: PathLike, **mesh_kwargs) -> str:
     """Extract the mesh (``gaussians_to_mesh(g, **mesh_kwargs)``) and write it as binary glTF. Atomic."""
     mesh = gaussians_to_mesh(g, **mesh_kwargs)
     data = mesh.export(file_type="glb")
-    _write_atomically(path, [data])
+    write_atomically(path, [data])
     return os.fspath(path)
 
 
@@ -257,9 +258,7 @@ def save_turntable_mp4(
     path = os.fspath(path)
     # The temp file keeps the .mp4 suffix so ffmpeg picks the MP4 container; ffmpeg truncates it in place,
     # so the video keeps its umask-respecting mode.
-    fd, tmp = _create_temp_beside(path, suffix=".tmp.mp4")
-    os.close(fd)
-    try:
+    with replacing(path, suffix=".tmp.mp4") as tmp:
         writer = imageio.get_writer(
             tmp, format="FFMPEG", mode="I", fps=fps, codec="libx264", pixelformat="yuv420p",
             macro_block_size=1, ffmpeg_log_level="error", output_params=["-movflags", "+faststart"],
@@ -269,9 +268,4 @@ def save_turntable_mp4(
                 writer.append_data(frame)
         finally:
             writer.close()
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
     return path

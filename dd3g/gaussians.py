@@ -18,11 +18,13 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, fields
-from typing import Dict, Optional, Sequence, Union
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from .files import PathLike, write_atomically
 
 __all__ = ["Gaussians", "SH_C0", "OPACITY_LOGIT_BOUND", "PLY_REQUIRED_PROPERTIES"]
 
@@ -31,44 +33,12 @@ OPACITY_LOGIT_BOUND = 15.0  # sigmoid(15) = 1 - 3e-7: opaque enough, and never +
 _MIN_SCALE = 1e-12  # from_activated clamps scales to this before the log
 _OPACITY_EPS = 1e-6  # from_activated clamps opacities into [eps, 1 - eps] before the logit
 
-PathLike = Union[str, os.PathLike]
 
 # The standard 3DGS vertex layout (f_rest_* go between f_dc_2 and opacity).
 _PLY_HEAD = ("x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2")
 _PLY_TAIL = ("opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3")
 PLY_REQUIRED_PROPERTIES = tuple(p for p in _PLY_HEAD + _PLY_TAIL if p not in ("nx", "ny", "nz"))
 _F_REST = re.compile(r"f_rest_(\d+)$")
-
-
-def _create_temp_beside(path: str, suffix: str = ".tmp") -> tuple[int, str]:
-    """A new, hidden file next to ``path`` -> (fd, its path), created with mode 0666 less the umask.
-
-    Like ``tempfile.mkstemp`` (a random name, O_EXCL), but mkstemp makes 0600 files, and the rename would
-    give the output that mode whatever the umask.
-    """
-    folder = os.path.dirname(os.path.abspath(path))
-    for _ in range(100):
-        tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.urandom(6).hex()}{suffix}")
-        try:
-            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
-        except FileExistsError:
-            continue
-    raise FileExistsError(f"no free temporary name next to {path}")
-
-
-def _write_atomically(path: PathLike, chunks: Sequence[bytes]) -> None:
-    """Write ``chunks`` to a temp file next to ``path``, then rename it over ``path`` (mode 0666 less the umask)."""
-    path = os.fspath(path)
-    fd, tmp = _create_temp_beside(path)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            for chunk in chunks:
-                f.write(chunk)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 @dataclass
@@ -339,7 +309,7 @@ class Gaussians:
 
     def save_ply(self, path: PathLike) -> str:
         """Write the standard 3DGS PLY (binary little-endian float32, raw values). Atomic."""
-        _write_atomically(path, [self.to_ply_bytes()])
+        write_atomically(path, [self.to_ply_bytes()])
         return os.fspath(path)
 
     def to_ply_bytes(self) -> bytes:
@@ -429,7 +399,7 @@ class Gaussians:
         rec["scale"] = scales[order].numpy()
         rec["rgba"] = (rgba[order] * 255).round().clamp(0, 255).to(torch.uint8).numpy()
         rec["rot"] = rot[order].round().clamp(0, 255).to(torch.uint8).numpy()
-        _write_atomically(path, [rec.tobytes()])
+        write_atomically(path, [rec.tobytes()])
         return os.fspath(path)
 
     @classmethod

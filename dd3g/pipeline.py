@@ -30,10 +30,11 @@ from .models.input_encoders import ImagePromptEncoder, LatentFrameEncoder
 from .models.pepd import PEPD
 from .randomness import noise_from_seeds
 from .preprocess import PreprocessConfig, PreprocessedImage, preprocess
+from .shipped import REPOSITORY_HUB, missing_hint, shipped_folder
 from .student_inputs import StudentInputBuilder
 
 OUTPUT_TYPES = ("gaussians", "ply", "np")
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "hub" / "dd3g-tiny"
+DEFAULT_CHECKPOINT = REPOSITORY_HUB / "dd3g-tiny"  # the repository's copy; from_pretrained() also honours DD3G_HUB
 # from_pretrained's keyword arguments that choose what to fetch from the Hub
 HUB_DOWNLOAD_KWARGS = ("cache_dir", "force_download", "proxies", "local_files_only", "token", "revision", "variant")
 
@@ -89,12 +90,13 @@ class DD3GPipeline(DiffusionPipeline):
     def from_pretrained(cls, pretrained_model_name_or_path=None, **kwargs) -> "DD3GPipeline":
         """Load a saved pipeline folder or Hub repo id (safetensors only, never pickles). Defaults to the shipped
         dd3g-tiny. Every config is checked against sane bounds before anything is built (dd3g.checkpoint_config)."""
-        path = DEFAULT_CHECKPOINT if pretrained_model_name_or_path is None else pretrained_model_name_or_path
+        default = pretrained_model_name_or_path is None
+        path = shipped_folder("dd3g-tiny") if default else pretrained_model_name_or_path
         if _looks_local(path):
             folder = Path(os.path.expanduser(str(path)))
         else:
             folder = _download(cls, str(path), {k: kwargs[k] for k in HUB_DOWNLOAD_KWARGS if k in kwargs})
-        _check_checkpoint_folder(folder)
+        _check_checkpoint_folder(folder, missing_hint("dd3g-tiny") if default else "")
         check_checkpoint_configs(folder)
         kwargs["use_safetensors"] = True  # also where a .bin lies beside weights of another name: never unpickled
         from diffusers.utils import logging as diffusers_logging
@@ -279,10 +281,10 @@ def _download(cls, repo_id: str, hub_kwargs: dict) -> Path:
         ) from error
 
 
-def _check_checkpoint_folder(path: Path) -> None:
+def _check_checkpoint_folder(path: Path, hint: str = "") -> None:
+    """`hint`: what to do when the folder is missing (for the default checkpoint: how to get the shipped one)."""
     if not path.exists():
-        hint = " (the shipped dd3g-tiny is missing from this install: reinstall, or pass a checkpoint folder)" if path == DEFAULT_CHECKPOINT else ""
-        raise CheckpointError(f"checkpoint folder {path} does not exist{hint}")
+        raise CheckpointError(f"checkpoint folder {path} does not exist" + (f" ({hint})" if hint else ""))
     if not path.is_dir():
         raise CheckpointError(f"checkpoint {path} is not a folder (expected a save_pretrained folder with model_index.json)")
     index = path / "model_index.json"

@@ -34,6 +34,8 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Union
 import numpy as np
 import torch
 
+from dd3g.files import replacing, write_atomically
+
 DATA_DIR = "data"
 MANIFEST_NAME = "build.json"
 CARD_NAME = "README.md"
@@ -151,30 +153,11 @@ class Skipped:
     reason: str
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def write_bytes_atomic(path: PathLike, data: bytes) -> Path:
-    """Write to a temp file beside `path`, fsync, then rename over it."""
+    """Write to a temp file beside `path`, fsync, then rename over it (and fsync the folder)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}.{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    write_atomically(path, [data], durable=True)
     return path
 
 
@@ -201,13 +184,10 @@ def write_shard(
     folder = data_dir(folder)
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / shard_name(items)
-    tmp = folder / f".tmp-{final.name}.{os.getpid()}.partial"
-    with open(tmp, "wb") as f:
-        pq.write_table(table, f, compression="zstd")  # PNG bytes barely compress; zstd is cheap for the rest
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, final)
-    _fsync_dir(folder)
+    # The temporary's name is TEMP_PATTERN's: a killed build's leftover is found and removed by the next run.
+    with replacing(final, durable=True, temp=folder / f".tmp-{final.name}.{os.getpid()}.partial") as tmp:
+        with open(tmp, "wb") as f:
+            pq.write_table(table, f, compression="zstd")  # PNG bytes barely compress; zstd is cheap for the rest
     return final
 
 

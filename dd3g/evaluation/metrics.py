@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..checksums import verify_sha256
+from ..shipped import REPOSITORY_HUB, missing_hint, shipped_folder
 
 
 def psnr(prediction: Tensor, target: Tensor, mask: Optional[Tensor] = None, max_value: float = 1.0) -> Tensor:
@@ -79,7 +80,7 @@ def ssim(prediction: Tensor, target: Tensor, mask: Optional[Tensor] = None, wind
 # ---------------------------------------------------------------------------------------------------
 
 #: ``hub/lpips-alex`` at the repository root.
-LPIPS_WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "hub" / "lpips-alex"
+LPIPS_WEIGHTS_DIR = REPOSITORY_HUB / "lpips-alex"  # from_pretrained() also honours DD3G_HUB
 #: Name of the safetensors file inside that folder.
 LPIPS_WEIGHTS_NAME = "model.safetensors"
 #: sha256 of ``hub/lpips-alex/model.safetensors`` as written by ``scripts/convert_lpips.py`` (float16).
@@ -171,11 +172,12 @@ class LPIPS(nn.Module):
         """
         from safetensors.torch import load_file  # noqa: PLC0415
 
-        weights = Path(path) if path is not None else LPIPS_WEIGHTS_DIR
+        weights = Path(path) if path is not None else shipped_folder("lpips-alex")
         if weights.is_dir():
             weights = weights / LPIPS_WEIGHTS_NAME
         if not weights.is_file():
-            raise FileNotFoundError(f"LPIPS weights not found at {weights}. To create them, {_LPIPS_CONVERT_HINT}.")
+            remedy = f"To create them, {_LPIPS_CONVERT_HINT}" if path is not None else f"({missing_hint('lpips-alex')})"
+            raise FileNotFoundError(f"LPIPS weights not found at {weights}. {remedy}.")
         verify_sha256(weights, expected_sha256, _LPIPS_CONVERT_HINT)
         model = cls()
         model.load_state_dict(load_file(str(weights)), strict=True)  # float16 copied into float32

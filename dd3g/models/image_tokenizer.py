@@ -47,13 +47,14 @@ from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 
 from ..checksums import verify_sha256
+from ..shipped import REPOSITORY_HUB, missing_hint, shipped_folder
 
 # ---------------------------------------------------------------------------------------------------
 # Shipped weights
 # ---------------------------------------------------------------------------------------------------
 
 #: ``hub/efficientnet-lite0`` at the repository root (``save_pretrained`` layout).
-DEFAULT_WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "hub" / "efficientnet-lite0"
+DEFAULT_WEIGHTS_DIR = REPOSITORY_HUB / "efficientnet-lite0"  # from_imagenet() also honours DD3G_HUB
 #: File name diffusers' ``save_pretrained`` gives the safetensors weights.
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 #: sha256 of ``hub/efficientnet-lite0/diffusion_pytorch_model.safetensors`` as written by the
@@ -326,13 +327,11 @@ class EfficientNetLite0Tokenizer(ModelMixin, ConfigMixin):
         (``image_size``, ``token_stage``) replace the saved config values. The weights are stored as
         float16 and loaded as ``torch_dtype`` (float32 by default).
         """
-        folder = Path(path) if path is not None else DEFAULT_WEIGHTS_DIR
+        folder = Path(path) if path is not None else shipped_folder("efficientnet-lite0")
         weights = folder / WEIGHTS_NAME
         if not weights.is_file() or not (folder / "config.json").is_file():
-            raise FileNotFoundError(
-                f"EfficientNet-Lite0 weights not found: expected {weights} and config.json in {folder}. "
-                f"To create them, {_CONVERT_HINT}."
-            )
+            remedy = f"To create them, {_CONVERT_HINT}" if path is not None else f"({missing_hint('efficientnet-lite0')})"
+            raise FileNotFoundError(f"EfficientNet-Lite0 weights not found: expected {weights} and config.json in {folder}. {remedy}.")
         verify_sha256(weights, expected_sha256, _CONVERT_HINT)
         unknown = set(config_overrides) - {"image_size", "token_stage"}
         if unknown:

@@ -96,13 +96,42 @@ def test_usage_errors_exit_2_with_one_line(checkpoint, image, tmp_path, capsys, 
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
 
 
-def test_missing_default_model_says_so(image, tmp_path, capsys, monkeypatch):
-    import dd3g.pipeline
+def test_missing_default_model_says_how_to_get_it(image, tmp_path, capsys, monkeypatch):
+    """A wheel install has no hub/ beside the package: the default model's absence is one line saying what to do."""
+    import dd3g.shipped
 
-    monkeypatch.setattr(dd3g.pipeline, "DEFAULT_CHECKPOINT", tmp_path / "hub" / "dd3g-tiny")
+    monkeypatch.delenv("DD3G_HUB", raising=False)
+    monkeypatch.setattr(dd3g.shipped, "REPOSITORY_HUB", tmp_path / "site-packages" / "hub")
     assert main([str(image), "--out", str(tmp_path / "o")]) == 2
-    err = capsys.readouterr().err
-    assert "the shipped dd3g-tiny is missing" in err
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "dd3g-tiny" in err[0] and "pip install -e ." in err[0] and "DD3G_HUB" in err[0], err
+
+    monkeypatch.setenv("DD3G_HUB", str(tmp_path / "empty-hub"))
+    assert main([str(image), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"DD3G_HUB={tmp_path / 'empty-hub'} holds no dd3g-tiny/ folder" in err[0], err
+
+
+def test_dd3g_hub_names_where_the_shipped_weights_are(tmp_path, monkeypatch):
+    """DD3G_HUB pointing at a copy of hub/ serves the default pipeline and the default tokenizer weights."""
+    import dd3g.shipped
+    from dd3g.models.image_tokenizer import EfficientNetLite0Tokenizer
+    from dd3g.pipeline import DD3GPipeline
+
+    hub = tmp_path / "elsewhere" / "hub"
+    hub.mkdir(parents=True)
+    for name in ("dd3g-tiny", "efficientnet-lite0"):
+        (hub / name).symlink_to(REPO / "hub" / name, target_is_directory=True)
+    monkeypatch.setattr(dd3g.shipped, "REPOSITORY_HUB", tmp_path / "nowhere")
+    monkeypatch.setenv("DD3G_HUB", str(hub))
+    pipe = DD3GPipeline.from_pretrained()
+    shipped = DD3GPipeline.from_pretrained(REPO / "hub" / "dd3g-tiny")
+    first = next(iter(shipped.student.state_dict().items()))
+    torch.testing.assert_close(pipe.student.state_dict()[first[0]], first[1])
+    assert EfficientNetLite0Tokenizer.from_imagenet().config.image_size == shipped.image_encoder.config.image_size
+    (hub / "efficientnet-lite0").unlink()
+    with pytest.raises(FileNotFoundError, match="holds no efficientnet-lite0/ folder"):
+        EfficientNetLite0Tokenizer.from_imagenet()
 
 
 def test_real_subprocess(checkpoint, image, tmp_path):
@@ -211,7 +240,7 @@ def test_interruption_removes_partial_outputs_and_keeps_finished_ones(checkpoint
 SIGTERM_MID_WRITE = r"""
 import os, signal, sys
 sys.path.insert(0, sys.argv[1])
-from dd3g import gaussians
+from dd3g import files, gaussians
 from dd3g.__main__ import main
 
 def write_then_terminated(self, path):
@@ -219,7 +248,7 @@ def write_then_terminated(self, path):
         yield b"ply\n"
         os.kill(os.getpid(), signal.SIGTERM)  # arrives while the temp file is open
         yield b"never written"
-    gaussians._write_atomically(path, chunks())
+    files.write_atomically(path, chunks())
 
 gaussians.Gaussians.save_ply = write_then_terminated
 sys.exit(main(sys.argv[2:]))
