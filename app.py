@@ -37,7 +37,8 @@ import gradio as gr
 import numpy as np
 import torch
 
-from dd3g.export import EmptyMeshError, save_glb, save_turntable_mp4, turntable_frames
+from dd3g.devices import choose_device
+from dd3g.export import EmptyMeshError, save_as, save_turntable_mp4, turntable_frames
 from dd3g.pipeline import CheckpointError, DD3GPipeline
 from dd3g.preprocess import (
     BackgroundRemovalError,
@@ -167,15 +168,11 @@ def lenient_image_input(max_file_bytes: int, upload_dir: Path, **kwargs) -> gr.I
     return component
 
 
-def pick_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def load_pipeline(checkpoint=None, device: Optional[str] = None) -> DD3GPipeline:
     """The pipeline from a folder / Hub repo id / the default, on `device`. Raises CheckpointError."""
     pipe = DD3GPipeline.from_pretrained(checkpoint)
     pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device or pick_device())
+    return pipe.to(choose_device(device))
 
 
 def example_inputs() -> List[List[str]]:
@@ -307,9 +304,9 @@ class DD3GApp:
         for k, sample_seed in enumerate(seeds):
             progress(0.2 + 0.2 * k / count, desc=f"Writing the files of object {k + 1}/{count}")
             stem = folder / f"dd3g_seed{sample_seed}"
-            downloads += [plys[k], gaussians[k].save_splat(f"{stem}.splat")]
+            downloads += [plys[k], save_as(gaussians[k], f"{stem}.splat")]
             try:
-                downloads.append(save_glb(gaussians[k], f"{stem}.glb", resolution=self.settings.glb_resolution))
+                downloads.append(save_as(gaussians[k], f"{stem}.glb", glb_resolution=self.settings.glb_resolution))
             except EmptyMeshError:  # too transparent to mesh: the splat files still come
                 notes.append(f"seed {sample_seed}: no .glb (the object is too transparent to mesh)")
         files_s = time.perf_counter() - export_started
@@ -574,9 +571,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    device = args.device or pick_device()
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        print(f"error: --device {device} asked for, but no CUDA device is available", file=sys.stderr)
+    try:
+        device = choose_device(args.device)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
         return 2
     try:
         pipe = load_pipeline(args.checkpoint, device)

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 
+from dd3g.devices import choose_device
 from dd3g.evaluation.fitting import leave_one_out_psnr
 from dd3g.evaluation.metrics import LPIPS, psnr, ssim
 from dd3g.pipeline import DD3GPipeline
@@ -182,10 +183,10 @@ def main(argv=None):
     p.add_argument("--diversity-images", type=int, default=16)
     p.add_argument("--fit-steps", type=int, default=300, help="ceiling fits; 0 skips them")
     p.add_argument("--fit-gaussians", type=int, default=4096)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1... (default: cuda if available)")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
-    device = torch.device(args.device)
+    device = torch.device(choose_device(args.device))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     pipelines = {}

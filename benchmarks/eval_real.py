@@ -48,7 +48,7 @@ from dd3g.evaluation.real_scans import (BASELINES, Scan, card_prediction, copy_p
                                         read_framing, to_uint8)
 from dd3g.pipeline import DEFAULT_CHECKPOINT
 from dd3g.rendering import render
-from dd3g.rendering.mesh_renderer import composite
+from dd3g.preprocess import composite_on
 
 FRAME_NOTE = ("the truth is rendered in the model's frame: scaled about the origin and shifted in the input camera's "
               "image plane so that its input view's alpha box is where the pipeline's preprocessing (recentring, "
@@ -85,7 +85,7 @@ def view_specs(turntable: int, turntable_elevation: float, layout: ViewLayout):
 
 def score(pred_rgb: torch.Tensor, gt_rgba: torch.Tensor) -> dict:
     """pred_rgb [V, 3, H, W] on white, gt_rgba [V, 4, H, W] -> {metric: [V] list}."""
-    gt_rgb = composite(gt_rgba)  # [V, 3, H, W]
+    gt_rgb = composite_on(gt_rgba)  # [V, 3, H, W]
     mask = (gt_rgba[:, 3:4] > 0.5).float()  # [V, 1, H, W]
     with torch.no_grad():
         values = dict(
@@ -264,7 +264,7 @@ def main(argv=None) -> dict:
         chart_rows.append({"name": path.stem, "input": entry[predictions[0]]["input"], "novel": entry[predictions[0]]["novel"]})
         if len(grid_blocks) < args.grid_objects:
             pick = [names.index(n) for n in ["input"] + [n for n in names if n.startswith("canon_")][1:]]
-            grid_blocks.append([composite(gt[pick])] + [preds[p][pick] for p in predictions])
+            grid_blocks.append([composite_on(gt[pick])] + [preds[p][pick] for p in predictions])
         print(f"[eval_real] {path.name}: novel PSNR " + " ".join(f"{p} {entry[p]['novel']['psnr']:.2f}" for p in predictions)
               + f" (scale {transform['scale']:.3f}, {entry['seconds']:.1f}s)", flush=True)
     scored = [o for o in objects.values() if "skipped" not in o]

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 
+from dd3g.devices import choose_device
 from dd3g.cameras import orbit_cameras
 from dd3g.evaluation.colour_check import coloured_shapes, mean_colour
 from dd3g.evaluation.fitting import leave_one_out_psnr
@@ -194,10 +195,10 @@ def main(argv=None):
     p.add_argument("--real-cache", type=Path, default=None, help="mesh render cache (default OUT/cache)")
     p.add_argument("--supersample", type=int, default=2, help="mesh renders of the real scans")
     p.add_argument("--colour-check", action="store_true", help="mean colour of flat coloured disks and rings")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1... (default: cuda if available)")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
-    device = torch.device(args.device)
+    device = torch.device(choose_device(args.device))
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     teacher = load_teacher(args.teacher, device=device)

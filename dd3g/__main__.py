@@ -24,7 +24,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-FORMATS = ("ply", "splat", "glb", "mp4")  # glb: marching-cubes mesh; mp4: 24-frame 256 px turntable
+FORMATS = ("ply", "splat", "glb", "mp4")  # dd3g.export.OUTPUT_FORMATS, written out so that --help imports no torch
 
 
 class UsageError(Exception):
@@ -152,18 +152,15 @@ def run(args) -> int:
     if args.elevation is not None and not -90.0 < args.elevation < 90.0:
         raise UsageError(f"--elevation must be between -90 and 90 degrees, got {args.elevation:g}")
     # Heavy imports after argument checks, so --help and usage errors are instant.
-    import torch
     from tqdm.auto import tqdm
 
+    from .devices import choose_device
     from .pipeline import CheckpointError, DD3GPipeline
 
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     try:
-        torch.device(device)
-    except RuntimeError as error:
-        raise UsageError(f"--device {device!r} is not a device: {error}") from None
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError("--device cuda asked for, but no CUDA device is available")
+        device = choose_device(args.device)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
     out_dir = Path(args.out).expanduser()
     unique: Dict[str, str] = {}
     for image in args.images:
@@ -202,7 +199,7 @@ def run(args) -> int:
 
 def generate_one(pipe, image_path: str, seeds: List[int], elevation, formats: List[str], name: str, out_dir: Path, progress) -> int:
     """Write every output of one image; returns the number of failures, each reported in one line."""
-    from .export import EmptyMeshError, save_glb, save_turntable_mp4
+    from .export import EmptyMeshError, save_as
     from .preprocess import BackgroundRemovalError, ImageInputError
 
     start = time.perf_counter()
@@ -221,14 +218,7 @@ def generate_one(pipe, image_path: str, seeds: List[int], elevation, formats: Li
         for fmt in formats:
             target = out_dir / f"{name}_seed{seed}.{fmt}"
             try:
-                if fmt == "ply":
-                    single.save_ply(target)
-                elif fmt == "splat":
-                    single.save_splat(target)
-                elif fmt == "mp4":
-                    save_turntable_mp4(single, target)
-                else:
-                    save_glb(single, target)
+                save_as(single, target)
             except EmptyMeshError as error:  # nothing opaque enough to mesh: one line, the rest go on
                 failures += 1
                 progress.write(f"error: {image_path}: seed {seed}: {error}", file=sys.stderr)

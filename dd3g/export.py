@@ -228,6 +228,34 @@ def turntable_frames(
     return torch.cat(frames).numpy()
 
 
+def encode_h264(frames: np.ndarray, path: str, fps: int) -> None:
+    """uint8 frames [T, H, W, 3] -> an H.264 MP4 at ``path`` (yuv420p, faststart), by piping raw RGB into ffmpeg.
+
+    ffmpeg is started here rather than through imageio's writer: that one passes ``preexec_fn=os.setpgrp`` to
+    Popen, and running Python code between fork and exec can hang the child for good when other threads hold
+    locks at the fork (the app encodes while it serves; imageio-ffmpeg issue #58). Without a preexec_fn, Popen
+    forks and execs in C. Raises RuntimeError with ffmpeg's own message if it fails.
+    """
+    import subprocess
+
+    import imageio_ffmpeg
+
+    _, height, width, _ = frames.shape
+    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-v", "error", "-f", "rawvideo", "-pix_fmt", "rgb24",
+               "-s", f"{width}x{height}", "-r", str(fps), "-i", "-", "-an", "-c:v", "libx264", "-pix_fmt", "yuv420p",
+               "-movflags", "+faststart", path]
+    process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        _, errors = process.communicate(np.ascontiguousarray(frames).tobytes())
+    except BaseException:
+        process.kill()
+        process.wait()
+        raise
+    if process.returncode != 0:
+        message = " ".join(errors.decode(errors="replace").split())[-300:]
+        raise RuntimeError(f"ffmpeg could not encode the video (exit {process.returncode}): {message}")
+
+
 def save_turntable_mp4(
     g: Gaussians,
     path: PathLike,
@@ -239,13 +267,11 @@ def save_turntable_mp4(
     fov_deg: float = DEFAULT_FOV_DEG,
     frames: Optional[np.ndarray] = None,
 ) -> str:
-    """A turntable video (H.264, yuv420p, so browsers play it) through imageio-ffmpeg. Atomic.
+    """A turntable video (H.264, yuv420p, so browsers play it), encoded by imageio-ffmpeg's ffmpeg binary. Atomic.
 
     ``size`` must be even (yuv420p halves the chroma resolution). ``frames`` (uint8 [T, H, W, 3]) skips the
     rendering and writes those instead.
     """
-    import imageio.v2 as imageio
-
     if frames is None:
         if size % 2:
             raise ValueError(f"the video size must be even for yuv420p H.264, got {size}")
@@ -259,13 +285,28 @@ def save_turntable_mp4(
     # The temp file keeps the .mp4 suffix so ffmpeg picks the MP4 container; ffmpeg truncates it in place,
     # so the video keeps its umask-respecting mode.
     with replacing(path, suffix=".tmp.mp4") as tmp:
-        writer = imageio.get_writer(
-            tmp, format="FFMPEG", mode="I", fps=fps, codec="libx264", pixelformat="yuv420p",
-            macro_block_size=1, ffmpeg_log_level="error", output_params=["-movflags", "+faststart"],
-        )
-        try:
-            for frame in frames:
-                writer.append_data(frame)
-        finally:
-            writer.close()
+        encode_h264(frames, tmp, fps)
     return path
+
+
+#: What `save_as` writes, by file extension: the CLI's --format values and the app's downloads.
+OUTPUT_FORMATS = ("ply", "splat", "glb", "mp4")
+
+
+def save_as(g: Gaussians, path: PathLike, glb_resolution: Optional[int] = None) -> str:
+    """Write one object in the format its file name ends with: .ply (standard 3DGS), .splat (web viewers), .glb
+    (marching-cubes mesh; `glb_resolution` sets its grid) or .mp4 (turntable). Atomic; returns the path.
+
+    The one place the CLI and the app turn a format into a writer. Raises ValueError for another extension and
+    EmptyMeshError for a .glb of an object too transparent to mesh.
+    """
+    fmt = os.path.splitext(os.fspath(path))[1].lower().lstrip(".")
+    if fmt == "ply":
+        return g.save_ply(path)
+    if fmt == "splat":
+        return g.save_splat(path)
+    if fmt == "glb":
+        return save_glb(g, path, **({} if glb_resolution is None else {"resolution": glb_resolution}))
+    if fmt == "mp4":
+        return save_turntable_mp4(g, path)
+    raise ValueError(f"cannot write {os.fspath(path)!r}: unknown output format {fmt!r}; available: {', '.join(OUTPUT_FORMATS)}")

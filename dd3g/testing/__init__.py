@@ -54,8 +54,13 @@ def toy_teacher_pipeline(seed: int = 0, tokenizer_size: int = 224):
     return TinyMVDMPipeline(unet.eval(), tokenizer, training_scheduler())
 
 
+def toy_scheduler() -> DDIMScheduler:
+    """The DDIM of the tiny teacher's kind (v-prediction, 1000 steps, trailing spacing), for dummy pipelines."""
+    return DDIMScheduler(num_train_timesteps=1000, prediction_type="v_prediction", timestep_spacing="trailing", clip_sample=False)
+
+
 def toy_pipeline(seed: int = 0) -> DD3GPipeline:
-    scheduler = DDIMScheduler(num_train_timesteps=1000, prediction_type="v_prediction", timestep_spacing="trailing", clip_sample=False)
+    scheduler = toy_scheduler()
     return DD3GPipeline(
         student=toy_student(seed),
         image_encoder=EfficientNetLite0Tokenizer.from_imagenet(),
@@ -115,7 +120,7 @@ def imagedream_parts(scale: str) -> tuple:
 
 
 def random_pipeline(scale: str, phase1: str = "mv-unet") -> DD3GPipeline:
-    scheduler = DDIMScheduler(num_train_timesteps=1000, prediction_type="v_prediction", timestep_spacing="trailing", clip_sample=False)
+    scheduler = toy_scheduler()
     if phase1 == "imagedream":
         student, frame_encoder, prompt_encoder = imagedream_parts(scale)
         return DD3GPipeline(student, EfficientNetLite0Tokenizer.from_imagenet(), scheduler, frame_encoder=frame_encoder,

@@ -13,7 +13,8 @@ import torch
 from benchmarks import eval_real
 from dd3g.evaluation import real_scans
 from dd3g.cameras import orbit_cameras
-from dd3g.rendering.mesh_renderer import composite, load_scan, render_mesh
+from dd3g.preprocess import composite_on
+from dd3g.rendering.mesh_renderer import load_scan, render_mesh
 from dd3g.evaluation.metrics import psnr
 from helpers import toy_pipeline
 from helpers import checker_quad_glb, two_quads_glb
@@ -49,11 +50,11 @@ def test_copy_and_mirror(tmp_path):
     _, _, framed = framed_scan(checker_quad_glb(tmp_path / "scan.glb", bump=True), 0.6)
     azimuths = [0.0, 90.0, 180.0, 270.0, 135.0, -100.0]
     copy = real_scans.copy_prediction(framed, len(azimuths))
-    assert torch.equal(copy[0], composite(framed))  # the framed input, exactly
+    assert torch.equal(copy[0], composite_on(framed))  # the framed input, exactly
     mirror = real_scans.mirror_prediction(framed, azimuths)
     for view, azimuth in enumerate(azimuths):
         behind = abs(real_scans.wrapped_azimuth(azimuth)) > 90
-        expected = composite(framed).flip(-1) if behind else composite(framed)
+        expected = composite_on(framed).flip(-1) if behind else composite_on(framed)
         assert torch.equal(mirror[view], expected), azimuth
     assert not torch.equal(mirror[2], copy[2])  # the checker is not symmetric: the flip shows
 
@@ -62,11 +63,11 @@ def test_card_reproduces_the_input_at_the_input_camera(tmp_path):
     _, _, framed = framed_scan(checker_quad_glb(tmp_path / "scan.glb", bump=True), 0.6)
     card = real_scans.card_prediction(framed, cameras_at([0.0, 90.0, 180.0]), 2.0)  # [3, 3, S, S]
     # Pixel-sized splats blur the checker's hard colour edges a little (the real scans: ~35 dB).
-    assert float(psnr(card[0], composite(framed))) > 24
-    assert float(psnr(card[0], composite(framed))) > float(psnr(torch.ones_like(card[0]), composite(framed))) + 12
+    assert float(psnr(card[0], composite_on(framed))) > 24
+    assert float(psnr(card[0], composite_on(framed))) > float(psnr(torch.ones_like(card[0]), composite_on(framed))) + 12
     assert float((1 - card[1]).abs().mean()) < 0.05  # edge-on: a card is (nearly) invisible
     # From behind the card shows the input mirrored (same plane, seen from the other side).
-    assert float(psnr(card[2], composite(framed).flip(-1))) > 24
+    assert float(psnr(card[2], composite_on(framed).flip(-1))) > 24
 
 
 def test_revolved_silhouette_has_the_inputs_height_and_width(tmp_path):

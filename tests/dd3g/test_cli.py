@@ -295,3 +295,23 @@ def test_a_bad_checkpoint_config_is_one_line(checkpoint, image, tmp_path, capsys
     (bad / file).write_text(json.dumps(config))
     assert main([str(image), "--out", str(tmp_path / "o"), "--checkpoint", str(bad)]) == 2
     assert message in _one_error_line(capsys.readouterr().err)
+
+
+def test_the_cli_formats_are_what_export_writes(tmp_path):
+    """--format's list is written out in the CLI (so --help imports no torch); export.save_as is what writes them."""
+    from dd3g.__main__ import FORMATS
+    from dd3g.export import OUTPUT_FORMATS, save_as
+
+    assert FORMATS == OUTPUT_FORMATS
+    with pytest.raises(ValueError, match="unknown output format 'obj'"):
+        save_as(toy_pipeline()(rgba_image(32), seeds=[0]).gaussians[0], tmp_path / "object.obj")
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("requested, message", [("tpu9", "is not a device"), ("cuda:0", "no CUDA device is available")])
+def test_a_device_that_cannot_run_is_one_line(image, tmp_path, capsys, requested, message):
+    if message.startswith("no CUDA") and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert main([str(image), "--out", str(tmp_path / "o"), "--device", requested]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err

@@ -130,3 +130,30 @@ def test_written_files_get_the_usual_modes(two_balls, tmp_path, umask):
         os.umask(previous)
     assert {oct(stat.S_IMODE(os.stat(p).st_mode)) for p in paths} == {oct(0o666 & ~umask)}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["object.glb", "object.mp4", "object.ply", "object.splat"]
+
+
+def test_ffmpeg_is_started_without_python_code_between_fork_and_exec(two_balls, tmp_path, monkeypatch):
+    """A preexec_fn (imageio's writer passes os.setpgrp) runs Python in the forked child, which can hang for good
+    when the app's other threads hold locks at the fork: the encoder must start ffmpeg without one."""
+    import subprocess
+
+    calls = []
+    real_popen = subprocess.Popen
+
+    def recording_popen(*args, **kwargs):
+        calls.append(kwargs)
+        return real_popen(*args, **kwargs)
+
+    monkeypatch.setattr(subprocess, "Popen", recording_popen)
+    frames = turntable_frames(two_balls, 2, 32)
+    save_turntable_mp4(two_balls, tmp_path / "turn.mp4", frames=frames)
+    assert len(calls) == 1 and calls[0].get("preexec_fn") is None
+
+
+def test_an_ffmpeg_failure_is_one_clear_error_and_leaves_nothing(two_balls, tmp_path):
+    frames = turntable_frames(two_balls, 2, 32)
+    target = tmp_path / "turn.mp4"
+    target.write_bytes(b"the previous video")
+    with pytest.raises(RuntimeError, match="ffmpeg could not encode the video"):
+        save_turntable_mp4(two_balls, target, frames=frames, fps=0)  # ffmpeg refuses a zero frame rate
+    assert [p.name for p in tmp_path.iterdir()] == ["turn.mp4"] and target.read_bytes() == b"the previous video"
