@@ -325,14 +325,13 @@ def export_pipeline(student, ema, teacher, path: Path, framing: tuple, inputs_bu
     inputs need: its tokenizer and, for a latent teacher, copies of the teacher's VAE encoder and CLIP image encoder."""
     import copy
 
-    from diffusers import DDIMScheduler
-
     from dd3g.pipeline import DD3GPipeline
+    from dd3g.teachers.base import ddim_from_config
 
     export = PEPD.from_config(student.config)
     export.load_state_dict(student.state_dict())  # buffers (ImageDream's text context) ride along...
     ema.copy_to(export.parameters())  # ...the parameters are the EMA's
-    scheduler = DDIMScheduler.from_config(teacher.scheduler_config, timestep_spacing="trailing", clip_sample=False, set_alpha_to_one=True)
+    scheduler = ddim_from_config(teacher.scheduler_config)
     image_size, foreground_ratio = framing
     tokenizer = copy.deepcopy(inputs_builder.tokenizer)  # the teacher keeps its own in float32
     # SD's VAE overflows in float16 (diffusers keeps it in float32: force_upcast), so the frame encoder stays float32.
