@@ -107,6 +107,24 @@ def make_accelerator():
     return Accelerator(mixed_precision="bf16" if torch.cuda.is_available() else "no", step_scheduler_with_optimizer=False)
 
 
+def start_run(output_dir):
+    """What a training script's main() starts with: (accelerator, its device, the output folder, the JSONL log that
+    only the main process writes)."""
+    accelerator = make_accelerator()
+    output_dir = Path(output_dir)
+    return accelerator, accelerator.device, output_dir, JsonlLog(output_dir / "log.jsonl", enabled=accelerator.is_main_process)
+
+
+def load_teacher_or_exit(path, device="cpu", dtype=torch.float32):
+    """A teacher folder -> MultiViewTeacher (dd3g.teachers.load_teacher); a bad folder ends the run in one line."""
+    from dd3g.teachers import TeacherLoadError, load_teacher
+
+    try:
+        return load_teacher(path, device=device, dtype=dtype)
+    except (TeacherLoadError, FileNotFoundError, ValueError) as error:
+        raise SystemExit(f"--teacher {path}: {error}") from None
+
+
 def restore_checkpoint(accelerator, path: Optional[Path], ema=None) -> int:
     """Load a resolved checkpoint (if any) and return the step it was taken at (0 for a fresh run)."""
     if path is None:

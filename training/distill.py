@@ -45,8 +45,8 @@ from dd3g.randomness import generator, noise_from_seeds, noise_sha256, sample_se
 from dd3g.rendering import render
 from dd3g.student_inputs import StudentInputBuilder
 from training.common import (
-    JsonlLog, StepProfiler, image_grid, make_accelerator, optimization_step, resolve_resume, restore_checkpoint,
-    save_checkpoint, warmup_cosine,
+    image_grid, load_teacher_or_exit, optimization_step, resolve_resume, restore_checkpoint, save_checkpoint,
+    start_run, StepProfiler, warmup_cosine,
 )
 
 
@@ -350,14 +350,9 @@ def main(argv=None):
     from diffusers.training_utils import EMAModel
     from tqdm.auto import tqdm
 
-    accelerator = make_accelerator()
-    device = accelerator.device
-    output_dir = Path(args.output_dir)
-    log = JsonlLog(output_dir / "log.jsonl", enabled=accelerator.is_main_process)
+    accelerator, device, output_dir, log = start_run(args.output_dir)
 
-    from training.simulate import load_teacher
-
-    teacher = load_teacher(args.teacher, device)
+    teacher = load_teacher_or_exit(args.teacher, device)
     if hasattr(teacher, "pipe"):  # the tiny teacher's pipeline leaves its modules trainable
         for unet in (teacher.pipe.unet, teacher.pipe.high_noise_unet):
             if unet is not None:

@@ -56,6 +56,7 @@ import torch
 from dd3g.randomness import noise_sha256, sample_seed
 from training import data
 from training.build_corpus import finalize, process_layout
+from training.common import load_teacher_or_exit
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -119,17 +120,6 @@ def parse_args(argv=None):
     if args.seeds_per_image < 1 or args.batch_size < 1:
         p.error("--seeds-per-image and --batch-size must be positive")
     return args
-
-
-def load_teacher(path, device="cpu", dtype=torch.float32):
-    """A teacher folder -> MultiViewTeacher (dd3g.teachers.load_teacher); a bad folder ends the run in one line."""
-    from dd3g.teachers import TeacherLoadError
-    from dd3g.teachers import load_teacher as load
-
-    try:
-        return load(path, device=device, dtype=dtype)
-    except (TeacherLoadError, FileNotFoundError, ValueError) as error:
-        raise SystemExit(f"--teacher {path}: {error}") from None
 
 
 def teacher_fingerprint(path) -> str:
@@ -274,7 +264,7 @@ def main(argv=None) -> data.BuildReport:
         raise SystemExit(f"--corpus {args.corpus}: no rows")
     total = num_images * args.seeds_per_image
     fingerprint = teacher_fingerprint(args.teacher)
-    teacher = load_teacher(args.teacher, device, DTYPES[args.dtype])
+    teacher = load_teacher_or_exit(args.teacher, device, DTYPES[args.dtype])
     teacher_id = f"{teacher.teacher_id}@{fingerprint[:12]}"
     if args.ground_truth:
         teacher_id = "ground-truth"

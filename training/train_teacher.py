@@ -43,8 +43,8 @@ from dd3g.teachers.base import camera_sensitivity
 from dd3g.teachers.tiny import TinyMVDMPipeline, TinyTeacher, training_scheduler
 from training import synthetic
 from training.common import (
-    JsonlLog, StepProfiler, image_grid, make_accelerator, optimization_step, resolve_resume, restore_checkpoint,
-    save_checkpoint, warmup_cosine,
+    image_grid, optimization_step, resolve_resume, restore_checkpoint, save_checkpoint, start_run, StepProfiler,
+    warmup_cosine,
 )
 
 # A UNet of the tiny structure at toy width, for --tiny-test on the CPU.
@@ -313,10 +313,7 @@ def main(argv=None):
     from diffusers.training_utils import EMAModel
     from tqdm.auto import tqdm
 
-    accelerator = make_accelerator()
-    device = accelerator.device
-    output_dir = Path(args.output_dir)
-    log = JsonlLog(output_dir / "log.jsonl", enabled=accelerator.is_main_process)
+    accelerator, device, output_dir, log = start_run(args.output_dir)
 
     torch.manual_seed(args.seed)  # initial weights only; data randomness is keyed per sample
     unet = build_unet(args)
