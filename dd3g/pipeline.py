@@ -1,7 +1,7 @@
 """DD3GPipeline: image -> 3D Gaussians with a distilled PEPD student (diffusers-style, holds no weights itself).
 
 Components: `student` (PEPD), `image_encoder` (the frozen tokenizer) and `scheduler` (the teacher's DDIM
-settings, which fix the timestep phase 1 runs at); a student of a latent teacher (ImageDream) also carries
+settings, which fix the timestep phase 1 runs at; loading checks the student agrees with it); a student of a latent teacher (ImageDream) also carries
 `frame_encoder` (the teacher's VAE encoder, for the input frame) and `prompt_encoder` (the teacher's CLIP image
 encoder, for its phase 1's image prompt). Preprocessing and view-layout settings live in the pipeline config,
 so a saved folder is everything needed to reproduce a result. The student's inputs are built by
@@ -31,7 +31,7 @@ from .models.pepd import PEPD
 from .randomness import noise_from_seeds
 from .preprocess import PreprocessConfig, PreprocessedImage, preprocess
 from .shipped import REPOSITORY_HUB, missing_hint, shipped_folder
-from .student_inputs import StudentInputBuilder
+from .student_inputs import StudentInputBuilder, first_timestep
 
 OUTPUT_TYPES = ("gaussians", "ply", "np")
 DEFAULT_CHECKPOINT = REPOSITORY_HUB / "dd3g-tiny"  # the repository's copy; from_pretrained() also honours DD3G_HUB
@@ -115,7 +115,7 @@ class DD3GPipeline(DiffusionPipeline):
         for component in ("student", "image_encoder", "frame_encoder", "prompt_encoder"):
             if getattr(pipe, component, None) is not None:
                 _check_finite(getattr(pipe, component), component, path)
-        problem = pipe.missing_parts()
+        problem = pipe.missing_parts() or pipe.schedule_mismatch()
         if problem:  # it loads but could not run: say so now, in one line, not at the first image
             raise CheckpointError(f"checkpoint {path} cannot run: {problem}; re-export it with training/distill.py --export")
         return pipe
@@ -123,6 +123,15 @@ class DD3GPipeline(DiffusionPipeline):
     def missing_parts(self) -> Optional[str]:
         """Why this pipeline's student cannot run with the encoders it carries, or None."""
         return self._input_builder(check=False).missing_parts()
+
+    def schedule_mismatch(self) -> Optional[str]:
+        """Why the registered scheduler (the teacher's DDIM) and the student disagree, or None: the student's
+        phase 1 must run at the timestep where that schedule's sampling starts, the level its noise N is drawn for."""
+        expected = first_timestep(self.scheduler.config)
+        if int(self.student.config.phase1_timestep) != expected:
+            return (f"its student's phase 1 runs at t = {self.student.config.phase1_timestep}, but its scheduler's sampling "
+                    f"starts at t = {expected} (scheduler/ and student/ come from different teachers)")
+        return None
 
     def _input_builder(self, check: bool = True) -> StudentInputBuilder:
         return StudentInputBuilder(self.student, self.image_encoder, self.view_layout, self.frame_encoder,

@@ -29,6 +29,22 @@ from .preprocess import composite_on
 SAMPLE_SPACES = ("rgba", "sd-vae")
 
 
+def ddim_from_config(config):
+    """The DDIM every teacher samples with, and that every exported student records as its `scheduler`: eta 0,
+    trailing spacing (the first step starts from pure noise at t = T - 1), no clipping, the teacher's betas."""
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler.from_config(config, timestep_spacing="trailing", clip_sample=False, set_alpha_to_one=True)
+
+
+def first_timestep(scheduler_config) -> int:
+    """The timestep of a one-step DDIM of this schedule: where the teacher's sampling starts, so the timestep the
+    student's phase 1 runs at (its noise N is pure noise at that t)."""
+    scheduler = ddim_from_config(scheduler_config)
+    scheduler.set_timesteps(1)
+    return int(scheduler.timesteps[0])
+
+
 def _resize(images: Tensor, size: int, antialias: bool) -> Tensor:
     """[..., C, H, W] -> [..., C, size, size] (bilinear), unchanged when already that size."""
     if tuple(images.shape[-2:]) == (size, size):

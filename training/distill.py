@@ -326,7 +326,7 @@ def export_pipeline(student, ema, teacher, path: Path, framing: tuple, inputs_bu
     import copy
 
     from dd3g.pipeline import DD3GPipeline
-    from dd3g.teachers.base import ddim_from_config
+    from dd3g.student_inputs import ddim_from_config
 
     export = PEPD.from_config(student.config)
     export.load_state_dict(student.state_dict())  # buffers (ImageDream's text context) ride along...

@@ -274,11 +274,12 @@ class PEPD(ModelMixin, ConfigMixin):
         its sample space, and ImageDream's text context), a MultiViewUNet, or a MultiViewUNet save_pretrained folder.
         Phase 2 comes from `preset` and `config`; `sample_space` always comes from the teacher.
         """
+        from ..student_inputs import first_timestep
         from ..teachers.base import MultiViewTeacher
 
         text_context = None
         if isinstance(teacher, MultiViewTeacher):
-            first_step = int(teacher.sampling_scheduler(1).timesteps[0])
+            first_step = first_timestep(teacher.scheduler_config)
             teacher_unet = teacher.phase1_unet(first_step)
             sample_space = teacher.sample_space
             config.setdefault("phase1_timestep", first_step)

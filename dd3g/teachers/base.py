@@ -23,6 +23,7 @@ from diffusers import DDIMScheduler
 from torch import Tensor
 
 from ..cameras import Cameras, ViewLayout
+from ..student_inputs import ddim_from_config
 from ..randomness import generator as cpu_generator
 from ..randomness import noise_from_seeds
 
@@ -207,12 +208,6 @@ class MultiViewTeacher(abc.ABC):
 
 
 @torch.no_grad()
-def ddim_from_config(config) -> DDIMScheduler:
-    """The DDIM every teacher samples with, and that every exported student records as its `scheduler`: eta 0,
-    trailing spacing (the first step starts from pure noise at t = T - 1), no clipping, the teacher's betas."""
-    return DDIMScheduler.from_config(config, timestep_spacing="trailing", clip_sample=False, set_alpha_to_one=True)
-
-
 def camera_sensitivity(teacher, inputs, truth, elevation, timestep: int = 999, seed: int = 0) -> float:
     """Does the teacher read its cameras? Its one-step x0 prediction with the output cameras as rendered vs
     turned by 90 degrees: mean change / the mean difference between neighbouring true views. At the default

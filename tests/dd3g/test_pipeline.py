@@ -1,3 +1,4 @@
+import json
 import io
 import shutil
 
@@ -257,3 +258,17 @@ def test_a_missing_relative_folder_is_not_sent_to_the_hub(tmp_path, monkeypatch)
     monkeypatch.setattr(DD3GPipeline, "download", classmethod(no_network))
     with pytest.raises(CheckpointError, match="checkpoint folder runs/dd3g-tiny does not exist"):
         DD3GPipeline.from_pretrained("runs/dd3g-tiny")
+
+
+def test_a_student_from_another_schedule_is_refused_at_load(tmp_path):
+    """The registered scheduler is the teacher's DDIM: a student whose phase 1 runs at another timestep than where
+    that schedule's sampling starts would be handed noise of the wrong level; loading says so in one line."""
+    folder = tmp_path / "pipe"
+    toy_pipeline().save_pretrained(folder)
+    assert DD3GPipeline.from_pretrained(folder).schedule_mismatch() is None
+    config_file = folder / "student" / "config.json"
+    config = json.loads(config_file.read_text())
+    config["phase1_timestep"] = 500
+    config_file.write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"phase 1 runs at t = 500, but its scheduler's sampling starts at t = 999"):
+        DD3GPipeline.from_pretrained(folder)
