@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from dd3g.preprocess import composite_on
+
 CHECKPOINT_PATTERN = re.compile(r"^step-(\d+)$")
 
 
@@ -185,8 +187,7 @@ def image_grid(rows: list[torch.Tensor], path: Path, background=(1.0, 1.0, 1.0))
     for row in rows:
         row = row.detach().float().cpu()
         if row.shape[1] == 4:
-            rgb, alpha = row[:, :3], row[:, 3:]
-            row = rgb * alpha + torch.tensor(background).view(1, 3, 1, 1) * (1 - alpha)
+            row = composite_on(row, background)
         tiles.append(torch.cat(list(row.clamp(0, 1)), dim=-1))  # [3, H, K*W]
     width = max(t.shape[-1] for t in tiles)
     tiles = [torch.nn.functional.pad(t, (0, width - t.shape[-1]), value=1.0) for t in tiles]
