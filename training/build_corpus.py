@@ -49,13 +49,14 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import List
 
 import torch
 
 
 from dd3g.randomness import generator, sample_seed
 from training import data
+from training.common import process_layout
 
 SOURCES = ("procedural", "folder", "text2image")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
@@ -375,33 +376,10 @@ ds = load_dataset("parquet", data_files="data/shard-*.parquet", split="train")  
 
 
 # ---------------------------------------------------------------------------------------------- main
-def process_layout(args):
-    """(process index, process count, device, wait_for_everyone or None)."""
-    if args.process_index is not None or args.num_processes is not None:
-        k, n = args.process_index or 0, args.num_processes or 1
-        device = torch.device("cuda", k % torch.cuda.device_count()) if torch.cuda.is_available() else torch.device("cpu")
-        return k, n, device, None
-    from accelerate import PartialState
-
-    # Without CUDA, cpu=True lets torchrun-launched processes form a gloo group (PartialState() alone stays single).
-    state = PartialState(cpu=not torch.cuda.is_available())
-    return state.process_index, state.num_processes, state.device, state.wait_for_everyone
-
-
-def finalize(out: Path, args, manifest: dict, card_fn) -> Optional[str]:
-    """Once every shard exists: write the card, then push if asked. Returns the Hub URL when pushed."""
-    infos = data.validate_shards(out, require_complete=True)
-    front, body = card_fn(args, manifest, infos)
-    data.write_card(out, front, body)
-    if args.push_to_hub:
-        return data.push_to_hub(out, args.push_to_hub, private=args.private)
-    return None
-
-
 def main(argv=None) -> data.BuildReport:
     started = time.time()
     args = parse_args(argv)
-    process_index, num_processes, device, wait = process_layout(args)
+    process_index, num_processes, device, wait = process_layout(args.process_index, args.num_processes)
     source = SOURCE_CLASSES[args.source](args, device)
     out = Path(args.out)
     manifest = {"kind": "dd3g-rgba-corpus", "source": args.source, "total": source.total, "size": args.size,
@@ -422,7 +400,7 @@ def main(argv=None) -> data.BuildReport:
         report.complete = len(data.completed_rows(out)) == len(data.shard_ranges(source.total, args.shard_size))
     is_writer = wait is None or process_index == 0
     if report.complete and is_writer:
-        url = finalize(out, args, manifest, card)
+        url = data.finalize(out, lambda infos: card(args, manifest, infos), args.push_to_hub, args.private)
         print(f"corpus complete: {out}" + (f" (pushed to {url})" if url else ""))
     elif not report.complete and is_writer:
         print(f"corpus incomplete in {out}: rerun the same command to continue")

@@ -109,6 +109,20 @@ def make_accelerator():
     return Accelerator(mixed_precision="bf16" if torch.cuda.is_available() else "no", step_scheduler_with_optimizer=False)
 
 
+def process_layout(process_index: Optional[int] = None, num_processes: Optional[int] = None):
+    """(process index, process count, device, wait_for_everyone or None) of a data-building script: given
+    explicitly (independent processes, e.g. one per GPU), else from the launcher through accelerate."""
+    if process_index is not None or num_processes is not None:
+        k, n = process_index or 0, num_processes or 1
+        device = torch.device("cuda", k % torch.cuda.device_count()) if torch.cuda.is_available() else torch.device("cpu")
+        return k, n, device, None
+    from accelerate import PartialState
+
+    # Without CUDA, cpu=True lets torchrun-launched processes form a gloo group (PartialState() alone stays single).
+    state = PartialState(cpu=not torch.cuda.is_available())
+    return state.process_index, state.num_processes, state.device, state.wait_for_everyone
+
+
 def start_run(output_dir):
     """What a training script's main() starts with: (accelerator, its device, the output folder, the JSONL log that
     only the main process writes)."""

@@ -482,3 +482,12 @@ def file_sha256(paths: Iterable[Path], root: Optional[Path] = None) -> str:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 digest.update(chunk)
     return digest.hexdigest()
+
+
+def finalize(out: PathLike, make_card: Callable, repo_id: Optional[str] = None, private: bool = False) -> Optional[str]:
+    """Once every shard of a build exists: write its card (``make_card(infos) -> (front matter, body)``), then push
+    to the Hub repo ``repo_id`` if one is given. Returns the Hub URL when pushed."""
+    infos = validate_shards(out, require_complete=True)
+    front, body = make_card(infos)
+    write_card(out, front, body)
+    return push_to_hub(out, repo_id, private=private) if repo_id else None

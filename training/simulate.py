@@ -55,8 +55,7 @@ import torch
 
 from dd3g.randomness import noise_sha256, sample_seed
 from training import data
-from training.build_corpus import finalize, process_layout
-from training.common import load_teacher_or_exit
+from training.common import load_teacher_or_exit, process_layout
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -257,7 +256,7 @@ ds = load_dataset("parquet", data_files="data/shard-*.parquet", split="train")
 def main(argv=None) -> data.BuildReport:
     started = time.time()
     args = parse_args(argv)
-    process_index, num_processes, device, wait = process_layout(args)
+    process_index, num_processes, device, wait = process_layout(args.process_index, args.num_processes)
     corpus = data.ShardReader(args.corpus, columns=["index", "image", "origin"])
     num_images = len(corpus) if args.num_images is None else min(args.num_images, len(corpus))
     if num_images == 0:
@@ -296,7 +295,7 @@ def main(argv=None) -> data.BuildReport:
         report.complete = len(data.completed_rows(out)) == len(data.shard_ranges(total, args.shard_size))
     is_writer = wait is None or process_index == 0
     if report.complete and is_writer:
-        url = finalize(out, args, manifest, card)
+        url = data.finalize(out, lambda infos: card(args, manifest, infos), args.push_to_hub, args.private)
         print(f"quadruples complete: {out}" + (f" (pushed to {url})" if url else ""))
     elif is_writer:
         print(f"quadruples incomplete in {out}: rerun the same command to continue")
