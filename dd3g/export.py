@@ -35,7 +35,8 @@ from .gaussians import Gaussians, PathLike
 from .rendering import WHITE, render
 from .rendering.torch_splatter import quats_to_rotmats
 
-__all__ = ["gaussians_to_mesh", "save_glb", "turntable_frames", "save_turntable_mp4", "EmptyMeshError"]
+__all__ = ["OUTPUT_FORMATS", "EmptyMeshError", "encode_h264", "gaussians_to_mesh", "save_as", "save_glb", "save_turntable_mp4",
+           "turntable_frames"]
 
 _ALPHA_MAX = 0.99  # one Gaussian never makes a voxel fully opaque (keeps -log(1 - alpha) finite)
 _SIGMA_CUTOFF = 3.0  # each Gaussian is splatted inside its 3-sigma ellipsoid only

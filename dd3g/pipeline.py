@@ -1,9 +1,9 @@
 """DD3GPipeline: image -> 3D Gaussians with a distilled PEPD student (diffusers-style, holds no weights itself).
 
 Components: `student` (PEPD), `image_encoder` (the frozen tokenizer) and `scheduler` (the teacher's DDIM
-settings, which fix the timestep phase 1 runs at; loading checks the student agrees with it); a student of a latent teacher (ImageDream) also carries
-`frame_encoder` (the teacher's VAE encoder, for the input frame) and `prompt_encoder` (the teacher's CLIP image
-encoder, for its phase 1's image prompt). Preprocessing and view-layout settings live in the pipeline config,
+settings, which fix the timestep phase 1 runs at; loading checks that the student agrees); a student of a latent
+teacher (ImageDream) also carries `frame_encoder` (the teacher's VAE encoder, for the input frame) and
+`prompt_encoder` (the teacher's CLIP image encoder, for its phase 1's image prompt). Preprocessing and view-layout settings live in the pipeline config,
 so a saved folder is everything needed to reproduce a result. The student's inputs are built by
 `dd3g.student_inputs`, the same code training uses.
 """
