@@ -5,7 +5,9 @@ settings, which fix the timestep phase 1 runs at; loading checks that the studen
 teacher (ImageDream) also carries `frame_encoder` (the teacher's VAE encoder, for the input frame) and
 `prompt_encoder` (the teacher's CLIP image encoder, for its phase 1's image prompt). Preprocessing and view-layout settings live in the pipeline config,
 so a saved folder is everything needed to reproduce a result. The student's inputs are built by
-`dd3g.student_inputs`, the same code training uses.
+`dd3g.student_inputs`, the same code training uses. After the student, `match_input_view` (config, default True)
+gives the Gaussians the input camera sees the photo's colours and removes those outside its silhouette
+(`dd3g.input_view`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from torch import Tensor
 from .cameras import ViewLayout
 from .checkpoint_config import CheckpointError, check_checkpoint_configs, one_line, read_config
 from .gaussians import Gaussians
+from .input_view import match_input_view
 from .models.image_tokenizer import EfficientNetLite0Tokenizer
 from .models.input_encoders import ImagePromptEncoder, LatentFrameEncoder
 from .models.pepd import PEPD
@@ -77,12 +80,14 @@ class DD3GPipeline(DiffusionPipeline):
         elevation_deg: float = 0.0,
         radius: float = 2.0,
         fov_deg: float = 40.0,
+        match_input_view: bool = True,
     ):
         super().__init__()
         self.register_modules(student=student, image_encoder=image_encoder, scheduler=scheduler,
                               frame_encoder=frame_encoder, prompt_encoder=prompt_encoder)
         self.register_to_config(
-            image_size=image_size, foreground_ratio=foreground_ratio, elevation_deg=elevation_deg, radius=radius, fov_deg=fov_deg
+            image_size=image_size, foreground_ratio=foreground_ratio, elevation_deg=elevation_deg, radius=radius, fov_deg=fov_deg,
+            match_input_view=match_input_view,
         )
 
     # ------------------------------------------------------------------ loading
@@ -194,7 +199,13 @@ class DD3GPipeline(DiffusionPipeline):
         phase1_tokens = None if inputs.phase1_tokens is None else inputs.phase1_tokens[index].to(device, dtype)
         out = self.student(noise.to(device, dtype), inputs.input_frame[index].to(device, dtype), cameras,
                            inputs.image_tokens[index].to(device, dtype), phase1_tokens)
-        return out.gaussians
+        if not self.config.get("match_input_view", True):
+            return out.gaussians
+        # The photo is the one view whose truth is known: seen Gaussians take its colours, those outside its
+        # silhouette go (dd3g.input_view). Float32, like the renderer.
+        size = rgba.shape[-1]
+        input_cameras = self.view_layout.input_camera(size, size, torch.as_tensor(elevation, dtype=torch.float32).expand(count))
+        return match_input_view(out.gaussians.to(dtype=torch.float32), rgba[index.cpu()], input_cameras).to(dtype=out.gaussians.dtype)
 
     def __call__(
         self,

@@ -1,0 +1,74 @@
+"""dd3g.input_view: the Gaussians the input camera sees take the photo's colours; those outside its silhouette go."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dd3g.cameras import ViewLayout
+from dd3g.gaussians import Gaussians
+from dd3g.input_view import match_input_view
+from dd3g.preprocess import composite_on
+from dd3g.rendering import render
+from dd3g.testing import toy_pipeline
+from helpers import REPO
+
+SIZE = 32
+
+
+def photo() -> torch.Tensor:
+    """[1, 4, S, S]: a green disc of radius S/4 in the middle, transparent around it."""
+    yy, xx = torch.meshgrid(torch.arange(SIZE) + 0.5, torch.arange(SIZE) + 0.5, indexing="ij")
+    inside = ((xx - SIZE / 2) ** 2 + (yy - SIZE / 2) ** 2 < (SIZE / 4) ** 2).float()
+    return torch.stack([0.1 * inside, 0.8 * inside, 0.2 * inside, inside])[None]
+
+
+def three_gaussians() -> Gaussians:
+    """A front and a back Gaussian on the input camera's axis (it looks from +Z), and one far off to the side."""
+    means = torch.tensor([[[0.0, 0.0, 0.3], [0.0, 0.0, -0.3], [0.6, 0.0, 0.0]]])  # [1, 3, 3]
+    scales = torch.full((1, 3, 3), 0.12)
+    rotations = torch.tensor([1.0, 0.0, 0.0, 0.0]).expand(1, 3, 4)
+    colours = torch.tensor([[[0.9, 0.1, 0.1], [0.1, 0.1, 0.9], [0.5, 0.5, 0.5]]])
+    return Gaussians.from_activated(means, scales, rotations, torch.full((1, 3), 0.99), colours)
+
+
+def test_the_seen_gaussian_takes_the_photo_colour_the_hidden_keeps_its_own_and_the_outside_one_goes():
+    camera = ViewLayout(radius=2.0, fov_deg=40.0).input_camera(SIZE, SIZE)
+    before = three_gaussians()
+    after = match_input_view(before, photo(), camera)
+    torch.testing.assert_close(after.colors[0, 0], torch.tensor([0.1, 0.8, 0.2]), atol=1e-4, rtol=0)  # the photo's
+    torch.testing.assert_close(after.colors[0, 1], before.colors[0, 1])  # behind the front one: untouched
+    assert after.opacities[0, 2] < 1e-6 and after.opacities[0, 0] > 0.98  # outside the silhouette: removed
+    torch.testing.assert_close(after.means, before.means)
+
+
+@pytest.mark.parametrize("example", ["test-0.png", "heldout-0.png"])
+def test_the_shipped_pipeline_input_view_is_closer_to_the_photo_and_the_raw_student_is_one_flag_away(example):
+    from dd3g.pipeline import DD3GPipeline
+
+    pipe = DD3GPipeline.from_pretrained()
+    image = REPO / "examples" / example
+    matched = pipe(image, seeds=[3]).gaussians
+    pipe.register_to_config(match_input_view=False)
+    raw = pipe(image, seeds=[3]).gaussians
+    torch.testing.assert_close(matched.means, raw.means)  # geometry is the student's
+    framed = pipe.prepare_image(image).rgba  # [4, S, S] what the student got
+    size = framed.shape[-1]
+    camera = pipe.view_layout.input_camera(size, size)
+    truth = composite_on(framed)  # [3, S, S] on white
+
+    def error(g):
+        return ((render(g, camera, background=(1.0, 1.0, 1.0)).rgb[0, 0] - truth) ** 2).mean()
+
+    assert error(matched) < 0.9 * error(raw)  # measured 0.80 and 0.57 of the raw student's error
+
+
+def test_the_setting_travels_with_the_checkpoint(tmp_path):
+    from dd3g.pipeline import DD3GPipeline
+
+    pipe = toy_pipeline()
+    pipe.register_to_config(match_input_view=False)
+    pipe.save_pretrained(tmp_path / "raw")
+    assert DD3GPipeline.from_pretrained(tmp_path / "raw").config.match_input_view is False
+    toy_pipeline().save_pretrained(tmp_path / "default")
+    assert DD3GPipeline.from_pretrained(tmp_path / "default").config.match_input_view is True
