@@ -1,8 +1,9 @@
 """Writing files so that a reader never sees half of one: write a temporary file beside the target, then rename.
 
-Every writer of the project goes through `replacing` (PLY, .splat, GLB and MP4 exports, corpus shards, the
-training's small JSON and weight files): a crash or a kill leaves either the old file or the new one, plus at
-most a hidden temporary that the next run (or `python -m dd3g`'s clean-up) removes.
+The product's outputs (PLY, .splat, GLB, MP4) and the corpus and quadruple builds' shards, manifests and cards go
+through `replacing`: a crash or a kill leaves either the old file or the new one, plus at most a hidden temporary
+that the next run (or `python -m dd3g`'s clean-up) removes. (Training checkpoints are accelerate's folders, staged
+and renamed whole by training/common.py.)
 """
 
 from __future__ import annotations

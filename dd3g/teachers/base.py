@@ -23,9 +23,9 @@ from diffusers import DDIMScheduler
 from torch import Tensor
 
 from ..cameras import Cameras, ViewLayout
-from ..student_inputs import ddim_from_config
 from ..randomness import generator as cpu_generator
 from ..randomness import noise_from_seeds
+from ..student_inputs import ddim_from_config
 
 
 @dataclass
