@@ -8,7 +8,9 @@
 #   bash scripts/device/quality_session.sh student   # (TEACHER_SECONDS > 0: the teacher trains on first) the teacher is
 #                                                    # scored; quadruples; two student arms, one per GPU: main (with the
 #                                                    # input-view term) and noiv (without); NFIT=1 adds the N-fit probe
-#   bash scripts/device/quality_session.sh finish    # the arms train on; evaluation
+#   bash scripts/device/quality_session.sh finish    # the arms train on; evaluation (NO_EVAL=1: train on only)
+# ARM_A / ARM_B ("name flags...") replace the two arms. On a fresh machine the corpora are built on the CPUs while
+# gsplat compiles, and the teacher's quadruples are made while the true renders wait for it.
 # Every call brings back what exists through $OUT (see pack): the teacher (teacher and student stages), the students
 # (finish), logs, grids, scores.
 # Needs .wheels carried, and the model folders of hub/ that device-slim moved away (mvdm-tiny, efficientnet-lite0,
@@ -29,10 +31,12 @@ N_CORPUS=${N_CORPUS:-1024} N_TEST=${N_TEST:-48} N_HELDOUT=${N_HELDOUT:-32} SIZE=
 left() { echo $(( budget - ($(date +%s) - start) )); }
 box() { local t=$(( $(left) - $1 )); [ "$t" -lt 30 ] && t=30; echo "$t"; }  # what is left less $1, >= 30 s
 pack() {  # on every exit, failures included: bring back what exists (8 files, 64 MiB at most come back)
-    if [ "$stage" != finish ] && [ -f runs/teacher/model_index.json ]; then
+    # The teacher only when this machine trained it (a carried one is already here); the students whenever they
+    # exist, so a machine given back before the next call loses nothing that was exported.
+    if [ -n "$teacher_trained" ] && [ -f runs/teacher/model_index.json ]; then
         tar -C runs --exclude image_encoder -cf - teacher | split -b 15m - "$OUT/teacher.tar.part-"
     fi
-    if [ "$stage" = finish ]; then
+    if [ -z "$teacher_trained" ]; then
         for arm in runs/d-*/pipeline; do
             [ -f $arm/model_index.json ] || continue
             name=$(basename "$(dirname $arm)"); tar -C runs/$name --exclude image_encoder -cf - pipeline | split -b 15m - "$OUT/$name.tar.part-"
@@ -46,6 +50,7 @@ trap pack EXIT
 source scripts/device/common.sh  # wheels, NGPU, on_gpu, launch
 
 train_teacher() {  # $1: seconds to keep after training
+    teacher_trained=1
     # The schedule is set for a chain of sessions (--max-steps 30000); --resume latest goes on within this machine, and
     # a later machine continues from the exported teacher (--init-from it with its step).
     launch training/train_teacher.py --output-dir runs/t-main --resume latest --init-from "$TEACHER_INIT" --init-step "$INIT_STEP" \
@@ -58,7 +63,7 @@ train_teacher() {  # $1: seconds to keep after training
 }
 
 build_corpora() {  # procedural corpora, CPU work, niced beside whatever runs on the GPUs
-    local specs=("corpus $N_CORPUS c-corpus 4" "test $N_TEST c-test 1" "heldout $N_HELDOUT c-heldout 1")
+    local specs=("corpus $N_CORPUS c-corpus ${CORPUS_PROCESSES:-4}" "test $N_TEST c-test 1" "heldout $N_HELDOUT c-heldout 1")
     [ -n "$NFIT" ] && specs+=("corpus 8 c-nfit 1")
     for spec in "${specs[@]}"; do
         set -- $spec
@@ -118,9 +123,9 @@ PY
     exit 0
 fi
 
-simulate_all() {  # every quadruple set, spread over the GPUs
-    local sim="training/simulate.py --teacher runs/teacher --elevation-from-origin --batch-size 128 --shard-size 256 --no-progress --dtype bfloat16 $SIM_EXTRA"
-    [ -n "$SMOKE" ] && sim="${sim/bfloat16/float32}"
+sim="training/simulate.py --teacher runs/teacher --elevation-from-origin --batch-size ${SIM_BATCH:-256} --shard-size 256 --no-progress --dtype bfloat16 $SIM_EXTRA"
+[ -n "$SMOKE" ] && sim="${sim/bfloat16/float32}"
+simulate_teacher() {  # the teacher's quadruples (no rendering: runs while gsplat compiles), spread over the GPUs
     launch $sim --corpus runs/c-corpus --out runs/q-corpus > runs/q-corpus.log 2>&1
     if [ -n "$NFIT" ]; then
         on_gpu 0 python3 $sim --corpus runs/c-nfit --seeds-per-image $N_FIT_SEEDS --out runs/q-nfit > runs/q-nfit.log 2>&1 &
@@ -128,10 +133,14 @@ simulate_all() {  # every quadruple set, spread over the GPUs
     fi
     on_gpu 0 python3 $sim --corpus runs/c-test --out runs/q-test > runs/q-test.log 2>&1 &
     on_gpu 1 python3 $sim --corpus runs/c-heldout --out runs/q-heldout > runs/q-heldout.log 2>&1 &
+    wait
+}
+simulate_truth() {  # the evaluation sets' true renders (gsplat)
     on_gpu 0 python3 $sim --ground-truth --corpus runs/c-test --out runs/gt-test > runs/gt-test.log 2>&1 &
     on_gpu 1 python3 $sim --ground-truth --corpus runs/c-heldout --out runs/gt-heldout > runs/gt-heldout.log 2>&1 &
-    wait; for f in runs/q-*.log runs/gt-*.log; do echo "$f: $(tr '\r' '\n' < $f | grep -E "wrote|complete" | tail -1)"; done
+    wait
 }
+sim_report() { for f in runs/q-*.log runs/gt-*.log; do echo "$f: $(tr '\r' '\n' < $f | grep -E "wrote|complete" | tail -1)"; done; }
 
 # The student: pixel-aligned Gaussians with view 0 anchored to the input's colours (the tiny preset), the seed-deviation
 # term, quadruples on the GPU, no implicit verification (at equal steps it cost 0.24 dB and a third of the speed in
@@ -145,9 +154,10 @@ arm() {  # name, quadruples, gpu, seconds to keep after, extra distill flags...
         --seed-deviation-weight ${SEED_DEVIATION_WEIGHT:-2} "$@" $DISTILL_EXTRA > runs/d-$name-$stage.log 2>&1 || tail -30 runs/d-$name-$stage.log
     tail -1 runs/d-$name/log.jsonl
 }
-arms() {  # seconds to keep after
-    arm main q-corpus 0 $1 --input-view-weight ${INPUT_VIEW_WEIGHT:-1} &
-    if [ -n "$NFIT" ]; then arm nfit q-nfit 1 $1 & else arm noiv q-corpus 1 $1 & fi
+arms() {  # seconds to keep after. ARM_A / ARM_B ("name flags...") replace the two arms.
+    local a=${ARM_A:-main --input-view-weight ${INPUT_VIEW_WEIGHT:-1}} b=${ARM_B:-noiv}
+    arm ${a%% *} q-corpus 0 $1 $([ "$a" = "${a%% *}" ] || echo "${a#* }") &
+    if [ -n "$NFIT" ]; then arm nfit q-nfit 1 $1 & else arm ${b%% *} q-corpus 1 $1 $([ "$b" = "${b%% *}" ] || echo "${b#* }") & fi
     wait
 }
 
@@ -155,22 +165,33 @@ if [ "$stage" = student ]; then
     if [ "${TEACHER_SECONDS:-0}" -gt 0 ]; then
         echo "[$(left) s left] teacher training, continued"
         train_teacher $(( budget - TEACHER_SECONDS ))
-    elif [ ! -f runs/teacher/model_index.json ]; then  # export the newest checkpoint: the run resumes at its step and stops
+    elif [ ! -f runs/teacher/model_index.json ] && [ -d runs/t-main/checkpoints ]; then  # export the newest checkpoint: the run resumes at its step and stops
         last=$(ls runs/t-main/checkpoints | sed -n 's/^step-0*\([0-9]*\)$/\1/p' | sort -n | tail -1)
         echo "[$(left) s left] teacher export at step $last"
         TEACHER_EXTRA="$TEACHER_EXTRA --stop-after $last" train_teacher 0
+    elif [ ! -f runs/teacher/model_index.json ]; then  # nothing trained here: distil from $TEACHER_INIT as it is
+        cp -rL "$TEACHER_INIT" runs/teacher
     fi
-    if [ ! -d runs/c-corpus ]; then  # a fresh machine (runs/teacher carried in): the corpora first
-        echo "[$(left) s left] gsplat compile, corpora"
-        gsplat_ready; build_corpora
-    fi
-    echo "[$(left) s left] quadruples$([ -z "$SKIP_TQ" ] && echo ", teacher scores (GPU 1)")"
     if [ -z "$SKIP_TQ" ]; then
+        echo "[$(left) s left] teacher scores (GPU 1), beside what follows"
         on_gpu 1 python3 benchmarks/teacher_quality.py --teacher runs/teacher --objects 100 --batch 50 --fit-steps 150 \
             --colour-check --out runs/tq $TQ_EXTRA > runs/tq.log 2>&1 &
     fi
-    simulate_all
+    if [ ! -d runs/c-corpus ]; then  # a fresh machine: corpora on the CPUs (the torch splatter) while gsplat compiles,
+        # then the teacher's quadruples while the true renders wait for gsplat
+        echo "[$(left) s left] gsplat compile; corpora on the CPUs, then the teacher's quadruples"
+        gsplat_ready > runs/gsplat.log 2>&1 &
+        warm=$!
+        ( CUDA_VISIBLE_DEVICES= CORPUS_PROCESSES=${CORPUS_PROCESSES:-8} build_corpora )  # a subshell: its wait leaves $warm alone
+        echo "[$(left) s left] corpora built"
+        simulate_teacher &
+        wait $warm; cat runs/gsplat.log
+        simulate_truth  # its wait is also the one for the teacher's quadruples
+    else
+        simulate_teacher; simulate_truth
+    fi
     wait  # the teacher scores
+    sim_report
     [ -f runs/tq.log ] && tail -25 runs/tq.log
     if [ -z "$THEN_FINISH" ]; then
         echo "[$(left) s left] students"
@@ -183,6 +204,7 @@ fi
 # finish: train on, then score
 echo "[$(left) s left] students$([ -z "$THEN_FINISH" ] && echo ", continued")"
 arms ${EVAL_SECONDS:-150}
+[ -n "$NO_EVAL" ] && exit 0  # a middle call of a chain: train, bring the students back
 echo "[$(left) s left] evaluation"
 mkdir -p runs/eval
 pipelines=(); for arm in runs/d-*/pipeline; do [ -f $arm/model_index.json ] && pipelines+=(--pipeline "$(basename "$(dirname $arm)" | sed 's/^d-//')=$arm"); done
