@@ -11,8 +11,9 @@
 #   bash scripts/device/quality_session.sh finish    # the arms train on; evaluation (NO_EVAL=1: train on only)
 # ARM_A / ARM_B ("name flags...") replace the two arms. On a fresh machine the corpora are built on the CPUs while
 # gsplat compiles, and the teacher's quadruples are made while the true renders wait for it.
-# Every call brings back what exists through $OUT (see pack): the teacher (teacher and student stages), the students
-# (finish), logs, grids, scores.
+# Every call brings back what exists through $OUT (see pack): the teacher (when trained in the call), else the
+# students, logs, grids, scores (EVAL_SETS_BACK=1: the evaluation quadruples too). SIM_PROCESSES=K: K simulation
+# processes over the GPUs.
 # Needs .wheels carried, and the model folders of hub/ that device-slim moved away (mvdm-tiny, efficientnet-lite0,
 # lpips-alex) present. SMOKE=1 TEACHER_INIT=<toy teacher with an expert> rehearses it all on a CPU.
 set -eo pipefail
@@ -41,6 +42,9 @@ pack() {  # on every exit, failures included: bring back what exists (8 files, 6
             [ -f $arm/model_index.json ] || continue
             name=$(basename "$(dirname $arm)"); tar -C runs/$name --exclude image_encoder -cf - pipeline | split -b 15m - "$OUT/$name.tar.part-"
         done
+    fi
+    if [ -n "$EVAL_SETS_BACK" ] && [ -d runs/gt-heldout ]; then  # the evaluation quadruples, to score on another machine
+        tar -C runs -cf - q-test gt-test q-heldout gt-heldout | split -b 15m - "$OUT/evalsets.tar.part-"
     fi
     tar -czf "$OUT/results.tgz" --exclude checkpoints runs/probe runs/*.log runs/t-main/log.jsonl runs/t-main/samples runs/tq runs/d-*/log.jsonl \
         runs/d-*/samples runs/eval 2>/dev/null || true
@@ -126,7 +130,12 @@ fi
 sim="training/simulate.py --teacher runs/teacher --elevation-from-origin --batch-size ${SIM_BATCH:-256} --shard-size 256 --no-progress --dtype bfloat16 $SIM_EXTRA"
 [ -n "$SMOKE" ] && sim="${sim/bfloat16/float32}"
 simulate_teacher() {  # the teacher's quadruples (no rendering: runs while gsplat compiles), spread over the GPUs
-    launch $sim --corpus runs/c-corpus --out runs/q-corpus > runs/q-corpus.log 2>&1
+    if [ "${SIM_PROCESSES:-1}" -gt 1 ]; then  # K independent processes (several on one GPU keep it busier)
+        for k in $(seq 0 $(( SIM_PROCESSES - 1 ))); do
+            on_gpu $k python3 $sim --corpus runs/c-corpus --out runs/q-corpus --process-index $k --num-processes $SIM_PROCESSES > runs/q-corpus-$k.log 2>&1 &
+        done
+        wait
+    else launch $sim --corpus runs/c-corpus --out runs/q-corpus > runs/q-corpus.log 2>&1; fi
     if [ -n "$NFIT" ]; then
         on_gpu 0 python3 $sim --corpus runs/c-nfit --seeds-per-image $N_FIT_SEEDS --out runs/q-nfit > runs/q-nfit.log 2>&1 &
         on_gpu 1 python3 $sim --corpus runs/c-nfit --seeds-per-image 8 --seed 1 --out runs/q-nfit-new > runs/q-nfit-new.log 2>&1 &
@@ -154,10 +163,11 @@ arm() {  # name, quadruples, gpu, seconds to keep after, extra distill flags...
         --seed-deviation-weight ${SEED_DEVIATION_WEIGHT:-2} "$@" $DISTILL_EXTRA > runs/d-$name-$stage.log 2>&1 || tail -30 runs/d-$name-$stage.log
     tail -1 runs/d-$name/log.jsonl
 }
-arms() {  # seconds to keep after. ARM_A / ARM_B ("name flags...") replace the two arms.
+arms() {  # seconds to keep after. ARM_A / ARM_B ("name flags...") replace the two arms; ARM_B=none: one arm.
     local a=${ARM_A:-main --input-view-weight ${INPUT_VIEW_WEIGHT:-1}} b=${ARM_B:-noiv}
     arm ${a%% *} q-corpus 0 $1 $([ "$a" = "${a%% *}" ] || echo "${a#* }") &
-    if [ -n "$NFIT" ]; then arm nfit q-nfit 1 $1 & else arm ${b%% *} q-corpus 1 $1 $([ "$b" = "${b%% *}" ] || echo "${b#* }") & fi
+    if [ -n "$NFIT" ]; then arm nfit q-nfit 1 $1 &
+    elif [ "$b" != none ]; then arm ${b%% *} q-corpus 1 $1 $([ "$b" = "${b%% *}" ] || echo "${b#* }") & fi
     wait
 }
 
