@@ -13,7 +13,7 @@
 # gsplat compiles, and the teacher's quadruples are made while the true renders wait for it.
 # Every call brings back what exists through $OUT (see pack): the teacher (when trained in the call), else the
 # students, logs, grids, scores (EVAL_SETS_BACK=1: the evaluation quadruples too). SIM_PROCESSES=K: K simulation
-# processes over the GPUs.
+# processes over the GPUs (two on one H200 made 18 quadruples/s together against 30/s for one: keep 1 per GPU).
 # Needs .wheels carried, and the model folders of hub/ that device-slim moved away (mvdm-tiny, efficientnet-lite0,
 # lpips-alex) present. SMOKE=1 TEACHER_INIT=<toy teacher with an expert> rehearses it all on a CPU.
 set -eo pipefail
@@ -130,7 +130,7 @@ fi
 sim="training/simulate.py --teacher runs/teacher --elevation-from-origin --batch-size ${SIM_BATCH:-256} --shard-size 256 --no-progress --dtype bfloat16 $SIM_EXTRA"
 [ -n "$SMOKE" ] && sim="${sim/bfloat16/float32}"
 simulate_teacher() {  # the teacher's quadruples (no rendering: runs while gsplat compiles), spread over the GPUs
-    if [ "${SIM_PROCESSES:-1}" -gt 1 ]; then  # K independent processes (several on one GPU keep it busier)
+    if [ "${SIM_PROCESSES:-1}" -gt 1 ]; then  # K independent processes, one per GPU (not several on one)
         for k in $(seq 0 $(( SIM_PROCESSES - 1 ))); do
             on_gpu $k python3 $sim --corpus runs/c-corpus --out runs/q-corpus --process-index $k --num-processes $SIM_PROCESSES > runs/q-corpus-$k.log 2>&1 &
         done
