@@ -6,7 +6,8 @@ teacher (ImageDream) also carries `frame_encoder` (the teacher's VAE encoder, fo
 `prompt_encoder` (the teacher's CLIP image encoder, for its phase 1's image prompt). Preprocessing and view-layout settings live in the pipeline config,
 so a saved folder is everything needed to reproduce a result. The student's inputs are built by
 `dd3g.student_inputs`, the same code training uses. After the student, `match_input_view` (config, default True)
-gives the Gaussians the input camera sees the photo's colours (`dd3g.input_view`).
+gives the Gaussians the input camera sees the photo's colours, and its coverage where they are thinner than the
+photo (`dd3g.input_view`).
 """
 
 from __future__ import annotations
@@ -200,8 +201,8 @@ class DD3GPipeline(DiffusionPipeline):
                            inputs.image_tokens[index].to(device, dtype), phase1_tokens)
         if not self.config.get("match_input_view", True):
             return out.gaussians
-        # The photo is the one view whose truth is known: the Gaussians it shows take its colours
-        # (dd3g.input_view). Float32, like the renderer.
+        # The photo is the one view whose truth is known: the Gaussians it shows take its colours and, where
+        # they let the background through, its coverage (dd3g.input_view). Float32, like the renderer.
         size = rgba.shape[-1]
         input_cameras = self.view_layout.input_camera(size, size, torch.as_tensor(elevation, dtype=torch.float32).expand(count))
         return match_input_view(out.gaussians.to(dtype=torch.float32), rgba[index.cpu()], input_cameras).to(dtype=out.gaussians.dtype)

@@ -1,4 +1,5 @@
-"""dd3g.input_view: the Gaussians the input camera sees take the photo's colours; nothing else changes."""
+"""dd3g.input_view: the Gaussians the input camera sees take the photo's colours and, where the render is thinner
+than the photo, more opacity; the geometry and every hidden Gaussian stay the student's."""
 
 from __future__ import annotations
 
@@ -22,13 +23,13 @@ def photo() -> torch.Tensor:
     return torch.stack([0.1 * inside, 0.8 * inside, 0.2 * inside, inside])[None]
 
 
-def three_gaussians() -> Gaussians:
+def three_gaussians(opacity: float = 0.99) -> Gaussians:
     """A front and a back Gaussian on the input camera's axis (it looks from +Z), and one far off to the side."""
     means = torch.tensor([[[0.0, 0.0, 0.3], [0.0, 0.0, -0.3], [0.6, 0.0, 0.0]]])  # [1, 3, 3]
     scales = torch.full((1, 3, 3), 0.12)
     rotations = torch.tensor([1.0, 0.0, 0.0, 0.0]).expand(1, 3, 4)
     colours = torch.tensor([[[0.9, 0.1, 0.1], [0.1, 0.1, 0.9], [0.5, 0.5, 0.5]]])
-    return Gaussians.from_activated(means, scales, rotations, torch.full((1, 3), 0.99), colours)
+    return Gaussians.from_activated(means, scales, rotations, torch.full((1, 3), opacity), colours)
 
 
 def test_the_seen_gaussian_takes_the_photo_colour_the_hidden_and_the_outside_ones_keep_their_own():
@@ -38,8 +39,28 @@ def test_the_seen_gaussian_takes_the_photo_colour_the_hidden_and_the_outside_one
     torch.testing.assert_close(after.colors[0, 0], torch.tensor([0.1, 0.8, 0.2]), atol=1e-4, rtol=0)  # the photo's
     torch.testing.assert_close(after.colors[0, 1], before.colors[0, 1])  # behind the front one: untouched
     torch.testing.assert_close(after.colors[0, 2], before.colors[0, 2])  # outside the silhouette: untouched
-    for name in ("means", "log_scales", "quats", "opacity_logits"):  # only colours change
+    for name in ("means", "log_scales", "quats", "opacity_logits"):  # opaque enough already: only colours change
         torch.testing.assert_close(getattr(after, name), getattr(before, name))
+
+
+def test_a_thin_render_under_an_opaque_photo_is_made_as_opaque_as_the_photo_and_nothing_else_is():
+    camera = ViewLayout(radius=2.0, fov_deg=40.0).input_camera(SIZE, SIZE)
+    before = three_gaussians(opacity=0.3)  # the student's splats on real photos: partly transparent
+    after = match_input_view(before, photo(), camera)
+    centre = SIZE // 2
+
+    def coverage(g):  # the input view's alpha at the disc's centre
+        return float(render(g, camera, SIZE, SIZE, background=None).alpha[0, 0, 0, centre, centre])
+
+    assert coverage(before) < 0.5
+    assert coverage(after) > 0.85  # the photo is opaque there (only the seen front one is raised; 0.3 -> ~0.87)
+    assert float(after.opacities[0, 0]) > 0.8  # the front Gaussian carries it (from 0.3)
+    torch.testing.assert_close(after.opacity_logits[0, 1:], before.opacity_logits[0, 1:])  # hidden, outside: as they were
+    for name in ("means", "log_scales", "quats"):  # the geometry is the student's
+        torch.testing.assert_close(getattr(after, name), getattr(before, name))
+    transparent = photo()
+    transparent[:, 3] = 0  # a photo with nothing opaque asks for nothing
+    torch.testing.assert_close(match_input_view(before, transparent, camera).opacity_logits, before.opacity_logits)
 
 
 def test_the_shipped_pipeline_input_view_is_closer_to_the_photo_and_the_raw_student_is_one_flag_away():
