@@ -1,6 +1,6 @@
 """Holding the student's Gaussians to the one view whose truth is known: the input photo at the input camera.
 
-`match_input_view` does two things with one render at the input camera:
+`match_input_view` does two things, from renders at the input camera:
 * colour: the Gaussians the input camera sees take the photo's colour at their centre's pixel. A Gaussian counts
   as seen when its centre lies in front of the rendered surface there (camera z within `depth_tolerance` of the
   alpha-normalised expected depth), the render covers that pixel at least a little and the photo is opaque there;
