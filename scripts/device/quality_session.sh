@@ -198,7 +198,7 @@ if [ "$stage" = student ]; then
         wait $warm; cat runs/gsplat.log
         simulate_truth  # its wait is also the one for the teacher's quadruples
     else
-        simulate_teacher; simulate_truth
+        ( simulate_teacher ); simulate_truth  # a subshell: its waits leave the teacher scores running beside
     fi
     wait  # the teacher scores
     sim_report
