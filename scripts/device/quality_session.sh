@@ -9,6 +9,11 @@
 #                                                    # scored; quadruples; two student arms, one per GPU: main (with the
 #                                                    # input-view term) and noiv (without); NFIT=1 adds the N-fit probe
 #   bash scripts/device/quality_session.sh finish    # the arms train on; evaluation (NO_EVAL=1: train on only)
+#   bash scripts/device/quality_session.sh expert    # the high-noise expert retrained beside the main UNet this machine
+#                                                    # trained (runs/teacher), then the teacher's scores on the GPU
+# TEACHER_BACK=unet: a middle call of a teacher chain brings back only the main UNet it trained (17 MB, a handoff if the
+# machine is lost; the whole 34 MB teacher takes much of the machine's 30 s idle window to come back, and the next call
+# then starts bare); none: nothing of it. NO_CORPORA=1: the teacher stage builds no corpora.
 # ARM_A / ARM_B ("name flags...") replace the two arms. On a fresh machine the corpora are built on the CPUs while
 # gsplat compiles, and the teacher's quadruples are made while the true renders wait for it.
 # Every call brings back what exists through $OUT (see pack): the teacher (when trained in the call), else the
@@ -17,7 +22,7 @@
 # Needs .wheels carried, and the model folders of hub/ that device-slim moved away (mvdm-tiny, efficientnet-lite0,
 # lpips-alex) present. SMOKE=1 TEACHER_INIT=<toy teacher with an expert> rehearses it all on a CPU.
 set -eo pipefail
-stage=${1:?teacher, student or finish}
+stage=${1:?teacher, student, finish or expert}
 start=$(date +%s)
 budget=${CHUNK_SECONDS:-560}
 export PYTHONPATH=$PWD TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 PYTHONUNBUFFERED=1 TQDM_MININTERVAL=60
@@ -35,7 +40,10 @@ pack() {  # on every exit, failures included: bring back what exists (8 files, 6
     # The teacher only when this machine trained it (a carried one is already here); the students whenever they
     # exist, so a machine given back before the next call loses nothing that was exported.
     if [ -n "$teacher_trained" ] && [ -f runs/teacher/model_index.json ]; then
-        tar -C runs --exclude image_encoder -cf - teacher | split -b 15m - "$OUT/teacher.tar.part-"
+        case ${TEACHER_BACK:-all} in
+            all) tar -C runs --exclude image_encoder -cf - teacher | split -b 15m - "$OUT/teacher.tar.part-" ;;
+            unet) tar -C runs -cf - teacher/unet | split -b 15m - "$OUT/teacher-unet.tar.part-" ;;
+        esac
     fi
     if [ -z "$teacher_trained" ]; then
         for arm in runs/d-*/pipeline; do
@@ -46,7 +54,7 @@ pack() {  # on every exit, failures included: bring back what exists (8 files, 6
     if [ -n "$EVAL_SETS_BACK" ] && [ -d runs/gt-heldout ]; then  # the evaluation quadruples, to score on another machine
         tar -C runs -cf - q-test gt-test q-heldout gt-heldout | split -b 15m - "$OUT/evalsets.tar.part-"
     fi
-    tar -czf "$OUT/results.tgz" --exclude checkpoints runs/probe runs/*.log runs/t-main/log.jsonl runs/t-main/samples runs/tq runs/d-*/log.jsonl \
+    tar -czf "$OUT/results.tgz" --exclude checkpoints runs/probe runs/*.log runs/t-*/log.jsonl runs/t-*/samples runs/tq* runs/d-*/log.jsonl \
         runs/d-*/samples runs/eval 2>/dev/null || true
     ls -la "$OUT"; echo "$stage took $(( $(date +%s) - start )) s"
 }
@@ -119,11 +127,41 @@ pathlib.Path("runs/probe/summary.json").write_text(json.dumps(out, indent=1))
 print(json.dumps(out, indent=1))
 PY
     fi
-    echo "[$(left) s left] teacher training; corpora (background)"
-    build_corpora > runs/corpora.log 2>&1 &
-    corpora=$!
-    train_teacher 75
-    wait $corpora; cat runs/corpora.log
+    echo "[$(left) s left] teacher training$([ -z "$NO_CORPORA" ] && echo "; corpora (background)")"
+    [ -n "$NO_CORPORA" ] || { build_corpora > runs/corpora.log 2>&1 & }
+    train_teacher ${TEACHER_MARGIN:-75}
+    wait; [ -f runs/corpora.log ] && cat runs/corpora.log
+    exit 0
+fi
+
+export_newest_teacher() {  # runs/teacher from runs/t-main's newest checkpoint: the run resumes at its step and stops
+    local last=$(ls runs/t-main/checkpoints | sed -n 's/^step-0*\([0-9]*\)$/\1/p' | sort -n | tail -1)
+    echo "[$(left) s left] teacher export at step $last"
+    TEACHER_EXTRA="$TEACHER_EXTRA --stop-after $last" train_teacher 0
+}
+
+if [ "$stage" = expert ]; then
+    # The expert (t >= $HIGH_NOISE_START) goes on from $TEACHER_INIT's in the world the main UNet now trains in
+    # (canonical layout, mixed light; the first expert saw random offsets and hard light only), beside the main UNet
+    # of runs/teacher; its schedule ends at EXPERT_MAX_STEPS.
+    gsplat_ready
+    [ -f runs/teacher/model_index.json ] || export_newest_teacher
+    teacher_trained=1
+    echo "[$(left) s left] expert training"
+    expert_start=$(python3 -c "import json; print(json.load(open('$TEACHER_INIT/model_index.json'))['high_noise_start'])")
+    python3 training/train_teacher.py --output-dir runs/t-expert --resume latest --expert-for runs/teacher \
+        --high-noise-start $expert_start --init-from "$TEACHER_INIT" --init-step ${EXPERT_INIT_STEP:-1538} \
+        --max-steps ${EXPERT_MAX_STEPS:-4000} --warmup-steps 100 --ema-decay 0.998 --canonical-fraction ${CANONICAL_FRACTION:-0.75} \
+        --lighting ${LIGHTING:-mixed} --batch-size 64 --pool-size 2048 --checkpoint-every 500 --sample-every 1000 --log-every 50 \
+        --time-limit "$(box ${TQ_SECONDS:-110})" --export runs/teacher-expert $TEACHER_EXTRA > runs/expert.log 2>&1 || { tail -30 runs/expert.log; exit 1; }
+    grep camera_sensitivity runs/t-expert/log.jsonl | tail -3
+    rm -rf runs/teacher-main && mv runs/teacher runs/teacher-main && mv runs/teacher-expert runs/teacher
+    echo "[$(left) s left] teacher scores"
+    for which in teacher teacher-main; do  # with the new expert, and with the main UNet's kept one
+        [ $which = teacher-main ] && [ -n "$SMOKE" ] && continue
+        on_gpu 0 timeout $(box 5) python3 benchmarks/teacher_quality.py --teacher runs/$which --objects ${TQ_OBJECTS:-100} --batch 50 \
+            --fit-steps 150 --colour-check --out runs/tq-$which $TQ_EXTRA > runs/tq-$which.log 2>&1 || tail -20 runs/tq-$which.log
+    done
     exit 0
 fi
 
@@ -175,10 +213,8 @@ if [ "$stage" = student ]; then
     if [ "${TEACHER_SECONDS:-0}" -gt 0 ]; then
         echo "[$(left) s left] teacher training, continued"
         train_teacher $(( budget - TEACHER_SECONDS ))
-    elif [ ! -f runs/teacher/model_index.json ] && [ -d runs/t-main/checkpoints ]; then  # export the newest checkpoint: the run resumes at its step and stops
-        last=$(ls runs/t-main/checkpoints | sed -n 's/^step-0*\([0-9]*\)$/\1/p' | sort -n | tail -1)
-        echo "[$(left) s left] teacher export at step $last"
-        TEACHER_EXTRA="$TEACHER_EXTRA --stop-after $last" train_teacher 0
+    elif [ ! -f runs/teacher/model_index.json ] && [ -d runs/t-main/checkpoints ]; then
+        export_newest_teacher
     elif [ ! -f runs/teacher/model_index.json ]; then  # nothing trained here: distil from $TEACHER_INIT as it is
         cp -rL "$TEACHER_INIT" runs/teacher
     fi
