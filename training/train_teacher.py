@@ -272,12 +272,19 @@ def export_teacher(unet, ema, tokenizer, args, path: Path, dtype=torch.float16, 
     """The EMA weights as a TinyMVDMPipeline folder (fp16 safetensors, sharded under 15 MiB a file)."""
     export_unet = MultiViewUNet.from_config(unet.config)
     ema.copy_to(export_unet.parameters())
-    # The training copies stay fp32.
-    base = None if base_unet is None else copy.deepcopy(base_unet).to(dtype)
-    expert = None if expert_unet is None else copy.deepcopy(expert_unet).to(dtype)
+    # The training copies stay fp32; rebuilt from their configs, so the folder a kept UNet was loaded from
+    # (`_name_or_path`, a path on the training machine) is not written into the shipped config.
+    base = None if base_unet is None else _fresh_copy(base_unet, dtype)
+    expert = None if expert_unet is None else _fresh_copy(expert_unet, dtype)
     pipe = teacher_pipeline(export_unet.to(dtype), copy.deepcopy(tokenizer).to(dtype), args, base, expert)
     pipe.save_pretrained(path, safe_serialization=True, max_shard_size="12MB")
     return pipe
+
+
+def _fresh_copy(model: MultiViewUNet, dtype) -> MultiViewUNet:
+    fresh = MultiViewUNet.from_config({k: v for k, v in model.config.items() if k != "_name_or_path"})
+    fresh.load_state_dict(model.state_dict())
+    return fresh.to(dtype)
 
 
 @torch.no_grad()

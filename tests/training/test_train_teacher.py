@@ -145,6 +145,9 @@ def test_a_kept_expert_is_exported_beside_the_trained_main_unet(tmp_path):
     assert out.pipe.config.high_noise_start == 990
     assert all(torch.equal(a, b) for a, b in zip(kept.pipe.high_noise_unet.state_dict().values(), out.pipe.high_noise_unet.state_dict().values()))
     assert any(not torch.equal(a, b) for a, b in zip(kept.unet.state_dict().values(), out.unet.state_dict().values()))
+    # No path of the training machine (the folder the kept UNet was loaded from) goes into the shipped configs.
+    for folder in ("unet", "high_noise_unet"):
+        assert "_name_or_path" not in json.loads((tmp_path / "out" / folder / "config.json").read_text())
 
 
 def test_expert_run_trains_only_the_top_timesteps_and_exports_beside_its_base(tmp_path):
@@ -157,6 +160,7 @@ def test_expert_run_trains_only_the_top_timesteps_and_exports_beside_its_base(tm
     base, both = TinyTeacher.from_pretrained(tmp_path / "base-teacher"), TinyTeacher.from_pretrained(tmp_path / "both")
     assert both.pipe.config.high_noise_start == 995
     assert all(torch.equal(a, b) for a, b in zip(base.unet.state_dict().values(), both.unet.state_dict().values()))
+    assert "_name_or_path" not in json.loads((tmp_path / "both" / "unet" / "config.json").read_text())
     trained = load_file(tmp_path / "expert" / "checkpoints" / "step-0000002" / "ema.safetensors")
     expert = both.pipe.high_noise_unet.state_dict()
     assert any(not torch.equal(expert[k], base.unet.state_dict()[k]) for k in expert)
