@@ -178,3 +178,41 @@ def test_mixed_lighting_gives_each_seed_one_kind_and_keeps_its_shape_and_texture
     mixed = synthetic.make_object(seed, 512, lighting="mixed")
     expected = {"hard": hard, "soft": soft, "unlit": unlit}[synthetic.light_kind_of_seed(seed, "mixed")]
     assert torch.equal(mixed.gaussians.colors, expected.gaussians.colors)
+
+
+def test_the_wide_palette_mutes_a_share_of_the_colours_and_keeps_everything_else():
+    import colorsys
+
+    def saturations(obj):
+        return [colorsys.rgb_to_hsv(*c)[1] for p in obj.primitives for c in p["texture"]["colors"]]
+
+    seeds = [synthetic.split_seed("train", i) for i in range(60)]
+    classic = [make_object(s, 256, palette="classic") for s in seeds]
+    wide = [make_object(s, 256, palette="wide") for s in seeds]
+    # The classic palette never makes a pale, muted colour: saturation 0 (a neutral) or 0.25 and above.
+    assert all(s == 0 or s >= 0.25 - 1e-9 for obj in classic for s in saturations(obj))
+    muted, changed = 0, 0
+    for a, b in zip(classic, wide):
+        assert torch.equal(a.gaussians.means, b.gaussians.means)  # the same shapes, textures' patterns and light
+        assert [dict(p, texture=None) for p in a.primitives] == [dict(p, texture=None) for p in b.primitives]
+        assert a.light == b.light
+        changed += not torch.equal(a.gaussians.colors, b.gaussians.colors)
+        for pa, pb in zip(a.primitives, b.primitives):
+            assert {k: v for k, v in pa["texture"].items() if k != "colors"} == {k: v for k, v in pb["texture"].items() if k != "colors"}
+            for old, new in zip(pa["texture"]["colors"], pb["texture"]["colors"]):
+                if old == new:
+                    continue
+                (h0, s0, _), (h1, s1, v1) = colorsys.rgb_to_hsv(*old), colorsys.rgb_to_hsv(*new)
+                assert s0 > 0 and 0.03 - 1e-9 <= s1 <= 0.25 + 1e-9 and 0.55 - 1e-9 <= v1 <= 0.97 + 1e-9
+                assert abs(h1 - h0) < 1e-6 or abs(abs(h1 - h0) - 1) < 1e-6  # the same hue, paler
+                muted += 1
+    colours = sum(1 for obj in classic for s in saturations(obj) if s > 0)
+    assert 0.15 < muted / colours < 0.45 and changed > 10  # MUTED_FRACTION of the non-neutral colours, about
+    # A colour shared by two textures of one object is muted the same way in both.
+    for obj in wide:
+        seen = {}
+        for p in obj.primitives:
+            for old, new in zip(make_object(obj.seed, 256).primitives[obj.primitives.index(p)]["texture"]["colors"], p["texture"]["colors"]):
+                assert seen.setdefault(tuple(old), tuple(new)) == tuple(new)
+    with pytest.raises(ValueError, match="unknown palette"):
+        make_object(7, 256, palette="neon")
