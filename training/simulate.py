@@ -191,10 +191,9 @@ class Simulator:
         from training import synthetic
 
         origins = [procedural_origin(r) for r in rows]
-        # Each object as the corpus made it (rows from before the lighting and palette options were hard-lit, classic).
+        # Each object as the corpus made it (rows from before the lighting option were hard-lit: "baked").
         objects = Gaussians.stack([
-            synthetic.make_object(int(o["object_seed"]), self.corpus_gaussians, lighting=o.get("lighting", "baked"),
-                                  palette=o.get("palette", "classic")).gaussians
+            synthetic.make_object(int(o["object_seed"]), self.corpus_gaussians, lighting=o.get("lighting", "baked")).gaussians
             for o in origins]).to(self.teacher.device)
         objects = objects.rotated_about_y(torch.tensor([math.radians(float(o["yaw_deg"])) for o in origins], device=self.teacher.device))
         cameras = self.teacher.cameras(len(rows), elevations)

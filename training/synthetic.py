@@ -8,8 +8,7 @@ the normal, tangent size from the sampling density so that the surface renders c
 texture's albedo times a Lambertian light baked in (view-independent, so it is consistent with SH degree 0
 and gives renders a 3D look); `lighting="mixed"` (what the teacher and the distillation corpus now use) gives a
 third of the objects that hard light, a third a soft one (ambient 0.75-0.95) and a third none (flat albedo, as
-the real-scan evaluation renders and as many softly lit photos look). `palette="wide"` also makes a share of the
-palette colours pale and muted (cream, beige, pastels), which the classic palette never does. The object is then turned by a random
+the real-scan evaluation renders and as many softly lit photos look). The object is then turned by a random
 yaw, centred on its bounding-box centre and scaled so that every Gaussian, 3 sigma included, lies inside the
 sphere of radius 0.5 (docs/design.md section 4).
 
@@ -27,7 +26,6 @@ body, otherwise as an attachment: a handle, a ring, a wheel).
 from __future__ import annotations
 
 import argparse
-import colorsys
 import math
 import time
 from dataclasses import dataclass
@@ -46,7 +44,7 @@ __all__ = [
     "WORLD_VERSION", "DEFAULT_NUM_GAUSSIANS", "OBJECT_RADIUS", "PRIMITIVE_TYPES", "STANDARD_PRIMITIVES",
     "HELDOUT_PRIMITIVE", "TEXTURE_KINDS", "FAMILIES", "SPLITS", "SyntheticObject", "make_object",
     "batch_objects", "render_views", "split_seed", "split_of_seed", "family_of_seed", "contact_sheet",
-    "LIGHTINGS", "LIGHT_KINDS", "light_kind_of_seed", "PALETTES",
+    "LIGHTINGS", "LIGHT_KINDS", "light_kind_of_seed",
 ]
 
 WORLD_VERSION = 1  # bump when a change alters the objects a seed makes
@@ -81,16 +79,6 @@ _SPLIT_FAMILY = {"heldout": "heldout"}
 LIGHT_KINDS = ("hard", "soft", "unlit")
 LIGHTINGS = ("baked", "mixed") + LIGHT_KINDS
 SOFT_AMBIENT = (0.75, 0.95)  # a hard light's ambient is 0.4-0.6
-
-
-# The colours. "classic": every palette colour has HSV saturation 0.25-0.95 or is a neutral grey (WORLD_VERSION 1);
-# "wide": as classic, then a share of an object's non-neutral palette colours become pale, muted ones (cream, beige,
-# pastels, dusty tones: saturation 0.03-0.25) that real objects have and the classic palette never makes. The choice
-# comes from a generator of its own, keyed by the seed, so shapes and the other draws stay those of the seed.
-PALETTES = ("classic", "wide")
-MUTED_FRACTION = 0.3
-MUTED_SATURATION = (0.03, 0.25)
-MUTED_VALUE = (0.55, 0.97)
 
 
 def light_kind_of_seed(seed: int, lighting: str = "baked") -> str:
@@ -615,27 +603,6 @@ def _random_palette(rng: _Rng, count: int = 4) -> List[List[float]]:
     return colours
 
 
-def _mute_some_colours(prims: List["_Primitive"], seed: int) -> None:
-    """palette="wide": each distinct non-neutral colour of the object's textures becomes, with probability
-    MUTED_FRACTION, a pale, muted colour of the same hue (every texture that shares it gets the same one)."""
-    gen = np.random.Generator(np.random.PCG64(sample_seed("dd3g.synthetic.palette", int(seed))))
-    replaced: Dict[tuple, List[float]] = {}
-    for prim in prims:
-        colours = []
-        for colour in prim.texture["colors"]:
-            key = tuple(colour)
-            if key not in replaced:
-                mute, saturation, value = gen.random(3)
-                hue, old_saturation, _ = colorsys.rgb_to_hsv(*colour)
-                if mute < MUTED_FRACTION and old_saturation > 0:
-                    replaced[key] = _hsv_to_rgb(hue, MUTED_SATURATION[0] + (MUTED_SATURATION[1] - MUTED_SATURATION[0]) * saturation,
-                                                MUTED_VALUE[0] + (MUTED_VALUE[1] - MUTED_VALUE[0]) * value)
-                else:
-                    replaced[key] = list(colour)
-            colours.append(replaced[key])
-        prim.texture = dict(prim.texture, colors=colours)
-
-
 def _random_texture(rng: _Rng, palette: List[List[float]], kind: Optional[str] = None) -> Dict:
     kind = kind or rng.choice(TEXTURE_KINDS, [0.22, 0.18, 0.14, 0.16, 0.16, 0.14])
     first = rng.index(len(palette))
@@ -838,7 +805,6 @@ def make_object(
     texture: Optional[str] = None,
     shading: bool = True,
     lighting: str = "baked",
-    palette: str = "classic",
 ) -> SyntheticObject:
     """The procedural object of `seed`: exactly `num_gaussians` Gaussians inside the sphere of radius 0.5.
 
@@ -847,7 +813,6 @@ def make_object(
     texture: force one texture kind on every primitive (None: random per primitive).
     shading: bake a Lambertian light into the colours (False: flat albedo, whatever `lighting` says).
     lighting: one of LIGHTINGS (see `light_kind_of_seed`); "baked" is the world of WORLD_VERSION 1.
-    palette: one of PALETTES; "classic" is the world of WORLD_VERSION 1, "wide" adds pale, muted colours.
     """
     if num_gaussians < 1:
         raise ValueError(f"num_gaussians must be positive, got {num_gaussians}")
@@ -856,8 +821,6 @@ def make_object(
         raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES}")
     if texture is not None and texture not in TEXTURE_KINDS:
         raise ValueError(f"unknown texture {texture!r}; expected one of {TEXTURE_KINDS}")
-    if palette not in PALETTES:
-        raise ValueError(f"unknown palette {palette!r}; expected one of {PALETTES}")
     rng = _Rng(seed)
     for _attempt in range(8):
         prims = _compose(rng, family, texture)
@@ -867,8 +830,6 @@ def make_object(
         if family != "heldout" or any(visible[i] > 0.3 for i in tori):
             break
 
-    if palette == "wide":
-        _mute_some_colours(prims, seed)
     # Albedo from each primitive's texture in its own normalised frame.
     albedo = np.zeros((num_gaussians, 3))
     for i, prim in enumerate(prims):

@@ -93,8 +93,6 @@ def parse_args(argv=None):
                         "sampling asks for); the others are turned by a random azimuth")
     p.add_argument("--lighting", default="mixed", choices=synthetic.LIGHTINGS,
                    help="the light baked into the pool's objects ('baked': every object hard-lit, the world before)")
-    p.add_argument("--palette", default="classic", choices=synthetic.PALETTES,
-                   help="the pool's colours ('wide': a share of pale, muted colours as well; training/synthetic.py)")
     p.add_argument("--checkpoint-every", type=int, default=1000)
     p.add_argument("--sample-every", type=int, default=2000)
     p.add_argument("--sample-steps", type=int, default=30)
@@ -132,7 +130,7 @@ def build_unet(args) -> MultiViewUNet:
 def build_pool(args, device) -> Gaussians:
     """The training objects, built once on the CPU (deterministic by seed) and kept on the device.  [P, N]"""
     seeds = [synthetic.split_seed("train", i) for i in range(args.pool_size)]
-    return synthetic.batch_objects(seeds, args.num_gaussians, lighting=args.lighting, palette=args.palette).to(device)
+    return synthetic.batch_objects(seeds, args.num_gaussians, lighting=args.lighting).to(device)
 
 
 def sample_batch(args, pool: Gaussians, layout: ViewLayout, step: int, size: int, device, process_index: int = 0,

@@ -14,8 +14,6 @@
 # TEACHER_BACK=unet: a middle call of a teacher chain brings back only the main UNet it trained (17 MB, a handoff if the
 # machine is lost; the whole 34 MB teacher takes much of the machine's 30 s idle window to come back, and the next call
 # then starts bare); none: nothing of it. NO_CORPORA=1: the teacher stage builds no corpora.
-# PALETTE (teacher and expert; default wide: pale, muted colours as well, first used after session 9 whose colour check
-# found the cream disk outside the classic palette) and CORPUS_PALETTE (the distillation corpora; default classic).
 # ARM_A / ARM_B ("name flags...") replace the two arms. On a fresh machine the corpora are built on the CPUs while
 # gsplat compiles, and the teacher's quadruples are made while the true renders wait for it.
 # Every call brings back what exists through $OUT (see pack): the teacher (when trained in the call), else the
@@ -69,7 +67,7 @@ train_teacher() {  # $1: seconds to keep after training
     # a later machine continues from the exported teacher (--init-from it with its step).
     launch training/train_teacher.py --output-dir runs/t-main --resume latest --init-from "$TEACHER_INIT" --init-step "$INIT_STEP" \
         --keep-expert-from "$TEACHER_INIT" --max-steps ${TEACHER_MAX_STEPS:-30000} --warmup-steps 200 \
-        --canonical-fraction ${CANONICAL_FRACTION:-0.75} --lighting ${LIGHTING:-mixed} --palette ${PALETTE:-wide} --batch-size 64 --pool-size 2048 \
+        --canonical-fraction ${CANONICAL_FRACTION:-0.75} --lighting ${LIGHTING:-mixed} --batch-size 64 --pool-size 2048 \
         --checkpoint-every 500 --sample-every 1000 --log-every 50 --time-limit "$(box "$1")" --export runs/teacher \
         $TEACHER_EXTRA > runs/teacher-$stage.log 2>&1 || { tail -30 runs/teacher-$stage.log; return 1; }
     tr "\r" "\n" < runs/teacher-$stage.log | grep -E "initialised|resumed|time limit" || true
@@ -82,7 +80,7 @@ build_corpora() {  # procedural corpora, CPU work, niced beside whatever runs on
     for spec in "${specs[@]}"; do
         set -- $spec
         for k in $(seq 0 $(( $4 - 1 ))); do
-            OMP_NUM_THREADS=2 nice -n 5 python3 training/build_corpus.py --source procedural --split $1 --num-images $2 --size $SIZE --palette ${CORPUS_PALETTE:-classic} \
+            OMP_NUM_THREADS=2 nice -n 5 python3 training/build_corpus.py --source procedural --split $1 --num-images $2 --size $SIZE \
                 --out runs/$3 --process-index $k --num-processes $4 --no-progress > runs/$3-$k.log 2>&1 &
         done
     done
@@ -154,7 +152,7 @@ if [ "$stage" = expert ]; then
     python3 training/train_teacher.py --output-dir runs/t-expert --resume latest --expert-for runs/teacher \
         --high-noise-start $expert_start --init-from "$TEACHER_INIT" --init-step ${EXPERT_INIT_STEP:-1538} \
         --max-steps ${EXPERT_MAX_STEPS:-4000} --warmup-steps 100 --ema-decay 0.998 --canonical-fraction ${CANONICAL_FRACTION:-0.75} \
-        --lighting ${LIGHTING:-mixed} --palette ${PALETTE:-wide} --batch-size 64 --pool-size 2048 --checkpoint-every 500 --sample-every 1000 --log-every 50 \
+        --lighting ${LIGHTING:-mixed} --batch-size 64 --pool-size 2048 --checkpoint-every 500 --sample-every 1000 --log-every 50 \
         --time-limit "$(box ${TQ_SECONDS:-110})" --export runs/teacher-expert $TEACHER_EXTRA > runs/expert.log 2>&1 || { tail -30 runs/expert.log; exit 1; }
     grep camera_sensitivity runs/t-expert/log.jsonl | tail -3
     rm -rf runs/teacher-main && mv runs/teacher runs/teacher-main && mv runs/teacher-expert runs/teacher

@@ -19,9 +19,8 @@ SETTINGS = ["--seeds-per-image", "2", "--steps", "2", "--guidance-scale", "2.0",
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("simulate")
     toy_teacher_pipeline(tokenizer_size=64).save_pretrained(root / "teacher")
-    # The wide palette changes the colours of all three objects (so the ground truth must read it from the rows).
     build_corpus.main(["--source", "procedural", "--num-images", "3", "--size", "32", "--num-gaussians", "256",
-                       "--palette", "wide", "--out", str(root / "corpus"), "--no-progress"])
+                       "--out", str(root / "corpus"), "--no-progress"])
     return root
 
 
@@ -149,9 +148,8 @@ def test_ground_truth_mode_stores_the_objects_true_renders(world, tmp_path):
     for row in rows:
         origin = json.loads(corpus[row["corpus_index"]]["origin"])
         assert row["teacher_id"] == "ground-truth" and row["elevation_deg"] == pytest.approx(origin["elevation_deg"], abs=1e-5)
-        assert (origin["lighting"], origin["palette"]) == ("mixed", "wide")  # build_corpus's default light, recorded per row
-        obj = synthetic.batch_objects([origin["object_seed"]], 256, lighting="mixed", palette="wide")
-        obj = obj.rotated_about_y(torch.tensor([math.radians(origin["yaw_deg"])]))
+        assert origin["lighting"] == "mixed"  # build_corpus's default, recorded per row
+        obj = synthetic.batch_objects([origin["object_seed"]], 256, lighting="mixed").rotated_about_y(torch.tensor([math.radians(origin["yaw_deg"])]))
         cams = teacher.cameras(1, torch.tensor([origin["elevation_deg"]]))
         truth = render(obj, cams[:, :4], background=None).rgba()[0]  # [4, 4, s, s]
         stored = torch.stack([data.png_to_rgba(data.image_bytes(v)) for v in row["views"]])

@@ -203,17 +203,3 @@ def test_example_accelerate_configs_parse_and_the_cpu_one_launches(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "run" / "checkpoints" / "step-0000001" / "model.safetensors").is_file()
-
-
-def test_the_pool_takes_the_palette_and_light_it_is_given():
-    """--palette wide and --lighting reach the pool: the same shapes, other colours; unknown values are refused."""
-    from training import synthetic
-
-    classic = train_teacher.build_pool(train_teacher.parse_args(["--tiny-test", "--output-dir", "unused"]), torch.device("cpu"))
-    wide = train_teacher.build_pool(train_teacher.parse_args(["--tiny-test", "--output-dir", "unused", "--palette", "wide"]),
-                                    torch.device("cpu"))
-    assert torch.equal(classic.means, wide.means) and not torch.equal(classic.colors, wide.colors)
-    seeds = [synthetic.split_seed("train", i) for i in range(classic.batch_shape[0])]
-    assert torch.equal(wide.colors, synthetic.batch_objects(seeds, wide.means.shape[1], lighting="mixed", palette="wide").colors)
-    with pytest.raises(SystemExit):
-        train_teacher.parse_args(["--tiny-test", "--output-dir", "unused", "--palette", "neon"])
