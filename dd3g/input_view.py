@@ -74,7 +74,10 @@ def match_input_view(gaussians: Gaussians, rgba: Tensor, camera: Cameras, depth_
     z = in_camera[..., 2].clamp_min(1e-6)  # [B, N]
     pixels = torch.stack([Ks[:, None, 0, 0] * in_camera[..., 0] / z + Ks[:, None, 0, 2],
                           Ks[:, None, 1, 1] * in_camera[..., 1] / z + Ks[:, None, 1, 2]], -1)  # [B, N, 2]
-    photo = _sample(rgba, pixels)  # [B, 4, N]
+    # Sampled premultiplied and divided back: a transparent pixel's colour is undefined (preprocess writes white
+    # there), and straight colours interpolated across the silhouette would pull the edge Gaussians toward it.
+    photo = _sample(torch.cat([rgba[:, :3] * rgba[:, 3:], rgba[:, 3:]], dim=1), pixels)  # [B, 4, N] premultiplied
+    photo = torch.cat([(photo[:, :3] / photo[:, 3:].clamp_min(1e-6)).clamp(0, 1), photo[:, 3:]], dim=1)  # [B, 4, N] straight
     candidate = (_sample(coverage, pixels)[:, 0] > min_coverage) & (photo[:, 3] > min_alpha) & (in_camera[..., 2] > 0)  # [B, N]
     k = torch.where(candidate, _sample(power, pixels)[:, 0], torch.ones_like(z))  # [B, N]
     # Where the render is thin its expected depth lies behind the front surface, so the surface is read from a

@@ -54,15 +54,28 @@ def _resize(images: Tensor, size: int, antialias: bool) -> Tensor:
     return flat.reshape(*lead, *flat.shape[-3:])
 
 
+def canonical_straight_rgba(rgba: Tensor) -> Tensor:
+    """RGBA [..., 4, H, W] straight alpha -> the same with black colour wherever alpha is 0.
+
+    Straight alpha leaves a fully transparent pixel's colour undefined, and inputs differ there: `preprocess` writes
+    white, a PNG cut-out keeps its photo's background, a flat test image its own colour, while every render the models
+    are trained on (`RenderOutput.rgba`) has black. The "rgba" frame carries that colour into the model, which reads it:
+    the tiny teacher copied a cream disk on a cream transparent background as brown (76/255 off) and on a black one
+    within 9/255. So every input is brought to the renders' convention first.
+    """
+    alpha = rgba[..., 3:, :, :]  # [..., 1, H, W]
+    return torch.cat([rgba[..., :3, :, :] * (alpha > 0), alpha], dim=-3)
+
+
 def encode_input_frame(rgba: Tensor, sample_space: str, sample_size: int, frame_encoder=None) -> Tensor:
     """RGBA [..., 4, S, S] straight alpha in [0, 1] -> the image in the teacher's sample space [..., C, h, w].
 
-    "rgba": resized to the phase-1 size and scaled to [-1, 1]. "sd-vae": composited on white (the latent teachers
+    "rgba": black where transparent (`canonical_straight_rgba`), resized to the phase-1 size and scaled to [-1, 1]. "sd-vae": composited on white (the latent teachers
     are RGB), resized to the encoder's *image* resolution (never to the latent size in pixels), scaled to [-1, 1]
     and encoded by `frame_encoder` (a `LatentFrameEncoder`, or any callable doing the same); differentiable.
     """
     if sample_space == "rgba":
-        return _resize(rgba, sample_size, antialias=True) * 2 - 1
+        return _resize(canonical_straight_rgba(rgba), sample_size, antialias=True) * 2 - 1
     if sample_space != "sd-vae":
         raise ValueError(f"sample_space must be one of {SAMPLE_SPACES}, got {sample_space!r}")
     if frame_encoder is None:

@@ -39,6 +39,7 @@ from dd3g.models.mv_unet import MultiViewUNet
 from dd3g.preprocess import composite_on
 from dd3g.randomness import generator, sample_seed
 from dd3g.rendering import render
+from dd3g.student_inputs import encode_input_frame
 from dd3g.teachers.base import camera_sensitivity
 from dd3g.teachers.tiny import TinyMVDMPipeline, TinyTeacher, training_scheduler
 from training import synthetic
@@ -182,7 +183,7 @@ def model_inputs(unet, tokenizer, scheduler, batch) -> dict:
     input_view = batch["input_view"]  # [B, 4, S, S]
     with torch.no_grad():
         tokens = tokenizer(composite_on(input_view).to(tokenizer.dtype))  # [B, L, D]
-    frame = F.interpolate(input_view, size=(size, size), mode="bilinear", antialias=True, align_corners=False) * 2 - 1
+    frame = encode_input_frame(input_view, "rgba", size)  # [B, 4, s, s] as the teacher encodes it when sampling
     keep = (~batch["dropped"]).to(x0.dtype)
     model = unet.module if hasattr(unet, "module") else unet
     return {

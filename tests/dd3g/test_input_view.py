@@ -96,3 +96,18 @@ def test_the_setting_travels_with_the_checkpoint(tmp_path):
     assert DD3GPipeline.from_pretrained(tmp_path / "raw").config.match_input_view is False
     toy_pipeline().save_pretrained(tmp_path / "default")
     assert DD3GPipeline.from_pretrained(tmp_path / "default").config.match_input_view is True
+
+
+def test_a_gaussian_on_the_silhouette_takes_the_photo_colour_not_that_of_the_transparent_pixels_beside_it():
+    """A transparent pixel's colour is undefined (preprocess writes white there): sampling it premultiplied keeps
+    it out of the colour a Gaussian on the photo's edge takes."""
+    camera = ViewLayout(radius=2.0, fov_deg=40.0).input_camera(SIZE, SIZE)
+    # Centre at x = 23.9 px, between the last pixel inside the disc (23.5) and the first outside (24.5), at z = 0.3.
+    x = 7.9 * 1.7 / float(camera.Ks.reshape(3, 3)[0, 0])
+    edge = Gaussians.from_activated(torch.tensor([[[x, 0.0, 0.3]]]), torch.full((1, 1, 3), 0.03),
+                                    torch.tensor([[[1.0, 0.0, 0.0, 0.0]]]), torch.full((1, 1), 0.99), torch.tensor([[[0.9, 0.1, 0.1]]]))
+    transparent = photo()[:, 3:] == 0
+    on_white = torch.cat([torch.where(transparent, torch.ones(1, 3, SIZE, SIZE), photo()[:, :3]), photo()[:, 3:]], dim=1)
+    colours = [match_input_view(edge, image, camera).colors[0, 0] for image in (photo(), on_white)]
+    for colour in colours:
+        torch.testing.assert_close(colour, torch.tensor([0.1, 0.8, 0.2]), atol=1e-4, rtol=0)

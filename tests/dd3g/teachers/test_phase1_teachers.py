@@ -142,3 +142,30 @@ def test_encoders_and_imagedream_student_save_and_load(imagedream, tmp_path):
         StudentInputBuilder(loaded, builder.tokenizer, imagedream.layout, None, prompt)
     with pytest.raises(ValueError, match="CLIP image encoder"):
         StudentInputBuilder(loaded, builder.tokenizer, imagedream.layout, frame, None)
+
+
+def test_the_input_frame_ignores_the_colour_under_fully_transparent_pixels(tokenizer):
+    """Straight alpha leaves a transparent pixel's colour undefined (preprocess writes white, cut-outs keep their
+    photo): the teacher's and the student's frame is the same whatever it is, as black as the training renders'."""
+    from dd3g.rendering import render
+    from dd3g.student_inputs import canonical_straight_rgba
+    from training import synthetic
+
+    images = discs(2, size=32)  # the disc's colour fills the transparent background too
+    transparent, alpha = images[:, 3:] == 0, images[:, 3:]  # [B, 1, S, S] each
+    under = lambda colour: torch.cat([torch.where(transparent, colour, images[:, :3]), alpha], dim=1)  # noqa: E731
+    white, black = under(torch.ones(2, 3, 32, 32)), under(torch.zeros(2, 3, 32, 32))
+    noisy = under(torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1)))
+    teacher = TinyTeacher(toy_teacher_pipeline(tokenizer_size=64))
+    student = PEPD.from_teacher(teacher, patch_size=4, gaussians_per_token=4, width=32, num_heads=2,
+                                blocks_before_means=1, blocks_before_shape=1, blocks_before_appearance=1)
+    builder = StudentInputBuilder(student, teacher.pipe.image_encoder, teacher.layout)
+    frames = [teacher.encode(x) for x in (images, white, noisy, black)]
+    assert all(torch.equal(f, frames[3]) for f in frames)
+    assert torch.equal(builder.images(white).input_frame, builder.images(black).input_frame)
+    # A visible pixel still counts, and the renders the models train on are already in this form.
+    edited = black.clone()
+    edited[:, 0, 16, 16] = 1 - edited[:, 0, 16, 16]
+    assert not torch.equal(teacher.encode(edited), frames[3])
+    rendered = render(synthetic.batch_objects([3, 4], 256), teacher.layout.input_camera(32, 32, torch.zeros(2)), background=None).rgba()[:, 0]
+    assert (rendered[:, 3] == 0).any() and torch.equal(canonical_straight_rgba(rendered), rendered)
