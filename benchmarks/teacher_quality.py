@@ -18,6 +18,11 @@ CFG as stored) are scored against those exact renders, beside the trivial predic
 teacher receives it, copied to the same 4 cameras". No recentring: the teacher gets the scan's own input view.
 --colour-check: flat coloured disks and rings (RGBA, no shading); the input's mean RGB against the copied
 view's (and the imagined views') mean RGB over the input's foreground, alpha-weighted, in 0-255.
+
+Two ceilings of the split figures (per split, beside them): --seed-mean K scores the mean of K samples of other
+seeds (on white) at the imagined views, which a single sample cannot beat by much where the unseen sides are
+ambiguous; --truth-consistency scores the true views by the leave-one-out protocol of the consistency figure,
+the most any set of views can reach there.
 """
 
 from __future__ import annotations
@@ -64,7 +69,8 @@ def evaluate_split(teacher, split: str, count: int, args, device, out_dir: Path)
     layout = teacher.layout
     family = "heldout" if split == "heldout" else None
     seeds = [synthetic.split_seed(split, i) for i in range(count)]
-    results = {"psnr": [], "ssim": [], "psnr_masked": [], "ssim_masked": [], "consistency_psnr": []}
+    results = {"psnr": [], "ssim": [], "psnr_masked": [], "ssim_masked": [], "consistency_psnr": [],
+               "imagined_psnr_mean_of_seeds": [], "truth_consistency_psnr": []}
     for start in range(0, count, args.batch):
         chunk = seeds[start : start + args.batch]
         objects = synthetic.batch_objects(chunk, args.num_gaussians, family=family).to(device)
@@ -81,15 +87,26 @@ def evaluate_split(teacher, split: str, count: int, args, device, out_dir: Path)
         if args.fit_steps > 0:
             cams_out = cams[:, : layout.num_views]
             results["consistency_psnr"].append(leave_one_out_psnr(views, cams_out, args.fit_steps, args.fit_gaussians).cpu())
+        if args.seed_mean > 1:  # the mean of K samples, the first being the one scored above
+            samples = [composite_on(views)] + [composite_on(teacher.simulate(inputs, seeds=[1_000_003 * k + start + i for i in range(len(chunk))],
+                                                                             num_steps=args.steps).views.to(device)) for k in range(1, args.seed_mean)]
+            results["imagined_psnr_mean_of_seeds"].append(psnr(torch.stack(samples).mean(0)[:, 1:], composite_on(truth)[:, 1:]).cpu())
+        if args.truth_consistency and args.fit_steps > 0:
+            results["truth_consistency_psnr"].append(leave_one_out_psnr(truth, cams[:, : layout.num_views], args.fit_steps, args.fit_gaussians).cpu())
         if start == 0:
             rows = [torch.cat([torch.nn.functional.interpolate(inputs[i : i + 1], size=(size, size), mode="bilinear", antialias=True), views[i], truth[i]]) for i in range(min(4, len(chunk)))]
             image_grid(rows, out_dir / f"grid-{split}.png")
     sensitivity = results.pop("camera_sensitivity")
     merged = {k: torch.cat(v) for k, v in results.items() if v}
-    report = {k: summarise(v) for k, v in merged.items() if k != "consistency_psnr"}
+    ceilings = ("consistency_psnr", "imagined_psnr_mean_of_seeds", "truth_consistency_psnr")
+    report = {k: summarise(v) for k, v in merged.items() if k not in ceilings}
     report["camera_sensitivity"] = sum(sensitivity) / len(sensitivity)
     if "consistency_psnr" in merged:
         report["consistency_psnr_leave_one_out"] = float(merged["consistency_psnr"].mean())
+    if "imagined_psnr_mean_of_seeds" in merged:
+        report["imagined_psnr_mean_of_seeds"] = {"seeds": args.seed_mean, "psnr": float(merged["imagined_psnr_mean_of_seeds"].mean())}
+    if "truth_consistency_psnr" in merged:
+        report["truth_consistency_psnr_leave_one_out"] = float(merged["truth_consistency_psnr"].mean())
     report["objects"] = count
     return report
 
@@ -195,6 +212,8 @@ def main(argv=None):
     p.add_argument("--real-cache", type=Path, default=None, help="mesh render cache (default OUT/cache)")
     p.add_argument("--supersample", type=int, default=2, help="mesh renders of the real scans")
     p.add_argument("--colour-check", action="store_true", help="mean colour of flat coloured disks and rings")
+    p.add_argument("--seed-mean", type=int, default=1, help="K > 1: also score the mean of K seeds' samples (imagined views)")
+    p.add_argument("--truth-consistency", action="store_true", help="also score the true views by the consistency protocol")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1... (default: cuda if available)")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)

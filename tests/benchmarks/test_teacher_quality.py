@@ -69,3 +69,17 @@ def test_mean_colour_is_alpha_weighted_over_the_mask():
     rgba[3, :, :2] = 1.0
     rgba[:3, :, 2:] = 1.0  # right half white but transparent: must not count
     assert teacher_quality.mean_colour(rgba, torch.ones(4, 4)) == pytest.approx([255.0, 127.5, 0.0])
+
+
+def test_split_ceilings_mean_of_seeds_and_the_truths_own_consistency(tmp_path, teacher_dir):
+    """--seed-mean K and --truth-consistency report beside a procedural split's figures; without them, nothing."""
+    common = ["--teacher", str(teacher_dir), "--splits", "val", "--objects", "2", "--batch", "2", "--steps", "2",
+              "--num-gaussians", "256", "--input-size", "16", "--fit-steps", "3", "--fit-gaussians", "64", "--device", "cpu"]
+    val = teacher_quality.main(common + ["--seed-mean", "3", "--truth-consistency", "--out", str(tmp_path / "a")])["val"]
+    assert val["imagined_psnr_mean_of_seeds"]["seeds"] == 3
+    # An untrained toy's samples are mostly seed noise: their mean is closer to the truth than one of them.
+    assert val["imagined_psnr_mean_of_seeds"]["psnr"] > val["psnr"]["imagined_views"] + 1.0
+    assert 0 < val["truth_consistency_psnr_leave_one_out"] < 100
+    plain = teacher_quality.main(common + ["--out", str(tmp_path / "b")])["val"]
+    assert "imagined_psnr_mean_of_seeds" not in plain and "truth_consistency_psnr_leave_one_out" not in plain
+    assert plain["psnr"] == val["psnr"]  # the ceilings change nothing of the figures themselves
