@@ -70,9 +70,10 @@ def canonical_straight_rgba(rgba: Tensor) -> Tensor:
 def encode_input_frame(rgba: Tensor, sample_space: str, sample_size: int, frame_encoder=None) -> Tensor:
     """RGBA [..., 4, S, S] straight alpha in [0, 1] -> the image in the teacher's sample space [..., C, h, w].
 
-    "rgba": black where transparent (`canonical_straight_rgba`), resized to the phase-1 size and scaled to [-1, 1]. "sd-vae": composited on white (the latent teachers
-    are RGB), resized to the encoder's *image* resolution (never to the latent size in pixels), scaled to [-1, 1]
-    and encoded by `frame_encoder` (a `LatentFrameEncoder`, or any callable doing the same); differentiable.
+    "rgba": black where transparent (`canonical_straight_rgba`), resized to the phase-1 size and scaled to [-1, 1].
+    "sd-vae": composited on white (the latent teachers are RGB), resized to the encoder's *image* resolution (never
+    to the latent size in pixels), scaled to [-1, 1] and encoded by `frame_encoder` (a `LatentFrameEncoder`, or any
+    callable doing the same); differentiable.
     """
     if sample_space == "rgba":
         return _resize(canonical_straight_rgba(rgba), sample_size, antialias=True) * 2 - 1

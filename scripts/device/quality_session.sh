@@ -27,7 +27,7 @@ start=$(date +%s)
 budget=${CHUNK_SECONDS:-560}
 export PYTHONPATH=$PWD TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 PYTHONUNBUFFERED=1 TQDM_MININTERVAL=60
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" runs
-TEACHER_INIT=${TEACHER_INIT:-hub/mvdm-tiny} INIT_STEP=${INIT_STEP:-8038}
+TEACHER_INIT=${TEACHER_INIT:-hub/mvdm-tiny} INIT_STEP=${INIT_STEP:-18001}  # the shipped main UNet's step
 if [ -n "$SMOKE" ]; then
     N_CORPUS=8 N_TEST=4 N_HELDOUT=4 N_FIT_SEEDS=4 SIZE=32 TEACHER_EXTRA="--tiny-test --pool-size 4 --sample-steps 2 --max-steps 6"
     SIM_EXTRA="--steps 2" DISTILL_EXTRA="--tiny-test" EVAL_EXTRA="--fit-steps 2 --device cpu --batch 4" PROBE_EXTRA="--tiny-test --device cpu --steps 2 --warmup 1 --batch-size 2"
@@ -141,17 +141,17 @@ export_newest_teacher() {  # runs/teacher from runs/t-main's newest checkpoint: 
 }
 
 if [ "$stage" = expert ]; then
-    # The expert (t >= $HIGH_NOISE_START) goes on from $TEACHER_INIT's in the world the main UNet now trains in
-    # (canonical layout, mixed light; the first expert saw random offsets and hard light only), beside the main UNet
-    # of runs/teacher; its schedule ends at EXPERT_MAX_STEPS.
+    # The expert (t >= $TEACHER_INIT's high_noise_start) goes on from $TEACHER_INIT's (at EXPERT_INIT_STEP, the shipped
+    # expert's step) in the world the main UNet trains in (canonical layout, mixed light), beside the main UNet of
+    # runs/teacher; its schedule ends at EXPERT_MAX_STEPS.
     gsplat_ready
     [ -f runs/teacher/model_index.json ] || export_newest_teacher
     teacher_trained=1
     echo "[$(left) s left] expert training"
     expert_start=$(python3 -c "import json; print(json.load(open('$TEACHER_INIT/model_index.json'))['high_noise_start'])")
     python3 training/train_teacher.py --output-dir runs/t-expert --resume latest --expert-for runs/teacher \
-        --high-noise-start $expert_start --init-from "$TEACHER_INIT" --init-step ${EXPERT_INIT_STEP:-1538} \
-        --max-steps ${EXPERT_MAX_STEPS:-4000} --warmup-steps 100 --ema-decay 0.998 --canonical-fraction ${CANONICAL_FRACTION:-0.75} \
+        --high-noise-start $expert_start --init-from "$TEACHER_INIT" --init-step ${EXPERT_INIT_STEP:-4367} \
+        --max-steps ${EXPERT_MAX_STEPS:-8000} --warmup-steps 100 --ema-decay 0.998 --canonical-fraction ${CANONICAL_FRACTION:-0.75} \
         --lighting ${LIGHTING:-mixed} --batch-size 64 --pool-size 2048 --checkpoint-every 500 --sample-every 1000 --log-every 50 \
         --time-limit "$(box ${TQ_SECONDS:-110})" --export runs/teacher-expert $TEACHER_EXTRA > runs/expert.log 2>&1 || { tail -30 runs/expert.log; exit 1; }
     grep camera_sensitivity runs/t-expert/log.jsonl | tail -3
