@@ -453,8 +453,8 @@ def build_demo(pipe: DD3GPipeline, settings: Optional[AppSettings] = None) -> gr
             "# DD3G: one image in, 3D Gaussians out\n"
             "A student distilled from a multi-view diffusion model turns one picture of an object into "
             "3D Gaussians in a single forward pass. Images with a transparent background are used as they are; "
-            "others get their background removed. (The shipped tiny model keeps the photo's colours but makes coarse, "
-            "speckled shapes; another seed changes the unseen sides somewhat.)"
+            "others get their background removed. (The shipped tiny model shows the photo sharply from the front, but "
+            "its sides and back are coarse, speckled guesses; another seed changes the unseen sides somewhat.)"
         )
         with gr.Row():
             with gr.Column(scale=1):
