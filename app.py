@@ -278,8 +278,8 @@ class DD3GApp:
     # ------------------------------------------------------------------ generation
     def generate(self, image_path, foreground_ratio, seed, num_variations, progress=gr.Progress()):
         """Yields (viewer .ply, turntable .mp4, variation thumbnails, downloads, timing text, per-variation .ply list)
-        three times: the viewer as soon as the model has run, then the files (.ply, .splat, .glb), then the
-        turntable video and thumbnails (on a CPU the video takes several times longer than the model)."""
+        three times: the viewer as soon as the model has run, then the files (.ply, .splat, .glb; the viewer left as it
+        is), then the turntable video and thumbnails (on a CPU the video takes several times longer than the model)."""
         first_seed = self._seed(seed, "seed")
         count = self._count(num_variations)
         if first_seed + count - 1 > MAX_SEED:
@@ -311,7 +311,9 @@ class DD3GApp:
                 notes.append(f"seed {sample_seed}: no .glb (the object is too transparent to mesh)")
         files_s = time.perf_counter() - export_started
         files_line = f"Files {files_s:.1f} s." + ("  \n" + "; ".join(notes) if notes else "")
-        yield plys[0], None, None, downloads, f"{model_line}  \n{files_line}  \nRendering the turntable...", plys
+        # gr.skip(): the viewer keeps what it is loading. Sending the same .ply again while its splat viewer was still
+        # being set up left it without a canvas about one time in five (headless Chromium, the app's browser test).
+        yield gr.skip(), None, None, downloads, f"{model_line}  \n{files_line}  \nRendering the turntable...", plys
 
         thumbnails, frames = [], []
         for k, sample_seed in enumerate(seeds):
