@@ -14,7 +14,7 @@
 # TEACHER_BACK=unet: a middle call of a teacher chain brings back only the main UNet it trained (17 MB, a handoff if the
 # machine is lost; the whole 34 MB teacher takes much of the machine's 30 s idle window to come back, and the next call
 # then starts bare); none: nothing of it. NO_CORPORA=1: the teacher stage builds no corpora. STUDENTS_BACK=none: a
-# middle call of a student chain brings back no student (two exported arms are ~60 MB).
+# middle call of a student chain brings back no student (two exported arms are ~55 MB).
 # ARM_A / ARM_B ("name flags...") replace the two arms. On a fresh machine the corpora are built on the CPUs while
 # gsplat compiles, and the teacher's quadruples are made while the true renders wait for it.
 # Every call brings back what exists through $OUT (see pack): the teacher (when trained in the call), else the
