@@ -16,6 +16,11 @@ Ablations: `--no-verification`, `--fresh-noise` (the student gets a new N each t
   the batch, every render's difference from their mean against the same for the teacher's views (MSE). Plain MSE
   is this plus the error of the per-image mean; while the mean's error dominates, a student learns the mean and
   drops N, so this weight tips the balance toward N.
+* optionally (`--seed-spread-weight`), how much the renders vary across an image's seeds, matched to how much the
+  teacher's views do: the root mean square of each sample's deviation from its image's mean over the seeds, per
+  window of `--seed-spread-window` pixels, student against teacher (MSE). An MSE-trained student shrinks what it
+  cannot predict of N toward the mean; this term asks for the teacher's amount of variation where the teacher
+  varies without asking for its exact pattern.
 Rows are read in epochs of whole image groups (an image's seeds stay together), their order shuffled each epoch
 by a key of (run seed, epoch). Per-sample randomness (verification azimuths, timesteps, fresh noise) is keyed by
 (run seed, global sample index, step), so resume is exact and 1-vs-K processes see the same samples.
@@ -76,6 +81,13 @@ def parse_args(argv=None):
     p.add_argument("--verification-tau", type=float, default=0.05, help="ramp width, fraction of max steps")
     p.add_argument("--seed-deviation-weight", type=float, default=0.0,
                    help="weight of the per-image seed-deviation MSE (module docstring); 0 turns it off")
+    p.add_argument("--seed-spread-weight", type=float, default=0.0,
+                   help="weight of the per-image seed-spread match (module docstring); 0 turns it off")
+    p.add_argument("--seed-spread-window", type=int, default=8, help="pixels a side of the windows the spread is measured in")
+    p.add_argument("--init-from", default=None,
+                   help="start the student from this DD3GPipeline folder's student (or a PEPD folder) instead of the teacher's "
+                        "UNet and fresh phase-2 weights; its configuration must be the one this run builds. A checkpoint "
+                        "found by --resume takes precedence")
     p.add_argument("--input-view-weight", type=float, default=0.0,
                    help="weight of the render at the input camera against the input image itself; 0 turns it off")
     p.add_argument("--position-mode", default=None, choices=["free", "pixel-aligned"],
@@ -236,21 +248,55 @@ def explicit_loss(renders, views, args, lpips_model) -> dict:
     return losses
 
 
+def seed_groups(image_ids: torch.Tensor, device):
+    """image_ids [B] (CPU) -> (inverse [B], counts [G], shared [B]) on `device`: each sample's image group, the
+    groups' sizes, and whether a sample shares its image with another seed of the batch (None when none does)."""
+    _, inverse, counts = torch.unique(image_ids, return_inverse=True, return_counts=True)  # on the CPU: no device sync
+    shared = counts[inverse] > 1  # [B]
+    if not bool(shared.any()):
+        return None
+    return tuple(x.to(device, non_blocking=True) for x in (inverse, counts, shared))
+
+
+def deviation_from_group_mean(x: torch.Tensor, inverse: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """x [B, ...] -> [B, ...] (float32): each sample minus the mean of its image group's samples."""
+    x = x.float()
+    sums = torch.zeros((len(counts),) + x.shape[1:], device=x.device).index_add_(0, inverse, x)  # [G, ...]
+    return x - (sums / counts.view(-1, *[1] * (x.dim() - 1)))[inverse]
+
+
 def seed_deviation_loss(rendered: torch.Tensor, target: torch.Tensor, image_ids: torch.Tensor) -> torch.Tensor:
     """MSE between each sample's difference from its image's mean over the batch's seeds, student vs teacher.
 
     rendered, target [B, ...]; image_ids [B] (CPU). Images with one seed in the batch carry no such signal and are
     left out; 0 when none has two.
     """
-    _, inverse, counts = torch.unique(image_ids, return_inverse=True, return_counts=True)  # on the CPU: no device sync
-    shared = counts[inverse] > 1  # [B]
-    if not bool(shared.any()):
+    groups = seed_groups(image_ids, rendered.device)
+    if groups is None:
         return rendered.sum() * 0
-    inverse, counts, shared = (x.to(rendered.device, non_blocking=True) for x in (inverse, counts, shared))
-    difference = (rendered - target).float()  # the mean-free part of this is what a seed-blind model cannot fit
-    sums = torch.zeros((len(counts),) + difference.shape[1:], device=difference.device).index_add_(0, inverse, difference)
-    deviation = difference - (sums / counts.view(-1, *[1] * (difference.dim() - 1)))[inverse]
+    inverse, counts, shared = groups
+    # The mean-free part of the difference is what a seed-blind model cannot fit.
+    deviation = deviation_from_group_mean(rendered - target, inverse, counts)
     return deviation[shared].pow(2).mean()
+
+
+def seed_spread_loss(rendered: torch.Tensor, target: torch.Tensor, image_ids: torch.Tensor, window: int = 8) -> torch.Tensor:
+    """MSE between the local RMS deviation from the image's mean over seeds, student vs teacher.
+
+    rendered, target [B, V, C, s, s]; image_ids [B] (CPU); window: pixels a side (s is padded up to a multiple of
+    it by average pooling's ceil mode). Images with one seed in the batch are left out; 0 when none has two.
+    """
+    groups = seed_groups(image_ids, rendered.device)
+    if groups is None:
+        return rendered.sum() * 0
+    inverse, counts, shared = groups
+
+    def local_rms(x):  # [B, V, C, s, s] -> [B, V, C, s / window, s / window]
+        energy = deviation_from_group_mean(x, inverse, counts).pow(2).flatten(0, 1)  # [B*V, C, s, s]
+        energy = F.avg_pool2d(energy, window, ceil_mode=True).unflatten(0, x.shape[:2])
+        return (energy + 1e-6).sqrt()  # eps: the root's gradient stays finite where nothing varies
+
+    return F.mse_loss(local_rms(rendered)[shared], local_rms(target)[shared])
 
 
 def input_view_loss(gaussians, input_camera, image: torch.Tensor, args) -> torch.Tensor:
@@ -277,11 +323,15 @@ def distillation_step(student, teacher, inputs_builder: StudentInputBuilder, bat
     gaussians = student(noise, inputs.input_frame, cameras, inputs.image_tokens, inputs.phase1_tokens).gaussians
     renders = render(gaussians, cameras[:, : layout.num_views], background=None)
     losses = explicit_loss(renders, views, args, lpips_model)
-    if args.seed_deviation_weight > 0:
+    if args.seed_deviation_weight > 0 or args.seed_spread_weight > 0:
         rendered_rgba = torch.cat([renders.rgb + (1 - renders.alpha), renders.alpha], dim=2)  # on white, + alpha
         target_rgba = torch.cat([composite_on(views), views[:, :, 3:]], dim=2)
+    if args.seed_deviation_weight > 0:
         losses["seed_deviation"] = seed_deviation_loss(rendered_rgba, target_rgba, batch["image_ids"])
         losses["total"] = losses["total"] + args.seed_deviation_weight * losses["seed_deviation"]
+    if args.seed_spread_weight > 0:
+        losses["seed_spread"] = seed_spread_loss(rendered_rgba, target_rgba, batch["image_ids"], args.seed_spread_window)
+        losses["total"] = losses["total"] + args.seed_spread_weight * losses["seed_spread"]
     if args.input_view_weight > 0:
         losses["input_view"] = input_view_loss(gaussians, cameras[:, layout.num_views :], image, args)
         losses["total"] = losses["total"] + args.input_view_weight * losses["input_view"]
@@ -344,6 +394,22 @@ def export_pipeline(student, ema, teacher, path: Path, framing: tuple, inputs_bu
     return pipe
 
 
+def load_student_weights(student: PEPD, folder: str) -> None:
+    """Copy the weights of a trained student (a DD3GPipeline folder or its `student` folder) into `student`, whose
+    configuration they must have: a warm start differs from the run it continues only in its data and objective."""
+    path = Path(folder)
+    if (path / "student" / "config.json").is_file():
+        path = path / "student"
+    if not (path / "config.json").is_file():
+        raise SystemExit(f"--init-from {folder}: neither a DD3GPipeline folder nor a student folder (no config.json)")
+    trained = PEPD.from_pretrained(path, torch_dtype=torch.float32)
+    different = {k: (v, student.config.get(k)) for k, v in trained.config.items() if not k.startswith("_") and student.config.get(k) != v}
+    if different:
+        raise SystemExit(f"--init-from {folder}: its student is configured differently from this run's: "
+                         + ", ".join(f"{k} {theirs!r} (this run {ours!r})" for k, (theirs, ours) in sorted(different.items())))
+    student.load_state_dict(trained.state_dict())
+
+
 def main(argv=None):
     launched = time.time()  # --time-limit counts from here: loading and building data are part of the budget
     args = parse_args(argv)
@@ -374,6 +440,8 @@ def main(argv=None):
     # teacher's high-noise expert when it has one; the main UNet is camera-blind at that timestep), conditioned as
     # the teacher is; the sample space is the teacher's.
     student = PEPD.from_teacher(teacher, preset=None if args.tiny_test else args.preset, **phase2).float().train()
+    if args.init_from:
+        load_student_weights(student, args.init_from)
     inputs_builder = StudentInputBuilder(student, tokenizer, teacher.layout, getattr(teacher, "frame_encoder", None),
                                          getattr(teacher, "prompt_encoder", None))
     lpips_model = None

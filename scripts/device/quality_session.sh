@@ -15,7 +15,9 @@
 # machine is lost; the whole 34 MB teacher takes much of the machine's 30 s idle window to come back, and the next call
 # then starts bare); none: nothing of it. NO_CORPORA=1: the teacher stage builds no corpora. STUDENTS_BACK=none: a
 # middle call of a student chain brings back no student (two exported arms are ~55 MB).
-# ARM_A / ARM_B ("name flags...") replace the two arms. On a fresh machine the corpora are built on the CPUs while
+# ARM_A / ARM_B ("name flags...") replace the two arms (none: no such arm); flags given there win over the script's
+# (e.g. "--init-from <pipeline> --lr 1e-4": a warm start). CORPUS_SEEDS=S: S seeds an image in the training quadruples
+# (N_CORPUS x S of them; the evaluation sets keep 4). On a fresh machine the corpora are built on the CPUs while
 # gsplat compiles, and the teacher's quadruples are made while the true renders wait for it.
 # Every call brings back what exists through $OUT (see pack): the teacher (when trained in the call), else the
 # students, logs, grids, scores (EVAL_SETS_BACK=1: the evaluation quadruples too). SIM_PROCESSES=K: K simulation
@@ -168,13 +170,14 @@ fi
 
 sim="training/simulate.py --teacher runs/teacher --elevation-from-origin --batch-size ${SIM_BATCH:-256} --shard-size 256 --no-progress --dtype bfloat16 $SIM_EXTRA"
 [ -n "$SMOKE" ] && sim="${sim/bfloat16/float32}"
+corpus_seeds="--seeds-per-image ${CORPUS_SEEDS:-4}"  # the training quadruples only: the evaluation sets keep 4 seeds an image
 simulate_teacher() {  # the teacher's quadruples (no rendering: runs while gsplat compiles), spread over the GPUs
     if [ "${SIM_PROCESSES:-1}" -gt 1 ]; then  # K independent processes, one per GPU (not several on one)
         for k in $(seq 0 $(( SIM_PROCESSES - 1 ))); do
-            on_gpu $k python3 $sim --corpus runs/c-corpus --out runs/q-corpus --process-index $k --num-processes $SIM_PROCESSES > runs/q-corpus-$k.log 2>&1 &
+            on_gpu $k python3 $sim --corpus runs/c-corpus --out runs/q-corpus $corpus_seeds --process-index $k --num-processes $SIM_PROCESSES > runs/q-corpus-$k.log 2>&1 &
         done
         wait
-    else launch $sim --corpus runs/c-corpus --out runs/q-corpus > runs/q-corpus.log 2>&1; fi
+    else launch $sim --corpus runs/c-corpus --out runs/q-corpus $corpus_seeds > runs/q-corpus.log 2>&1; fi
     if [ -n "$NFIT" ]; then
         on_gpu 0 python3 $sim --corpus runs/c-nfit --seeds-per-image $N_FIT_SEEDS --out runs/q-nfit > runs/q-nfit.log 2>&1 &
         on_gpu 1 python3 $sim --corpus runs/c-nfit --seeds-per-image 8 --seed 1 --out runs/q-nfit-new > runs/q-nfit-new.log 2>&1 &
@@ -202,9 +205,10 @@ arm() {  # name, quadruples, gpu, seconds to keep after, extra distill flags...
         --seed-deviation-weight ${SEED_DEVIATION_WEIGHT:-2} "$@" $DISTILL_EXTRA > runs/d-$name-$stage.log 2>&1 || tail -30 runs/d-$name-$stage.log
     tail -1 runs/d-$name/log.jsonl
 }
-arms() {  # seconds to keep after. ARM_A / ARM_B ("name flags...") replace the two arms; ARM_B=none: one arm.
+arms() {  # seconds to keep after. ARM_A / ARM_B ("name flags...") replace the two arms; ARM_B=none: one arm; both
+    # none: no arm (a first call that only builds the data, e.g. when the arms start from a student the next call carries)
     local a=${ARM_A:-main --input-view-weight ${INPUT_VIEW_WEIGHT:-1}} b=${ARM_B:-noiv}
-    arm ${a%% *} q-corpus 0 $1 $([ "$a" = "${a%% *}" ] || echo "${a#* }") &
+    [ "$a" != none ] && arm ${a%% *} q-corpus 0 $1 $([ "$a" = "${a%% *}" ] || echo "${a#* }") &
     if [ -n "$NFIT" ]; then arm nfit q-nfit 1 $1 &
     elif [ "$b" != none ]; then arm ${b%% *} q-corpus 1 $1 $([ "$b" = "${b%% *}" ] || echo "${b#* }") & fi
     wait

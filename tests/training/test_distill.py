@@ -289,3 +289,36 @@ def test_input_view_loss_is_zero_for_the_inputs_own_render_and_joins_the_total(w
     record = [r for r in _losses(out) if "input_view" in r][-1]
     parts = record["rgb"] + record["alpha"] + 0.5 * record.get("lpips", 0.0) + 3 * record["input_view"]
     assert record["input_view"] > 0 and record["total"] == pytest.approx(parts, rel=1e-4)
+
+
+def test_seed_spread_loss_asks_for_the_teachers_amount_of_variation_not_its_pattern():
+    gen = torch.Generator().manual_seed(0)
+    target = torch.rand(6, 2, 4, 8, 8, generator=gen)  # [B, V, C, s, s]: 2 images x 3 seeds
+    images = torch.tensor([0, 0, 0, 1, 1, 1])
+    groups = target.view(2, 3, 2, 4, 8, 8)
+    mean = groups.mean(1, keepdim=True).expand_as(groups).reshape_as(target)
+    mirrored = (2 * mean - target)  # every seed's deviation negated: same amount, opposite pattern
+    assert float(distill.seed_spread_loss(target, target, images, window=4)) == pytest.approx(0, abs=1e-8)
+    assert float(distill.seed_spread_loss(mirrored, target, images, window=4)) == pytest.approx(0, abs=1e-6)
+    assert float(distill.seed_deviation_loss(mirrored, target, images)) > 0.05  # the pattern term does tell them apart
+    seed_blind = float(distill.seed_spread_loss(mean, target, images, window=4))
+    shrunk = float(distill.seed_spread_loss(mean + 0.5 * (target - mean), target, images, window=4))
+    assert seed_blind > shrunk > 0  # half the teacher's variation pays less than none
+    assert float(distill.seed_spread_loss(mean, target, torch.arange(6), window=4)) == 0  # no image has two seeds
+    prediction = mean.clone().requires_grad_()
+    distill.seed_spread_loss(prediction, target, images, window=4).backward()
+    assert torch.isfinite(prediction.grad).all()  # the root's gradient where nothing varies yet
+
+
+def test_init_from_starts_the_student_from_a_trained_one_of_the_same_configuration(world, tmp_path):
+    assert _run(world, tmp_path / "first", "--max-steps", "2", "--no-verification", "--export", str(tmp_path / "first-pipe")) == 2
+    # lr 0: the run changes nothing, so its export is the student it started from, weight for weight
+    assert _run(world, tmp_path / "warm", "--max-steps", "1", "--no-verification", "--lr", "0", "--init-from",
+                str(tmp_path / "first-pipe"), "--seed-spread-weight", "1", "--export", str(tmp_path / "warm-pipe")) == 1
+    assert "seed_spread" in _losses(tmp_path / "warm")[-1]
+    first, warm = (load_file(next((tmp_path / p / "student").glob("*.safetensors"))) for p in ("first-pipe", "warm-pipe"))
+    assert first.keys() == warm.keys() and all(torch.equal(first[k], warm[k]) for k in first)
+    with pytest.raises(SystemExit, match="gaussians_per_token 4 .this run 16."):
+        _run(world, tmp_path / "other", "--max-steps", "1", "--position-mode", "pixel-aligned", "--init-from", str(tmp_path / "first-pipe"))
+    with pytest.raises(SystemExit, match="no config.json"):
+        _run(world, tmp_path / "none", "--max-steps", "1", "--init-from", str(tmp_path))
