@@ -29,7 +29,6 @@ import torch
 
 from dd3g.evaluation.timing import print_and_save, time_training_steps
 from dd3g.models.pepd import PEPD
-from dd3g.preprocess import composite_on
 from dd3g.randomness import noise_from_seeds
 from dd3g.rendering import render
 from dd3g.student_inputs import StudentInputBuilder
@@ -95,10 +94,7 @@ def render_loss(gaussians, inputs: dict, dargs, lpips_model) -> torch.Tensor:
     views = inputs["views"]  # [B, V, 4, s, s]
     renders = render(gaussians, inputs["cameras"][:, : views.shape[1]], background=None)  # [B, V, ...]
     losses = distill.explicit_loss(renders, views, dargs, lpips_model)
-    if dargs.seed_deviation_weight > 0:
-        rendered = torch.cat([renders.rgb + (1 - renders.alpha), renders.alpha], dim=2)  # [B, V, 4, s, s] on white
-        target = torch.cat([composite_on(views), views[:, :, 3:]], dim=2)
-        losses["total"] = losses["total"] + dargs.seed_deviation_weight * distill.seed_deviation_loss(rendered, target, inputs["image_ids"])
+    distill.add_seed_terms(losses, renders, views, inputs["image_ids"], dargs)
     if dargs.input_view_weight > 0:  # the render at the input camera [B, 1] against the input image [B, 4, S, S]
         input_view = distill.input_view_loss(gaussians, inputs["cameras"][:, views.shape[1] :], inputs["image"], dargs)
         losses["total"] = losses["total"] + dargs.input_view_weight * input_view
@@ -129,7 +125,7 @@ def build(args):
     device = torch.device(args.device)
     flags = ["--teacher", args.teacher, "--quadruples", args.quadruples or "synthetic", "--output-dir", "unused",
              "--batch-size", str(args.batch_size), "--preset", args.preset, "--seed-deviation-weight", str(args.seed_deviation_weight),
-             "--input-view-weight", str(args.input_view_weight)]
+             "--seed-spread-weight", str(args.seed_spread_weight), "--input-view-weight", str(args.input_view_weight)]
     flags += ["--verification-k0", "0"] if args.verification else ["--no-verification"]  # k0 = 0: full weight from the start
     dargs = distill.parse_args(flags + (["--tiny-test"] if args.tiny_test else []))
     teacher = TinyTeacher.from_pretrained(dargs.teacher, device=device)
@@ -198,6 +194,7 @@ def parse_args(argv=None):
     p.add_argument("--image-size", type=int, default=None, help="synthetic input side (default twice the teacher's)")
     p.add_argument("--seeds-per-image", type=int, default=4, help="synthetic rows per image")
     p.add_argument("--seed-deviation-weight", type=float, default=2.0, help="as the session's arms")
+    p.add_argument("--seed-spread-weight", type=float, default=0.0, help="as distill.py's; 0 turns it off")
     p.add_argument("--input-view-weight", type=float, default=1.0, help="as the session's main arm; 0 turns it off")
     p.add_argument("--verification", action="store_true", help="include implicit verification in the full step")
     p.add_argument("--compile", action="store_true")
@@ -215,6 +212,7 @@ def main(argv=None):
     report = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "teacher": args.teacher,
               "preset": "tiny-test" if args.tiny_test else args.preset, "quadruples": args.quadruples or "synthetic",
               "batch_size": batch_size, "verification": args.verification, "seed_deviation_weight": args.seed_deviation_weight,
+              "seed_spread_weight": args.seed_spread_weight,
               "input_view_weight": args.input_view_weight,
               "lpips": bench.lpips is not None, "compiled": args.compile,
               "student_parameters": sum(p.numel() for p in bench.student.parameters()), "gaussians": bench.student.num_gaussians,

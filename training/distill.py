@@ -299,6 +299,21 @@ def seed_spread_loss(rendered: torch.Tensor, target: torch.Tensor, image_ids: to
     return F.mse_loss(local_rms(rendered)[shared], local_rms(target)[shared])
 
 
+def add_seed_terms(losses: dict, renders, views: torch.Tensor, image_ids: torch.Tensor, args) -> None:
+    """The seed-deviation and seed-spread terms (when weighted), added to losses["total"] and logged by name.
+    renders: RenderOutput at C with background=None; views [B, V, 4, s, s] the teacher's OI; image_ids [B] (CPU)."""
+    if args.seed_deviation_weight <= 0 and args.seed_spread_weight <= 0:
+        return
+    rendered = torch.cat([renders.rgb + (1 - renders.alpha), renders.alpha], dim=2)  # [B, V, 4, s, s] on white, + alpha
+    target = torch.cat([composite_on(views), views[:, :, 3:]], dim=2)
+    if args.seed_deviation_weight > 0:
+        losses["seed_deviation"] = seed_deviation_loss(rendered, target, image_ids)
+        losses["total"] = losses["total"] + args.seed_deviation_weight * losses["seed_deviation"]
+    if args.seed_spread_weight > 0:
+        losses["seed_spread"] = seed_spread_loss(rendered, target, image_ids, args.seed_spread_window)
+        losses["total"] = losses["total"] + args.seed_spread_weight * losses["seed_spread"]
+
+
 def input_view_loss(gaussians, input_camera, image: torch.Tensor, args) -> torch.Tensor:
     """The render at the input's camera, at the input's resolution, against the input image: RGB on white MSE +
     alpha_weight x alpha MSE. input_camera [B, 1] (any size: resized here); image [B, 4, S, S] straight alpha."""
@@ -323,15 +338,7 @@ def distillation_step(student, teacher, inputs_builder: StudentInputBuilder, bat
     gaussians = student(noise, inputs.input_frame, cameras, inputs.image_tokens, inputs.phase1_tokens).gaussians
     renders = render(gaussians, cameras[:, : layout.num_views], background=None)
     losses = explicit_loss(renders, views, args, lpips_model)
-    if args.seed_deviation_weight > 0 or args.seed_spread_weight > 0:
-        rendered_rgba = torch.cat([renders.rgb + (1 - renders.alpha), renders.alpha], dim=2)  # on white, + alpha
-        target_rgba = torch.cat([composite_on(views), views[:, :, 3:]], dim=2)
-    if args.seed_deviation_weight > 0:
-        losses["seed_deviation"] = seed_deviation_loss(rendered_rgba, target_rgba, batch["image_ids"])
-        losses["total"] = losses["total"] + args.seed_deviation_weight * losses["seed_deviation"]
-    if args.seed_spread_weight > 0:
-        losses["seed_spread"] = seed_spread_loss(rendered_rgba, target_rgba, batch["image_ids"], args.seed_spread_window)
-        losses["total"] = losses["total"] + args.seed_spread_weight * losses["seed_spread"]
+    add_seed_terms(losses, renders, views, batch["image_ids"], args)
     if args.input_view_weight > 0:
         losses["input_view"] = input_view_loss(gaussians, cameras[:, layout.num_views :], image, args)
         losses["total"] = losses["total"] + args.input_view_weight * losses["input_view"]
