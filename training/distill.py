@@ -462,7 +462,8 @@ def main(argv=None):
     if args.preload:
         data.preload(device)
     # What the export needs of the inputs (their framing) is checked before training, not after it.
-    framing = input_framing(data.batch(range(min(256, len(data.rows))))["image"]) if args.export else None
+    # One row per image (an image's seeds share it), up to 256 images: with 8 seeds an image, the first 256 rows were 32.
+    framing = input_framing(data.batch([group[0] for group in data.groups[:256]])["image"]) if args.export else None
 
     ema = EMAModel(student.parameters(), decay=args.ema_decay, model_cls=PEPD, model_config=student.config, foreach=True)
     optimizer = torch.optim.AdamW(student.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99),
