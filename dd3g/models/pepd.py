@@ -22,7 +22,8 @@ to drop N, and its features carry little of it. Yet the teacher's later steps ke
 what makes its seeds differ. Without this path a student sees almost nothing that tells one seed from another and
 learns the per-image mean (measured on a CPU toy: outputs for different seeds agreed to 46.6 dB). The path makes
 N readable, not used: a student trained on plain MSE learned the per-image mean and ignored it; with the
-seed-deviation term of training/distill.py the shipped student follows it in part (hub/dd3g-tiny/README.md).
+seed-deviation term of training/distill.py it follows it in part, and with the seed-spread term as well its seeds
+vary 0.6-0.7 as much as the teacher's (hub/dd3g-tiny/README.md).
 """
 
 from __future__ import annotations
