@@ -283,8 +283,9 @@ def seed_deviation_loss(rendered: torch.Tensor, target: torch.Tensor, image_ids:
 def seed_spread_loss(rendered: torch.Tensor, target: torch.Tensor, image_ids: torch.Tensor, window: int = 8) -> torch.Tensor:
     """MSE between the local RMS deviation from the image's mean over seeds, student vs teacher.
 
-    rendered, target [B, V, C, s, s]; image_ids [B] (CPU); window: pixels a side (s is padded up to a multiple of
-    it by average pooling's ceil mode). Images with one seed in the batch are left out; 0 when none has two.
+    rendered, target [B, V, C, s, s]; image_ids [B] (CPU); window: pixels a side (where s is not a multiple of it,
+    the last window of a row or column averages only the pixels it has). Images with one seed in the batch are left
+    out; 0 when none has two.
     """
     groups = seed_groups(image_ids, rendered.device)
     if groups is None:
