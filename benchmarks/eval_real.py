@@ -18,7 +18,9 @@ The transformed mesh is rendered at the input view, the 4 canonical views (azimu
 and a turntable (azimuth k * 360/N, elevation --turntable-elevation). Renders are cached as PNGs under
 OUT/cache/ (or --cache), keyed by the file's sha256, the render settings and the transform's values.
 
-Predictions, all scored the same way (PSNR/SSIM/LPIPS on white full frame; PSNR/SSIM masked by true alpha > 0.5):
+Predictions, all scored the same way (PSNR/SSIM/LPIPS on white full frame; PSNR/SSIM masked by true alpha > 0.5;
+the silhouette IoU of alpha > 0.5, prediction against truth, which tells a shape that covers the object from one
+that shows the background through it):
 - model: the pipeline's Gaussians for the input view's RGBA (skipped with --baselines-only);
 - copy: the framed input view put at every camera;
 - mirror: the copy, mirrored left-right at cameras behind the object (|azimuth| > 90);
@@ -44,8 +46,8 @@ from PIL import Image, ImageDraw
 
 from dd3g.cameras import ViewLayout, orbit_cameras
 from dd3g.evaluation.metrics import lpips, psnr, ssim
-from dd3g.evaluation.real_scans import (BASELINES, Scan, card_prediction, copy_prediction, frame_input, mirror_prediction,
-                                        read_framing, to_uint8)
+from dd3g.evaluation.real_scans import (BASELINES, Scan, card_render, copy_prediction, frame_input, mirror_prediction,
+                                        mirrored, read_framing, to_uint8)
 from dd3g.pipeline import DEFAULT_CHECKPOINT
 from dd3g.rendering import render
 from dd3g.preprocess import composite_on
@@ -53,7 +55,7 @@ from dd3g.preprocess import composite_on
 FRAME_NOTE = ("the truth is rendered in the model's frame: scaled about the origin and shifted in the input camera's "
               "image plane so that its input view's alpha box is where the pipeline's preprocessing (recentring, "
               "foreground_ratio) puts the input's; every prediction is scored against that")
-METRICS = ("psnr", "ssim", "lpips", "psnr_masked", "ssim_masked")
+METRICS = ("psnr", "ssim", "lpips", "psnr_masked", "ssim_masked", "silhouette_iou")
 
 
 def parse_args(argv=None):
@@ -83,14 +85,22 @@ def view_specs(turntable: int, turntable_elevation: float, layout: ViewLayout):
     return specs
 
 
-def score(pred_rgb: torch.Tensor, gt_rgba: torch.Tensor) -> dict:
-    """pred_rgb [V, 3, H, W] on white, gt_rgba [V, 4, H, W] -> {metric: [V] list}."""
+def silhouette_iou(pred_alpha: torch.Tensor, gt_alpha: torch.Tensor) -> torch.Tensor:
+    """[V, 1, H, W] each -> [V]: |both| / |either| of alpha > 0.5; NaN where neither has any such pixel."""
+    pred, gt = (pred_alpha > 0.5).flatten(1), (gt_alpha > 0.5).flatten(1)  # [V, H*W]
+    union = (pred | gt).sum(1).float()
+    return torch.where(union > 0, (pred & gt).sum(1).float() / union.clamp_min(1), torch.full_like(union, float("nan")))
+
+
+def score(pred_rgb: torch.Tensor, gt_rgba: torch.Tensor, pred_alpha: torch.Tensor) -> dict:
+    """pred_rgb [V, 3, H, W] on white, gt_rgba [V, 4, H, W], pred_alpha [V, 1, H, W] -> {metric: [V] list}."""
     gt_rgb = composite_on(gt_rgba)  # [V, 3, H, W]
     mask = (gt_rgba[:, 3:4] > 0.5).float()  # [V, 1, H, W]
     with torch.no_grad():
         values = dict(
             psnr=psnr(pred_rgb, gt_rgb), ssim=ssim(pred_rgb, gt_rgb), lpips=lpips(pred_rgb, gt_rgb),
             psnr_masked=psnr(pred_rgb, gt_rgb, mask), ssim_masked=ssim(pred_rgb, gt_rgb, mask),
+            silhouette_iou=silhouette_iou(pred_alpha, gt_rgba[:, 3:4]),
         )
     empty = mask.flatten(1).sum(1) == 0  # e.g. a flat object seen edge-on: masked scores are undefined
     for key in ("psnr_masked", "ssim_masked"):
@@ -119,8 +129,8 @@ def mean_over(views: dict, names) -> dict:
     return {m: _nanmean([views[n][m] for n in names]) for m in METRICS}
 
 
-def scored_entry(pred_rgb: torch.Tensor, gt: torch.Tensor, names, novel) -> dict:
-    values = score(pred_rgb, gt)
+def scored_entry(pred_rgb: torch.Tensor, gt: torch.Tensor, names, novel, pred_alpha: torch.Tensor) -> dict:
+    values = score(pred_rgb, gt, pred_alpha)
     views = {n: {m: values[m][i] for m in METRICS} for i, n in enumerate(names)}
     return {"views": views, "input": views["input"], "novel": mean_over(views, novel)}
 
@@ -186,13 +196,15 @@ def write_markdown(results: dict, path: Path) -> None:
              f"Checkpoint `{results['checkpoint']}`" + (" (framing only: --baselines-only)" if "model" not in predictions else "")
              + f", seed {results['seed']}, {results['size']} px, white background, framing {results['framing']}.",
              f"Note: {results['note']}.", "", "## Means", "",
-             "| prediction | PSNR in | SSIM in | LPIPS in | PSNR novel | SSIM novel | LPIPS novel | PSNR novel (masked) |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| prediction | PSNR in | SSIM in | LPIPS in | PSNR novel | SSIM novel | LPIPS novel | PSNR novel (masked) | "
+             "silhouette IoU in / novel |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for name in predictions:
         if name in summary:
             i, n = summary[name]["input"], summary[name]["novel"]
             lines.append(f"| {name} | {i['psnr']:.2f} | {i['ssim']:.3f} | {i['lpips']:.3f} | {n['psnr']:.2f} | "
-                         f"{n['ssim']:.3f} | {n['lpips']:.3f} | {n['psnr_masked']:.2f} |")
+                         f"{n['ssim']:.3f} | {n['lpips']:.3f} | {n['psnr_masked']:.2f} | "
+                         f"{i['silhouette_iou']:.3f} / {n['silhouette_iou']:.3f} |")
     if "wins" in results:
         w = results["wins"]
         lines += ["", "## The model against each trivial prediction (means)", "",
@@ -247,17 +259,20 @@ def main(argv=None) -> dict:
             print(f"[eval_real] skipped {path.name}: {reason}", flush=True)
             objects[path.name] = {"skipped": reason}
             continue
-        preds = {}  # name -> [V, 3, S, S] on white
+        preds, alphas = {}, {}  # name -> [V, 3, S, S] on white, [V, 1, S, S]
         if pipe is not None:
             gaussians = pipe(to_uint8(input_rgba), seeds=[args.seed]).gaussians
             with torch.no_grad():
                 out = render(gaussians, cameras, args.size, args.size, background=(1.0, 1.0, 1.0))
             preds["model"] = out.rgb.reshape(-1, len(names), 3, args.size, args.size)[0].clamp(0, 1)
-        preds["copy"] = copy_prediction(framed, len(names))
-        preds["mirror"] = mirror_prediction(framed, azimuths)
-        preds["card"] = card_prediction(framed, cameras, layout.radius)
-        preds["revolve"] = scan.revolve_views(cameras, names, framed)
-        entry = {p: scored_entry(preds[p], gt, names, novel) for p in predictions}
+            alphas["model"] = out.alpha.reshape(-1, len(names), 1, args.size, args.size)[0]
+        preds["copy"], alphas["copy"] = copy_prediction(framed, len(names)), framed[3:].expand(len(names), -1, -1, -1)
+        preds["mirror"], alphas["mirror"] = mirror_prediction(framed, azimuths), mirrored(framed[3:], azimuths)
+        card = card_render(framed, cameras, layout.radius)
+        preds["card"], alphas["card"] = card.rgb.clamp(0, 1), card.alpha
+        revolve = scan.revolve_rgba(cameras, names, framed)
+        preds["revolve"], alphas["revolve"] = composite_on(revolve), revolve[:, 3:]
+        entry = {p: scored_entry(preds[p], gt, names, novel, alphas[p]) for p in predictions}
         entry["transform"] = transform
         entry["seconds"] = round(time.time() - start, 3)
         objects[path.name] = entry

@@ -196,8 +196,8 @@ class Scan:
                 to_png(view, f)
         return torch.stack([from_png(f) for f in files])
 
-    def revolve_views(self, cameras: Cameras, names, framed: torch.Tensor) -> torch.Tensor:
-        """The revolved silhouette's renders (the slowest trivial prediction), cached: RGB [V, 3, S, S]."""
+    def revolve_rgba(self, cameras: Cameras, names, framed: torch.Tensor) -> torch.Tensor:
+        """The revolved silhouette's renders (the slowest trivial prediction), cached: straight RGBA [V, 4, S, S]."""
         digest = hashlib.sha256(to_uint8(framed).tobytes()).hexdigest()
         folder = self.folder("revolve", list(names), self.turntable_elevation, digest, REVOLVE_SEGMENTS, REVOLVE_VERSION)
         files = [folder / f"{name}.png" for name in names]
@@ -206,7 +206,7 @@ class Scan:
             rgba = render_mesh(mesh, cameras, supersample=self.supersample)
             for view, f in zip(rgba, files):
                 to_png(view, f)
-        return composite_on(torch.stack([from_png(f) for f in files]))
+        return torch.stack([from_png(f) for f in files])
 
 
 # ------------------------------------------------------------------------------------------ trivial predictions
@@ -222,10 +222,15 @@ def copy_prediction(framed: torch.Tensor, num_views: int) -> torch.Tensor:
     return composite_on(framed)[None].expand(num_views, -1, -1, -1).clone()
 
 
+def mirrored(image: torch.Tensor, azimuths) -> torch.Tensor:
+    """image [C, S, S] at every camera, flipped left-right where the camera is behind the object (|azimuth| > 90)
+    -> [V, C, S, S]."""
+    return torch.stack([image.flip(-1) if abs(wrapped_azimuth(a)) > 90.0 else image for a in azimuths])
+
+
 def mirror_prediction(framed: torch.Tensor, azimuths) -> torch.Tensor:
-    """The copy, flipped left-right where the camera is behind the object (|azimuth| > 90) -> [V, 3, S, S]."""
-    rgb = composite_on(framed)  # [3, S, S]
-    return torch.stack([rgb.flip(-1) if abs(wrapped_azimuth(a)) > 90.0 else rgb for a in azimuths])
+    """The copy, flipped left-right where the camera is behind the object -> [V, 3, S, S] on white."""
+    return mirrored(composite_on(framed), azimuths)
 
 
 def _plane_point(u: torch.Tensor, v: torch.Tensor, camera: Cameras, depth: float) -> tuple:
@@ -246,11 +251,15 @@ def card_gaussians(framed: torch.Tensor, input_camera: Cameras, depth: float) ->
     return Gaussians.from_activated(means, scales, rotations, framed[3, rows, cols], framed[:3, rows, cols].T)
 
 
+def card_render(framed: torch.Tensor, cameras: Cameras, depth: float):
+    """[4, S, S] -> the card rendered on white at every camera: RenderOutput, rgb [V, 3, S, S], alpha [V, 1, S, S]."""
+    with torch.no_grad():
+        return render(card_gaussians(framed, cameras[0:1], depth), cameras, background=(1.0, 1.0, 1.0))
+
+
 def card_prediction(framed: torch.Tensor, cameras: Cameras, depth: float) -> torch.Tensor:
     """[4, S, S] -> the card rendered on white at every camera [V, 3, S, S]."""
-    with torch.no_grad():
-        out = render(card_gaussians(framed, cameras[0:1], depth), cameras, background=(1.0, 1.0, 1.0))
-    return out.rgb.clamp(0, 1)
+    return card_render(framed, cameras, depth).rgb.clamp(0, 1)
 
 
 def revolve_mesh(framed: torch.Tensor, input_camera: Cameras, depth: float, segments: int = REVOLVE_SEGMENTS) -> Mesh:

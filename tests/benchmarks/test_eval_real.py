@@ -59,6 +59,18 @@ def test_copy_and_mirror(tmp_path):
     assert not torch.equal(mirror[2], copy[2])  # the checker is not symmetric: the flip shows
 
 
+def test_silhouette_iou_counts_the_shared_pixels_of_both_silhouettes():
+    truth = torch.zeros(3, 1, 8, 8)
+    truth[:, :, 2:6, 2:6] = 1  # 16 pixels
+    same, shifted, empty = truth.clone(), truth.roll(2, dims=-1), torch.zeros_like(truth)
+    prediction = torch.stack([same[0], shifted[1], empty[2]])  # [3, 1, 8, 8]
+    iou = eval_real.silhouette_iou(prediction, truth)
+    assert iou[0] == 1 and iou[1] == pytest.approx(8 / 24) and iou[2] == 0  # a see-through prediction scores 0
+    assert math.isnan(float(eval_real.silhouette_iou(empty[:1], empty[:1])[0]))  # nothing on either side: undefined
+    half = truth * 0.4  # a silhouette that lets 60 % of the background through is not counted as covering
+    assert float(eval_real.silhouette_iou(half[:1], truth[:1])[0]) == 0
+
+
 def test_card_reproduces_the_input_at_the_input_camera(tmp_path):
     _, _, framed = framed_scan(checker_quad_glb(tmp_path / "scan.glb", bump=True), 0.6)
     card = real_scans.card_prediction(framed, cameras_at([0.0, 90.0, 180.0]), 2.0)  # [3, 3, S, S]
@@ -128,11 +140,14 @@ def test_eval_real_end_to_end(tmp_path):
         # The copy at the input camera is the framed input and the truth is in that frame: a close match (64 px,
         # hard checker edges).
         assert entry["copy"]["input"]["psnr"] > 20  # unframed truth: below 12
+        assert entry["copy"]["input"]["silhouette_iou"] > 0.9  # its silhouette is the truth's there
+        assert 0 <= entry["model"]["novel"]["silhouette_iou"] <= 1
     assert results["wins"]["objects"] == 2 and 0 <= results["wins"]["psnr"] <= 2
     assert set(results["comparison"]) == {"copy", "mirror", "card", "revolve"}
     assert "model's frame" in results["note"]
     markdown = (out / "results.md").read_text()
     assert "c_broken.glb" in markdown and "revolve" in markdown and "beats the best trivial" in markdown
+    assert "silhouette IoU" in markdown
     assert (out / "grid.png").exists() and (out / "psnr_per_object.png").exists()
     # Per scan: the input view, the transform, the framed truth (7 views) and the revolved silhouette (7 views).
     assert len(list(cache.rglob("*.png"))) == 2 * (1 + 7 + 7) and len(list(cache.rglob("transform.json"))) == 2
