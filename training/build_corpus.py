@@ -105,6 +105,8 @@ def parse_args(argv=None):
     g.add_argument("--split", default="corpus", help="which seed range of training/synthetic.py the objects come from")
     g.add_argument("--elevation-range", type=float, nargs=2, default=(-10.0, 30.0))
     g.add_argument("--lighting", default="mixed", help="the light baked into the objects (training/synthetic.py LIGHTINGS)")
+    g.add_argument("--print-fraction", type=float, default=0.0,
+                   help="the chance that an object's body carries a printed label (training/synthetic.py make_object)")
     g = p.add_argument_group("folder")
     g.add_argument("--images", default=None, help="folder of images (searched recursively)")
     g.add_argument("--foreground-ratio", type=float, default=0.85, help="folder/text2image: alpha box side / image side")
@@ -156,10 +158,12 @@ class ProceduralSource:
         synthetic.split_seed(args.split, self.total - 1)  # IndexError now rather than mid-build
         if args.lighting not in synthetic.LIGHTINGS:
             raise SystemExit(f"--lighting {args.lighting!r}: expected one of {', '.join(synthetic.LIGHTINGS)}")
+        if not 0.0 <= args.print_fraction <= 1.0:
+            raise SystemExit(f"--print-fraction {args.print_fraction}: expected a chance in [0, 1]")
 
     def manifest(self) -> dict:
         return {"num_gaussians": self.args.num_gaussians, "elevation_range": list(self.args.elevation_range), "split": self.args.split,
-                "lighting": self.args.lighting, "world_version": self.synthetic.WORLD_VERSION, "layout": [self.layout.radius, self.layout.fov_deg]}
+                "lighting": self.args.lighting, "print_fraction": self.args.print_fraction, "world_version": self.synthetic.WORLD_VERSION, "layout": [self.layout.radius, self.layout.fov_deg]}
 
     def view(self, index: int) -> tuple:
         gen = generator(sample_seed("dd3g.corpus", "procedural", self.args.seed, index))
@@ -175,12 +179,14 @@ class ProceduralSource:
         for index in indices:  # one by one: a row never depends on its batch
             seed = self.synthetic.split_seed(self.args.split, index)
             yaw_deg, elevation = self.view(index)
-            obj = self.synthetic.batch_objects([seed], self.args.num_gaussians, device=self.device, lighting=self.args.lighting)
+            obj = self.synthetic.batch_objects([seed], self.args.num_gaussians, device=self.device, lighting=self.args.lighting,
+                                               print_fraction=self.args.print_fraction)
             obj = obj.rotated_about_y(torch.tensor([math.radians(yaw_deg)], device=self.device))
             camera = self.layout.input_camera(self.args.size, self.args.size, torch.tensor([elevation])).to(self.device)
             with torch.no_grad():
                 rgba = render(obj, camera, background=None).rgba()[0, 0]  # [4, S, S]
-            origin = {"object_seed": seed, "yaw_deg": round(yaw_deg, 6), "elevation_deg": round(elevation, 6), "lighting": self.args.lighting}
+            origin = {"object_seed": seed, "yaw_deg": round(yaw_deg, 6), "elevation_deg": round(elevation, 6), "lighting": self.args.lighting,
+                      "print_fraction": self.args.print_fraction}
             rows.append({"image": data.rgba_to_png(rgba), "source": "procedural", "prompt": None, "origin": json.dumps(origin)})
         return rows
 

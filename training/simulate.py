@@ -191,9 +191,11 @@ class Simulator:
         from training import synthetic
 
         origins = [procedural_origin(r) for r in rows]
-        # Each object as the corpus made it (rows from before the lighting option were hard-lit: "baked").
+        # Each object as the corpus made it (rows from before the lighting option were hard-lit: "baked"; from before
+        # the prints, unprinted).
         objects = Gaussians.stack([
-            synthetic.make_object(int(o["object_seed"]), self.corpus_gaussians, lighting=o.get("lighting", "baked")).gaussians
+            synthetic.make_object(int(o["object_seed"]), self.corpus_gaussians, lighting=o.get("lighting", "baked"),
+                                  print_fraction=o.get("print_fraction", 0.0)).gaussians
             for o in origins]).to(self.teacher.device)
         objects = objects.rotated_about_y(torch.tensor([math.radians(float(o["yaw_deg"])) for o in origins], device=self.teacher.device))
         cameras = self.teacher.cameras(len(rows), elevations)

@@ -26,6 +26,7 @@ body, otherwise as an attachment: a handle, a ring, a wheel).
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import time
 from dataclasses import dataclass
@@ -44,7 +45,7 @@ __all__ = [
     "WORLD_VERSION", "DEFAULT_NUM_GAUSSIANS", "OBJECT_RADIUS", "PRIMITIVE_TYPES", "STANDARD_PRIMITIVES",
     "HELDOUT_PRIMITIVE", "TEXTURE_KINDS", "FAMILIES", "SPLITS", "SyntheticObject", "make_object",
     "batch_objects", "render_views", "split_seed", "split_of_seed", "family_of_seed", "contact_sheet",
-    "LIGHTINGS", "LIGHT_KINDS", "light_kind_of_seed",
+    "LIGHTINGS", "LIGHT_KINDS", "light_kind_of_seed", "PRINT",
 ]
 
 WORLD_VERSION = 1  # bump when a change alters the objects a seed makes
@@ -59,6 +60,7 @@ PRIMITIVE_TYPES = ("sphere", "ellipsoid", "box", "cylinder", "cone", "capsule", 
 HELDOUT_PRIMITIVE = "torus"
 STANDARD_PRIMITIVES = tuple(t for t in PRIMITIVE_TYPES if t != HELDOUT_PRIMITIVE)
 TEXTURE_KINDS = ("solid", "stripes", "checkers", "gradient", "noise", "dots")
+PRINT = "print"  # a printed label (make_object's print_fraction), not one of the kinds drawn above
 # "standard" and "heldout" compose 1-4 primitives; a primitive type's name makes a one-primitive object.
 FAMILIES = ("standard", "heldout") + PRIMITIVE_TYPES
 
@@ -117,8 +119,10 @@ def family_of_seed(seed: int) -> str:
 class _Rng:
     """Uniform doubles from PCG64 and everything else derived from them (NumPy keeps that stream stable)."""
 
-    def __init__(self, seed: int):
-        self._gen = np.random.Generator(np.random.PCG64(sample_seed("dd3g.synthetic", WORLD_VERSION, int(seed))))
+    def __init__(self, seed: int, *key):
+        # key: another stream of the same seed (e.g. the prints), so the shapes' stream is left as it was
+        key = key or ("dd3g.synthetic", WORLD_VERSION)
+        self._gen = np.random.Generator(np.random.PCG64(sample_seed(*key, int(seed))))
 
     def uniform(self, low: float = 0.0, high: float = 1.0, size=None):
         u = self._gen.random(size)
@@ -624,6 +628,97 @@ def _random_texture(rng: _Rng, palette: List[List[float]], kind: Optional[str] =
     return texture
 
 
+# A printed label: what packaged goods, cans and boxes carry (text lines, bands, logos, a picture), which the other
+# kinds do not resemble. Drawn once per print seed into a raster of PRINT_RASTER (rows = height around the primitive,
+# columns = once around it) and looked up at each point: cylindrical about the local main axis for round bodies,
+# box-like (a quarter of the raster on each side face) for the rest.
+PRINT_RASTER = (64, 128)
+PRINT_CYLINDRICAL = ("cylinder", "capsule", "cone", "ellipsoid", "sphere")
+
+
+def _print_texture(seed: int, primitive_kind: str) -> Dict:
+    rng = _Rng(seed, "dd3g.synthetic.print")
+    return {"kind": "print", "print_seed": rng.child_seed(), "phase": rng.uniform(),
+            "mapping": "cylindrical" if primitive_kind in PRINT_CYLINDRICAL else "planar"}
+
+
+def _ink(rng: _Rng, background: np.ndarray) -> np.ndarray:
+    """A colour that reads against `background`: near-black or white by its brightness, or a saturated hue."""
+    if rng.chance(0.55):
+        return np.full(3, rng.uniform(0.02, 0.18) if background.mean() > 0.45 else rng.uniform(0.88, 1.0))
+    colour = np.asarray(_hsv_to_rgb(rng.uniform(), rng.uniform(0.6, 1.0), rng.uniform(0.45, 0.95)))
+    return colour if abs(colour.mean() - background.mean()) > 0.2 else 1.0 - colour
+
+
+@functools.lru_cache(maxsize=256)
+def _print_raster(print_seed: int) -> np.ndarray:
+    """The label of `print_seed`: background, colour bands, a picture, logos, lines of glyphs.  -> [H, W, 3] in [0, 1]"""
+    rng = _Rng(print_seed, "dd3g.synthetic.print-raster")
+    height, width = PRINT_RASTER
+    kind = rng.choice(["light", "colour", "dark"], [0.45, 0.4, 0.15])
+    background = (np.full(3, rng.uniform(0.85, 0.98)) * np.asarray([1.0, rng.uniform(0.93, 1.0), rng.uniform(0.8, 1.0)])
+                  if kind == "light" else np.full(3, rng.uniform(0.05, 0.2)) if kind == "dark"
+                  else np.asarray(_hsv_to_rgb(rng.uniform(), rng.uniform(0.5, 1.0), rng.uniform(0.4, 0.95))))
+    image = np.broadcast_to(background, (height, width, 3)).copy()
+    rows, cols = np.mgrid[0:height, 0:width]
+    for _ in range(rng.choice([0, 1, 2, 3], [0.25, 0.35, 0.25, 0.15])):  # bands across the whole label
+        top = int(rng.uniform(0, height - 4))
+        image[top : top + int(rng.uniform(3, height * 0.35))] = _ink(rng, background) if rng.chance(0.3) else \
+            np.asarray(_hsv_to_rgb(rng.uniform(), rng.uniform(0.3, 1.0), rng.uniform(0.3, 1.0)))
+    if rng.chance(0.45):  # a picture: a panel of smooth, many-coloured noise (the food on a can, a product photo)
+        top, left = int(rng.uniform(0, height * 0.6)), int(rng.uniform(0, width * 0.8))
+        h, w = int(rng.uniform(height * 0.25, height * 0.6)), int(rng.uniform(width * 0.12, width * 0.35))
+        points = np.stack([rows[top : top + h, left : left + w], cols[top : top + h, left : left + w],
+                           np.zeros((min(h, height - top), min(w, width - left)))], axis=-1).reshape(-1, 3) / 16.0
+        palette = np.asarray([_hsv_to_rgb(rng.uniform(), rng.uniform(0.3, 1.0), rng.uniform(0.2, 1.0)) for _ in range(3)])
+        noise = _value_noise(points, rng.child_seed(), rng.uniform(0.8, 2.0), 3)
+        image[top : top + h, left : left + w] = _ramp(palette, 0.5 + 2.5 * (noise - 0.5)).reshape(image[top : top + h, left : left + w].shape)
+    for _ in range(rng.choice([0, 1, 2, 3], [0.3, 0.35, 0.2, 0.15])):  # logos: filled ellipses, some ringed
+        centre_row, centre_col = rng.uniform(0, height), rng.uniform(0, width)
+        radius_row = rng.uniform(3, 14)
+        radius_col = radius_row * rng.uniform(0.7, 2.5)
+        distance = ((rows - centre_row) / radius_row) ** 2 + ((cols - centre_col) / radius_col) ** 2
+        image[distance < 1] = _ink(rng, background)
+        if rng.chance(0.4):
+            image[(distance > 0.55) & (distance < 0.8)] = _ink(rng, background)
+    for _ in range(rng.choice([1, 2, 3, 4, 6, 8], [0.1, 0.2, 0.2, 0.2, 0.2, 0.1])):  # lines of glyphs (text)
+        glyph_height = rng.choice([2, 3, 4, 6, 9], [0.25, 0.3, 0.2, 0.15, 0.1])
+        top = int(rng.uniform(0, height - glyph_height))
+        col = rng.uniform(0, width * 0.6)
+        end = col + rng.uniform(width * 0.15, width * 0.7)
+        ink = _ink(rng, image[min(top + glyph_height // 2, height - 1), int(col) % width])
+        while col < end:
+            glyph_width = max(1, int(round(glyph_height * rng.uniform(0.4, 0.9))))
+            glyph_top = top + (0 if rng.chance(0.7) else int(rng.uniform(0, glyph_height * 0.4)))
+            first = int(col) % width
+            image[glyph_top : top + glyph_height, first : first + glyph_width] = ink
+            col += glyph_width + max(1.0, glyph_height * (rng.uniform(0.2, 0.45) if rng.chance(0.8) else rng.uniform(0.8, 1.4)))
+    return np.clip(image, 0.0, 1.0)
+
+
+def _print_albedo(texture: Dict, q: np.ndarray) -> np.ndarray:
+    """The print's colour at normalised local points q [n, 3] (main axis +Y): cylindrical or box-like lookup. -> [n, 3]"""
+    raster = _print_raster(int(texture["print_seed"]))  # [H, W, 3]
+    height, width = raster.shape[:2]
+    extent = np.maximum(np.abs(q).max(axis=0), 1e-6)  # [3] the primitive's reach along each local axis
+    v = 0.5 - 0.5 * q[:, 1] / extent[1]
+    if texture["mapping"] == "cylindrical":  # lids (the flat ends) plain, in the label's corner colour
+        u = np.arctan2(q[:, 0], q[:, 2]) / (2 * math.pi) + 0.5
+        lid = np.abs(q[:, 1]) > 0.985 * extent[1]
+        u, v = np.where(lid, -texture["phase"], u), np.where(lid, 0.0, v)
+    else:  # the side faces each take a quarter of the label, in turn around the axis; tops and bottoms the label's middle
+        across = q[:, [0, 2]] / extent[[0, 2]]
+        side = np.where(np.abs(across[:, 0]) > np.abs(across[:, 1]), np.where(across[:, 0] > 0, 1, 3), np.where(across[:, 1] > 0, 0, 2))
+        along = np.where(side % 2 == 1, -across[:, 1] * np.sign(across[:, 0]), across[:, 0] * np.sign(across[:, 1]))
+        u = (side + 0.5 + 0.5 * along) / 4.0
+        cap = np.abs(q[:, 1] / extent[1]) > np.abs(across).max(axis=1)
+        u = np.where(cap, 0.375 + 0.25 * (0.5 + 0.5 * across[:, 0]), u)
+        v = np.where(cap, 0.25 + 0.5 * (0.5 + 0.5 * across[:, 1]), v)
+    row = np.clip((v * height).astype(np.int64), 0, height - 1)
+    col = (((u + texture["phase"]) % 1.0) * width).astype(np.int64) % width
+    return raster[row, col]
+
+
 def _value_noise(points: np.ndarray, seed: int, frequency: float, octaves: int) -> np.ndarray:
     """Fractal value noise in [0, 1] on a 16^3 random lattice (wrapped), trilinear with smoothstep."""
     lattice = np.random.Generator(np.random.PCG64(seed)).random((16, 16, 16))
@@ -655,8 +750,10 @@ def _ramp(colors: np.ndarray, t: np.ndarray) -> np.ndarray:
 
 def _texture_albedo(texture: Dict, q: np.ndarray) -> np.ndarray:
     """Albedo at object-space points `q` (a primitive's local frame, divided by its half-size).  -> [n, 3]"""
-    colors = np.asarray(texture["colors"], dtype=np.float64)
     kind = texture["kind"]
+    if kind == PRINT:
+        return _print_albedo(texture, q)
+    colors = np.asarray(texture["colors"], dtype=np.float64)
     if kind == "solid":
         return np.broadcast_to(colors[0], q.shape).copy()
     if kind == "stripes":
@@ -805,6 +902,7 @@ def make_object(
     texture: Optional[str] = None,
     shading: bool = True,
     lighting: str = "baked",
+    print_fraction: float = 0.0,
 ) -> SyntheticObject:
     """The procedural object of `seed`: exactly `num_gaussians` Gaussians inside the sphere of radius 0.5.
 
@@ -813,22 +911,34 @@ def make_object(
     texture: force one texture kind on every primitive (None: random per primitive).
     shading: bake a Lambertian light into the colours (False: flat albedo, whatever `lighting` says).
     lighting: one of LIGHTINGS (see `light_kind_of_seed`); "baked" is the world of WORLD_VERSION 1.
+    print_fraction: the chance that the body carries a printed label instead of its texture (an attachment: half
+    that), drawn from a stream of its own so the shapes, and every texture not replaced, stay those of the seed
+    (0: the world of WORLD_VERSION 1). texture="print" prints on every primitive.
     """
     if num_gaussians < 1:
         raise ValueError(f"num_gaussians must be positive, got {num_gaussians}")
     family = family_of_seed(seed) if family is None else family
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES}")
-    if texture is not None and texture not in TEXTURE_KINDS:
-        raise ValueError(f"unknown texture {texture!r}; expected one of {TEXTURE_KINDS}")
+    if texture is not None and texture not in TEXTURE_KINDS + (PRINT,):
+        raise ValueError(f"unknown texture {texture!r}; expected one of {TEXTURE_KINDS + (PRINT,)}")
+    if not 0.0 <= print_fraction <= 1.0:
+        raise ValueError(f"print_fraction must lie in [0, 1], got {print_fraction}")
     rng = _Rng(seed)
     for _attempt in range(8):
-        prims = _compose(rng, family, texture)
+        prims = _compose(rng, family, None if texture == PRINT else texture)
         points, normals, ids, local, union_area, visible = _sample_surface(rng, prims, num_gaussians)
         # A held-out object must show its torus; a composition that buries it is drawn again.
         tori = [i for i, p in enumerate(prims) if p.kind == HELDOUT_PRIMITIVE]
         if family != "heldout" or any(visible[i] > 0.3 for i in tori):
             break
+
+    if texture == PRINT or print_fraction > 0:
+        chance = _Rng(seed, "dd3g.synthetic.print-chance")
+        for i, prim in enumerate(prims):
+            draw = chance.uniform()  # one per primitive, whatever the fraction, so a seed's prints nest as it grows
+            if texture == PRINT or draw < (print_fraction if i == 0 else 0.5 * print_fraction):
+                prim.texture = _print_texture(sample_seed(seed, i), prim.kind)
 
     # Albedo from each primitive's texture in its own normalised frame.
     albedo = np.zeros((num_gaussians, 3))
@@ -888,13 +998,31 @@ def batch_objects(
     num_gaussians: int = DEFAULT_NUM_GAUSSIANS,
     family: Optional[str] = None,
     device: Union[str, torch.device, None] = None,
+    workers: int = 1,
     **kwargs,
 ) -> Gaussians:
-    """The objects of `seeds` stacked into one Gaussians [B, N] (made on the CPU, then moved to `device`)."""
+    """The objects of `seeds` stacked into one Gaussians [B, N] (made on the CPU, then moved to `device`).
+    workers > 1: made by that many processes (a training pool of thousands takes ~40 ms an object on one core)."""
     if len(seeds) == 0:
         raise ValueError("batch_objects needs at least one seed")
-    stacked = Gaussians.stack([make_object(s, num_gaussians, family, **kwargs).gaussians for s in seeds])
+    seeds = [int(s) for s in seeds]
+    if workers > 1 and len(seeds) >= 4 * workers:
+        import concurrent.futures
+        import multiprocessing
+
+        chunks = [seeds[k::workers] for k in range(workers)]  # strided: every chunk gets a similar mix
+        # spawn, not fork: the caller may already hold a CUDA context
+        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            made = list(pool.map(_objects_of, chunks, [num_gaussians] * workers, [family] * workers, [kwargs] * workers))
+        by_seed = {seed: g for chunk, objects in zip(chunks, made) for seed, g in zip(chunk, objects)}
+        stacked = Gaussians.stack([by_seed[s] for s in seeds])
+    else:
+        stacked = Gaussians.stack(_objects_of(seeds, num_gaussians, family, kwargs))
     return stacked if device is None else stacked.to(device)
+
+
+def _objects_of(seeds: Sequence[int], num_gaussians: int, family: Optional[str], options: Dict) -> List[Gaussians]:
+    return [make_object(s, num_gaussians, family, **options).gaussians for s in seeds]
 
 
 def render_views(
@@ -923,13 +1051,15 @@ def contact_sheet(
     family: Optional[str] = None,
     elevation_deg: float = 15.0,
     azimuth_offset_deg: float = 45.0,
+    **object_options,
 ):
-    """A PIL image on white: one row per seed, the input view (azimuth 0) then the 4 output views."""
+    """A PIL image on white: one row per seed, the input view (azimuth 0) then the 4 output views.
+    object_options: make_object's (lighting, print_fraction, texture...)."""
     from PIL import Image
 
     rows = []
     for seed in seeds:
-        g = batch_objects([seed], num_gaussians, family)
+        g = batch_objects([seed], num_gaussians, family, **object_options)
         rgba = render_views(g, elevation_deg, azimuth_offset_deg, size)[0]  # [V+1, 4, H, W]
         rgba = torch.cat([rgba[-1:], rgba[:-1]])  # input first
         rgb = rgba[:, :3] * rgba[:, 3:] + (1 - rgba[:, 3:])  # on white
@@ -946,17 +1076,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--family", default=None)
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--num-gaussians", type=int, default=DEFAULT_NUM_GAUSSIANS)
+    parser.add_argument("--lighting", default="baked", choices=LIGHTINGS)
+    parser.add_argument("--print-fraction", type=float, default=0.0, help="the chance of a printed label (make_object)")
     parser.add_argument("--benchmark", action="store_true", help="time object creation and CPU rendering")
     args = parser.parse_args(argv)
+    world = {"lighting": args.lighting, "print_fraction": args.print_fraction}
     seeds = [split_seed(args.split, i) for i in args.seeds] if args.split else args.seeds
     if args.sheet:
-        contact_sheet(seeds, args.size, args.num_gaussians, args.family).save(args.sheet)
+        contact_sheet(seeds, args.size, args.num_gaussians, args.family, **world).save(args.sheet)
         print(f"wrote {args.sheet}")
     if args.benchmark:
-        make_object(seeds[0], args.num_gaussians, args.family)  # warm-up
+        make_object(seeds[0], args.num_gaussians, args.family, **world)  # warm-up
         start = time.perf_counter()
         for s in range(20):
-            make_object(seeds[0] + s, args.num_gaussians, args.family)
+            make_object(seeds[0] + s, args.num_gaussians, args.family, **world)
         print(f"make_object: {(time.perf_counter() - start) / 20 * 1e3:.1f} ms per object ({args.num_gaussians} Gaussians)")
         g = batch_objects(seeds[:2], args.num_gaussians, args.family)
         render_views(g, 0.0, 0.0, 64)

@@ -24,6 +24,7 @@ import argparse
 import copy
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Optional
@@ -94,6 +95,11 @@ def parse_args(argv=None):
                         "sampling asks for); the others are turned by a random azimuth")
     p.add_argument("--lighting", default="mixed", choices=synthetic.LIGHTINGS,
                    help="the light baked into the pool's objects ('baked': every object hard-lit, the world before)")
+    p.add_argument("--print-fraction", type=float, default=0.0,
+                   help="the chance that a pool object's body carries a printed label (text, bands, logos, a picture; "
+                        "training/synthetic.py make_object); 0: the world before")
+    p.add_argument("--pool-start", type=int, default=0,
+                   help="the pool is the train split's objects from this index on (a later chunk can see new objects)")
     p.add_argument("--checkpoint-every", type=int, default=1000)
     p.add_argument("--sample-every", type=int, default=2000)
     p.add_argument("--sample-steps", type=int, default=30)
@@ -128,10 +134,12 @@ def build_unet(args) -> MultiViewUNet:
     return MultiViewUNet.preset(args.unet_preset)
 
 
-def build_pool(args, device) -> Gaussians:
+def build_pool(args, device, num_processes: int = 1) -> Gaussians:
     """The training objects, built once on the CPU (deterministic by seed) and kept on the device.  [P, N]"""
-    seeds = [synthetic.split_seed("train", i) for i in range(args.pool_size)]
-    return synthetic.batch_objects(seeds, args.num_gaussians, lighting=args.lighting).to(device)
+    seeds = [synthetic.split_seed("train", args.pool_start + i) for i in range(args.pool_size)]
+    workers = max(1, min(16, (os.cpu_count() or 1) // max(1, num_processes)))  # the machine's cores, shared by the ranks
+    return synthetic.batch_objects(seeds, args.num_gaussians, lighting=args.lighting, print_fraction=args.print_fraction,
+                                   workers=workers).to(device)
 
 
 def sample_batch(args, pool: Gaussians, layout: ViewLayout, step: int, size: int, device, process_index: int = 0,
@@ -350,7 +358,7 @@ def main(argv=None):
 
     if resume_from is not None:
         step = restore_checkpoint(accelerator, resume_from, ema)
-    pool = build_pool(args, device)
+    pool = build_pool(args, device, accelerator.num_processes)
     base_unet = load_base_unet(args, device)
     expert_unet = load_kept_expert(args, device)
     size = (unet.module if hasattr(unet, "module") else unet).config.sample_size

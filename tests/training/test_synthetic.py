@@ -178,3 +178,44 @@ def test_mixed_lighting_gives_each_seed_one_kind_and_keeps_its_shape_and_texture
     mixed = synthetic.make_object(seed, 512, lighting="mixed")
     expected = {"hard": hard, "soft": soft, "unlit": unlit}[synthetic.light_kind_of_seed(seed, "mixed")]
     assert torch.equal(mixed.gaussians.colors, expected.gaussians.colors)
+
+
+def _high_frequency(colors: torch.Tensor, means: torch.Tensor) -> float:
+    """Mean colour difference between each Gaussian and its nearest neighbour: how fine a texture's detail is."""
+    distance = torch.cdist(means, means)
+    distance.fill_diagonal_(float("inf"))
+    return float((colors - colors[distance.argmin(dim=1)]).abs().sum(dim=1).mean())
+
+
+def test_prints_replace_textures_only_where_drawn_and_carry_fine_many_coloured_detail():
+    seeds = [split_seed("train", i) for i in range(40)]
+    for seed in seeds[:6]:  # 0 is the world before: the same colours; a print leaves the shapes alone
+        assert torch.equal(make_object(seed, 512, print_fraction=0.0).gaussians.sh_dc, make_object(seed, 512).gaussians.sh_dc)
+        printed = make_object(seed, 512, texture="print", shading=False)
+        assert torch.equal(printed.gaussians.means, make_object(seed, 512).gaussians.means)
+        assert {p["texture"]["kind"] for p in printed.primitives} == {"print"}
+        again = make_object(seed, 512, texture="print", shading=False)
+        assert torch.equal(printed.gaussians.sh_dc, again.gaussians.sh_dc)
+    # The body is printed for about print_fraction of the seeds, and a seed printed at 0.3 is printed at 0.6 too.
+    bodies = {f: [make_object(s, 256, print_fraction=f).primitives[0]["texture"]["kind"] == "print" for s in seeds]
+              for f in (0.3, 0.6)}
+    assert 0.1 < np.mean(bodies[0.3]) < 0.5 and 0.4 < np.mean(bodies[0.6]) < 0.8
+    assert all(b for a, b in zip(bodies[0.3], bodies[0.6]) if a)
+    # Prints hold finer detail than the procedural kinds they replace, in more colours.
+    fine, coarse, colours_printed, colours_plain = [], [], [], []
+    for seed in seeds[:8]:
+        for texture, sink, count in ((None, coarse, colours_plain), ("print", fine, colours_printed)):
+            g = make_object(seed, N, texture=texture, shading=False).gaussians
+            sink.append(_high_frequency(g.colors, g.means))
+            count.append(len(torch.unique((g.colors * 16).floor(), dim=0)))
+    assert np.mean(fine) > 1.5 * np.mean(coarse), (fine, coarse)
+    assert np.median(colours_printed) > np.median(colours_plain)
+    with pytest.raises(ValueError, match="print_fraction"):
+        make_object(1, 256, print_fraction=1.5)
+
+
+def test_batch_objects_made_by_several_processes_equal_those_made_by_one():
+    seeds = [split_seed("train", i) for i in range(8)]
+    one = batch_objects(seeds, 256, print_fraction=0.5, lighting="mixed")
+    two = batch_objects(seeds, 256, print_fraction=0.5, lighting="mixed", workers=2)
+    assert all(torch.equal(x, y) for x, y in zip(_gaussian_fields(one), _gaussian_fields(two)))
