@@ -6,7 +6,8 @@
 Each step renders a batch of objects from a pool (random yaw, input elevation in [-10, 30]; the output views in
 the canonical layout, view 0 at the input's camera, for `--canonical-fraction` of the samples, since that is how the
 teacher is sampled, and at a random azimuth offset for the others, so it can also verify views outside it); the
-pool's objects carry the lights of `--lighting` (hard, soft or none; training/synthetic.py): the 4 output
+pool's objects carry the lights of `--lighting` (hard, soft or none; training/synthetic.py) and, on
+`--print-fraction` of their bodies, printed labels; `--pool-start` picks which train-split objects: the 4 output
 views at the teacher's resolution and the input view (for the clean 5th frame and the image tokens). The UNet
 learns v-prediction on the 4 views; image tokens and the input frame are dropped together with probability
 `--cond-dropout` (classifier-free guidance). bf16 on CUDA, EMA, AdamW with warm-up and cosine decay.
@@ -95,9 +96,9 @@ def parse_args(argv=None):
                         "sampling asks for); the others are turned by a random azimuth")
     p.add_argument("--lighting", default="mixed", choices=synthetic.LIGHTINGS,
                    help="the light baked into the pool's objects ('baked': every object hard-lit, the world before)")
-    p.add_argument("--print-fraction", type=float, default=0.0,
+    p.add_argument("--print-fraction", type=float, default=0.5,
                    help="the chance that a pool object's body carries a printed label (text, bands, logos, a picture; "
-                        "training/synthetic.py make_object); 0: the world before")
+                        "training/synthetic.py make_object), 0.5 since hub/mvdm-tiny's step 18,001; 0: the world before")
     p.add_argument("--pool-start", type=int, default=0,
                    help="the pool is the train split's objects from this index on (a later chunk can see new objects)")
     p.add_argument("--checkpoint-every", type=int, default=1000)

@@ -19,8 +19,9 @@
 # (e.g. "--init-from <pipeline> --lr 1e-4": a warm start). CORPUS_SEEDS=S: S seeds an image in the training quadruples
 # (N_CORPUS x S of them; the evaluation sets keep 4). On a fresh machine the corpora are built on the CPUs while
 # gsplat compiles, and the teacher's quadruples are made while the true renders wait for it. PRINT_FRACTION=P: the
-# teacher's pool and the corpora get printed labels (training/synthetic.py); POOL_START=K: the pool is the train
-# split's objects from index K on.
+# share of the teacher's pool objects with printed labels (training/synthetic.py; 0.5 by default, the shipped teacher's
+# world since session 12), CORPUS_PRINT_FRACTION the same for the corpora (0 by default: the evaluation sets so far);
+# POOL_START=K: the pool is the train split's objects from index K on.
 # Every call brings back what exists through $OUT (see pack): the teacher (when trained in the call), else the
 # students, logs, grids, scores (EVAL_SETS_BACK=1: the evaluation quadruples too). SIM_PROCESSES=K: K simulation
 # processes over the GPUs (two on one H200 made 18 quadruples/s together against 30/s for one: keep 1 per GPU).
@@ -73,7 +74,7 @@ train_teacher() {  # $1: seconds to keep after training
     launch training/train_teacher.py --output-dir runs/t-main --resume latest --init-from "$TEACHER_INIT" --init-step "$INIT_STEP" \
         --keep-expert-from "$TEACHER_INIT" --max-steps ${TEACHER_MAX_STEPS:-30000} --warmup-steps 200 \
         --canonical-fraction ${CANONICAL_FRACTION:-0.75} --lighting ${LIGHTING:-mixed} --batch-size 64 --pool-size 2048 \
-        --print-fraction ${PRINT_FRACTION:-0} --pool-start ${POOL_START:-0} \
+        --print-fraction ${PRINT_FRACTION:-0.5} --pool-start ${POOL_START:-0} \
         --checkpoint-every 500 --sample-every 1000 --log-every 50 --time-limit "$(box "$1")" --export runs/teacher \
         $TEACHER_EXTRA > runs/teacher-$stage.log 2>&1 || { tail -30 runs/teacher-$stage.log; return 1; }
     tr "\r" "\n" < runs/teacher-$stage.log | grep -E "initialised|resumed|time limit" || true
@@ -87,7 +88,7 @@ build_corpora() {  # procedural corpora, CPU work, niced beside whatever runs on
         set -- $spec
         for k in $(seq 0 $(( $4 - 1 ))); do
             OMP_NUM_THREADS=2 nice -n 5 python3 training/build_corpus.py --source procedural --split $1 --num-images $2 --size $SIZE \
-                --print-fraction ${PRINT_FRACTION:-0} --out runs/$3 --process-index $k --num-processes $4 --no-progress > runs/$3-$k.log 2>&1 &
+                --print-fraction ${CORPUS_PRINT_FRACTION:-0} --out runs/$3 --process-index $k --num-processes $4 --no-progress > runs/$3-$k.log 2>&1 &
         done
     done
     wait; tail -qn1 runs/c-*.log
@@ -158,7 +159,7 @@ if [ "$stage" = expert ]; then
     python3 training/train_teacher.py --output-dir runs/t-expert --resume latest --expert-for runs/teacher \
         --high-noise-start $expert_start --init-from "$TEACHER_INIT" --init-step ${EXPERT_INIT_STEP:-4367} \
         --max-steps ${EXPERT_MAX_STEPS:-8000} --warmup-steps 100 --ema-decay 0.998 --canonical-fraction ${CANONICAL_FRACTION:-0.75} \
-        --lighting ${LIGHTING:-mixed} --print-fraction ${PRINT_FRACTION:-0} --pool-start ${POOL_START:-0} --batch-size 64 --pool-size 2048 --checkpoint-every 500 --sample-every 1000 --log-every 50 \
+        --lighting ${LIGHTING:-mixed} --print-fraction ${PRINT_FRACTION:-0.5} --pool-start ${POOL_START:-0} --batch-size 64 --pool-size 2048 --checkpoint-every 500 --sample-every 1000 --log-every 50 \
         --time-limit "$(box ${TQ_SECONDS:-110})" --export runs/teacher-expert $TEACHER_EXTRA > runs/expert.log 2>&1 || { tail -30 runs/expert.log; exit 1; }
     grep camera_sensitivity runs/t-expert/log.jsonl | tail -3
     rm -rf runs/teacher-main && mv runs/teacher runs/teacher-main && mv runs/teacher-expert runs/teacher

@@ -203,3 +203,16 @@ def test_example_accelerate_configs_parse_and_the_cpu_one_launches(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "run" / "checkpoints" / "step-0000001" / "model.safetensors").is_file()
+
+
+def test_the_pool_is_the_train_splits_objects_from_pool_start_in_the_world_of_print_fraction():
+    from training import synthetic
+
+    args = train_teacher.parse_args(["--tiny-test", "--output-dir", "unused", "--pool-start", "7", "--print-fraction", "1"])
+    pool = train_teacher.build_pool(args, torch.device("cpu"))  # [P, N]
+    seeds = [synthetic.split_seed("train", 7 + i) for i in range(args.pool_size)]
+    expected = synthetic.batch_objects(seeds, args.num_gaussians, lighting=args.lighting, print_fraction=1.0)
+    assert torch.equal(pool.means, expected.means) and torch.equal(pool.sh_dc, expected.sh_dc)
+    unprinted = synthetic.batch_objects(seeds, args.num_gaussians, lighting=args.lighting)
+    assert not torch.equal(pool.sh_dc, unprinted.sh_dc)  # the bodies now carry labels
+    assert train_teacher.parse_args(["--output-dir", "unused"]).print_fraction == 0.5  # the shipped teacher's world
