@@ -20,7 +20,8 @@
 # (N_CORPUS x S of them; the evaluation sets keep 4). On a fresh machine the corpora are built on the CPUs while
 # gsplat compiles, and the teacher's quadruples are made while the true renders wait for it. PRINT_FRACTION=P: the
 # share of the teacher's pool objects with printed labels (training/synthetic.py; 0.5 by default, the shipped teacher's
-# world since session 12), CORPUS_PRINT_FRACTION the same for the corpora (0 by default: the evaluation sets so far);
+# world since session 12), CORPUS_PRINT_FRACTION the same for the training corpus (0 by default; the evaluation sets
+# always 0, so their figures compare across sessions);
 # POOL_START=K: the pool is the train split's objects from index K on.
 # Every call brings back what exists through $OUT (see pack): the teacher (when trained in the call), else the
 # students, logs, grids, scores (EVAL_SETS_BACK=1: the evaluation quadruples too). SIM_PROCESSES=K: K simulation
@@ -82,13 +83,14 @@ train_teacher() {  # $1: seconds to keep after training
 }
 
 build_corpora() {  # procedural corpora, CPU work, niced beside whatever runs on the GPUs
-    local specs=("corpus $N_CORPUS c-corpus ${CORPUS_PROCESSES:-4}" "test $N_TEST c-test 1" "heldout $N_HELDOUT c-heldout 1")
-    [ -n "$NFIT" ] && specs+=("corpus 8 c-nfit 1")
+    # the training corpus gets CORPUS_PRINT_FRACTION; the evaluation sets stay unprinted, comparable across sessions
+    local specs=("corpus $N_CORPUS c-corpus ${CORPUS_PROCESSES:-4} ${CORPUS_PRINT_FRACTION:-0}" "test $N_TEST c-test 1 0" "heldout $N_HELDOUT c-heldout 1 0")
+    [ -n "$NFIT" ] && specs+=("corpus 8 c-nfit 1 0")
     for spec in "${specs[@]}"; do
         set -- $spec
         for k in $(seq 0 $(( $4 - 1 ))); do
             OMP_NUM_THREADS=2 nice -n 5 python3 training/build_corpus.py --source procedural --split $1 --num-images $2 --size $SIZE \
-                --print-fraction ${CORPUS_PRINT_FRACTION:-0} --out runs/$3 --process-index $k --num-processes $4 --no-progress > runs/$3-$k.log 2>&1 &
+                --print-fraction $5 --out runs/$3 --process-index $k --num-processes $4 --no-progress > runs/$3-$k.log 2>&1 &
         done
     done
     wait; tail -qn1 runs/c-*.log

@@ -20,7 +20,7 @@ def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("simulate")
     toy_teacher_pipeline(tokenizer_size=64).save_pretrained(root / "teacher")
     build_corpus.main(["--source", "procedural", "--num-images", "3", "--size", "32", "--num-gaussians", "256",
-                       "--out", str(root / "corpus"), "--no-progress"])
+                       "--print-fraction", "1", "--out", str(root / "corpus"), "--no-progress"])
     return root
 
 
@@ -149,7 +149,9 @@ def test_ground_truth_mode_stores_the_objects_true_renders(world, tmp_path):
         origin = json.loads(corpus[row["corpus_index"]]["origin"])
         assert row["teacher_id"] == "ground-truth" and row["elevation_deg"] == pytest.approx(origin["elevation_deg"], abs=1e-5)
         assert origin["lighting"] == "mixed"  # build_corpus's default, recorded per row
-        obj = synthetic.batch_objects([origin["object_seed"]], 256, lighting="mixed").rotated_about_y(torch.tensor([math.radians(origin["yaw_deg"])]))
+        assert origin["print_fraction"] == 1.0  # the world's labels too: the truth must carry them
+        obj = synthetic.batch_objects([origin["object_seed"]], 256, lighting="mixed", print_fraction=1.0)
+        obj = obj.rotated_about_y(torch.tensor([math.radians(origin["yaw_deg"])]))
         cams = teacher.cameras(1, torch.tensor([origin["elevation_deg"]]))
         truth = render(obj, cams[:, :4], background=None).rgba()[0]  # [4, 4, s, s]
         stored = torch.stack([data.png_to_rgba(data.image_bytes(v)) for v in row["views"]])
