@@ -10,6 +10,10 @@ through `dd3g.teachers.load_teacher`, so the timed path is the one real weights 
 wraps the UNet in torch.compile (default mode; `--compile max-autotune-no-cudagraphs` tunes kernels for minutes).
 Goal for the ImageDream-size UNet on an H100: >= 8 quadruples/s.
 
+`--channels-last` puts the UNet's and the VAE's convolution weights in NHWC (cuDNN's native layout, no transposes
+around each conv; the outputs are the same) and `--cudnn-benchmark` lets cuDNN time its convolution algorithms
+once per shape: the "after" rows of issue 16, beside the plain eager and compiled rows.
+
 `--count-flops` counts the floating-point operations of one quadruple's ODE (torch.utils.flop_counter, one
 sample run on the device: the UNet steps with CFG, conditioning and decoding) and reports each row's achieved
 TFLOP/s, to tell a slow implementation from a goal beyond what the hardware can do.
@@ -41,9 +45,19 @@ def build_teacher(name: str, device: torch.device, dtype: torch.dtype, workdir: 
         from dd3g.teachers import load_teacher
         from dd3g.testing.imagedream_fixture import write_tiny_imagedream
 
-        folder = write_tiny_imagedream(workdir / "imagedream-random", full_size=name == "imagedream")
+        folder = workdir / "imagedream-random"
+        if not (folder / "model_index.json").is_file():  # a kept --workdir serves several runs (GBs at full size)
+            write_tiny_imagedream(folder, full_size=name == "imagedream")
         return load_teacher(folder, device=device, dtype=dtype)
     raise SystemExit(f"unknown teacher {name!r}")
+
+
+def to_channels_last(teacher) -> None:
+    """The teacher's convolution weights in NHWC (4-D tensors only; the rest keep their layout)."""
+    for name in ("unet", "vae"):
+        module = getattr(teacher, name, None)
+        if module is not None:
+            module.to(memory_format=torch.channels_last)
 
 
 def measure(teacher, batch: int, steps: int, guidance: float, repeats: int, device: torch.device) -> dict:
@@ -91,15 +105,22 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--compile", nargs="?", const="default", default=None, metavar="MODE",
                    help="torch.compile the UNet (mode: default, or e.g. max-autotune-no-cudagraphs, which tunes for minutes)")
+    p.add_argument("--channels-last", action="store_true", help="convolution weights in NHWC (see the docstring)")
+    p.add_argument("--cudnn-benchmark", action="store_true", help="cuDNN picks its fastest convolution algorithms per shape")
     p.add_argument("--count-flops", action="store_true", help="also count one quadruple's FLOPs and report TFLOP/s")
+    p.add_argument("--workdir", type=Path, default=None,
+                   help="keep the random checkpoint here and reuse it (default: a temporary folder, removed after)")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
     torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
     with tempfile.TemporaryDirectory() as tmp:
-        teacher = build_teacher(args.teacher, device, dtype, Path(tmp))
+        teacher = build_teacher(args.teacher, device, dtype, args.workdir or Path(tmp))
         guidance = teacher.default_guidance_scale if args.guidance_scale is None else args.guidance_scale
         flops = ode_flops(teacher, args.steps, guidance) if args.count_flops else None  # eager: the counter sees every op
+        if args.channels_last:
+            to_channels_last(teacher)
         if args.compile:
             unet = teacher.unet
             unet.forward = torch.compile(unet.forward, mode=args.compile)
@@ -107,7 +128,8 @@ def main(argv=None):
         for batch in (int(b) for b in args.batches.split(",")):
             with torch.inference_mode():
                 row = measure(teacher, batch, args.steps, guidance, args.repeats, device)
-            row.update(teacher=args.teacher, dtype=args.dtype, compiled=args.compile or False, device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu")
+            row.update(teacher=args.teacher, dtype=args.dtype, compiled=args.compile or False, channels_last=args.channels_last,
+                       cudnn_benchmark=args.cudnn_benchmark, device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu")
             if flops is not None:
                 row.update(tflop_per_quadruple=flops / 1e12, achieved_tflop_per_s=flops * row["quadruples_per_s"] / 1e12)
             rows.append(row)

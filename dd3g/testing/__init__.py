@@ -93,7 +93,7 @@ def imagedream_parts(scale: str) -> tuple:
     """(student, frame_encoder, prompt_encoder), random, for a student distilled from ImageDream: `base` at ImageDream's
     published sizes, `base-small` at the sizes of dd3g/testing/imagedream_fixture.py."""
     from dd3g.models.imagedream_unet import ImageDreamUNet
-    from dd3g.models.input_encoders import ImagePromptEncoder, LatentFrameEncoder
+    from dd3g.models.input_encoders import ImagePromptEncoder
     from . import imagedream_fixture as fixture
 
     if scale not in ("base", "base-small"):
@@ -107,16 +107,25 @@ def imagedream_parts(scale: str) -> tuple:
     unet_config = {k: v for k, v in unet.config.items() if not k.startswith("_")}
     student = PEPD(**{**PEPD.PRESETS[scale], "unet_preset": None, "unet_config": unet_config, "phase1_architecture": "imagedream",
                       "sample_space": "sd-vae"}).eval()
-    vae = fixture.FULL_VAE_CONFIG if full else fixture.TINY_VAE_CONFIG
-    frame_encoder = LatentFrameEncoder(
-        image_size=student.sample_size * 2 ** (len(vae["block_out_channels"]) - 1),
-        **{k: vae[k] for k in ("in_channels", "latent_channels", "down_block_types", "block_out_channels", "layers_per_block",
-                               "act_fn", "norm_num_groups", "scaling_factor")}).eval()
+    frame_encoder = latent_frame_encoder(student, full)
     vision = {k: v for k, v in (fixture.FULL_VISION_CONFIG if full else fixture.TINY_VISION_CONFIG).items()
               if k not in ("_name_or_path", "architectures", "torch_dtype", "transformers_version")}
     side = vision["image_size"]
     prompt_encoder = ImagePromptEncoder(vision_config=vision, resize=side, crop=side).eval()
     return student, frame_encoder, prompt_encoder
+
+
+def latent_frame_encoder(student: PEPD, full: bool):
+    """A random VAE encoder for a student in the 'sd-vae' sample space: SD's sizes (full) or the fixture's, encoding
+    images of the size whose latents are the student's sample size."""
+    from dd3g.models.input_encoders import LatentFrameEncoder
+    from . import imagedream_fixture as fixture
+
+    vae = fixture.FULL_VAE_CONFIG if full else fixture.TINY_VAE_CONFIG
+    return LatentFrameEncoder(
+        image_size=student.sample_size * 2 ** (len(vae["block_out_channels"]) - 1),
+        **{k: vae[k] for k in ("in_channels", "latent_channels", "down_block_types", "block_out_channels", "layers_per_block",
+                               "act_fn", "norm_num_groups", "scaling_factor")}).eval()
 
 
 def random_pipeline(scale: str, phase1: str = "mv-unet") -> DD3GPipeline:
@@ -125,7 +134,10 @@ def random_pipeline(scale: str, phase1: str = "mv-unet") -> DD3GPipeline:
         student, frame_encoder, prompt_encoder = imagedream_parts(scale)
         return DD3GPipeline(student, EfficientNetLite0Tokenizer.from_imagenet(), scheduler, frame_encoder=frame_encoder,
                             prompt_encoder=prompt_encoder)
-    return DD3GPipeline(PEPD.preset(scale).eval(), EfficientNetLite0Tokenizer.from_imagenet(), scheduler)
+    student = PEPD.preset(scale).eval()
+    # a latent-space preset (base, base-small) runs with a VAE encoder, as one distilled from a latent teacher carries
+    frame_encoder = latent_frame_encoder(student, scale == "base") if student.config.sample_space == "sd-vae" else None
+    return DD3GPipeline(student, EfficientNetLite0Tokenizer.from_imagenet(), scheduler, frame_encoder=frame_encoder)
 
 
 def disc(side: int):

@@ -26,3 +26,10 @@ def test_gpu_callable_encodes_the_images_it_is_given():
     with torch.no_grad():
         means, *_ = run(images, noise, None, cameras)
     assert means.shape == (2, student.num_gaussians, 3) and not torch.allclose(means[0], means[1])
+
+
+def test_latent_space_student_pipeline_latency_runs_on_the_cpu():
+    """`base-small` with its own phase 1 works in the 'sd-vae' sample space: the timed pipeline carries a VAE encoder
+    (it used to stop at "needs the teacher's VAE encoder")."""
+    (row,) = latency.main(["--scale", "base-small", "--repeats", "1"])
+    assert row["phase1"] == "mv-unet" and row["median_ms"] > 0

@@ -1,0 +1,27 @@
+"""benchmarks/simulate_throughput.py (the ODE speed goal of issue 16) at toy size on the CPU."""
+
+import torch
+
+from benchmarks import simulate_throughput
+
+
+def test_channels_last_teacher_samples_the_same_views(tmp_path):
+    """The "after" layout is a speed change only: NHWC convolution weights give the views of the plain teacher."""
+    teacher = simulate_throughput.build_teacher("imagedream-tiny", torch.device("cpu"), torch.float32, tmp_path)
+    images = torch.rand(2, 4, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        plain = teacher.simulate(images, [0, 1], num_steps=2).views  # [2, 4, 4, S, S]
+        simulate_throughput.to_channels_last(teacher)
+        assert teacher.unet.input_blocks[0][0].weight.is_contiguous(memory_format=torch.channels_last)
+        nhwc = teacher.simulate(images, [0, 1], num_steps=2).views
+    assert plain.shape == nhwc.shape and plain.std() > 0
+    assert torch.allclose(plain, nhwc, atol=1e-4)
+
+
+def test_rows_say_how_they_were_measured(tmp_path, capsys):
+    simulate_throughput.main(["--teacher", "imagedream-tiny", "--device", "cpu", "--dtype", "fp32", "--batches", "1",
+                              "--steps", "2", "--repeats", "1", "--channels-last", "--json", str(tmp_path / "rows.json")])
+    import json
+
+    (row,) = json.loads((tmp_path / "rows.json").read_text())
+    assert row["channels_last"] is True and row["cudnn_benchmark"] is False and row["quadruples_per_s"] > 0
