@@ -8,9 +8,11 @@ the normal, tangent size from the sampling density so that the surface renders c
 texture's albedo times a Lambertian light baked in (view-independent, so it is consistent with SH degree 0
 and gives renders a 3D look); `lighting="mixed"` (what the teacher and the distillation corpus now use) gives a
 third of the objects that hard light, a third a soft one (ambient 0.75-0.95) and a third none (flat albedo, as
-the real-scan evaluation renders and as many softly lit photos look). The object is then turned by a random
-yaw, centred on its bounding-box centre and scaled so that every Gaussian, 3 sigma included, lies inside the
-sphere of radius 0.5 (docs/design.md section 4).
+the real-scan evaluation renders and as many softly lit photos look). `print_fraction` gives that share of the
+bodies (half that of the attachments) a printed label instead of their texture (text-like lines of glyphs, colour
+bands, logos, a picture: what packaged goods carry, and the real scans mostly are; the teacher trains with 0.5). The
+object is then turned by a random yaw, centred on its bounding-box centre and scaled so that every Gaussian, 3 sigma
+included, lies inside the sphere of radius 0.5 (docs/design.md section 4).
 
 Determinism: an object depends only on its seed (and the arguments): every draw comes from one PCG64
 generator seeded from `sample_seed("dd3g.synthetic", WORLD_VERSION, seed)`, read only through uniform
