@@ -107,7 +107,7 @@ def parse_args(argv=None):
     g.add_argument("--lighting", default="mixed", help="the light baked into the objects (training/synthetic.py LIGHTINGS)")
     g.add_argument("--print-fraction", type=float, default=0.0,
                    help="the chance that an object's body carries a printed label (training/synthetic.py make_object; "
-                        "the teacher trains with 0.5 since hub/mvdm-tiny's step 18,001; the evaluation sets so far have 0)")
+                        "hub/mvdm-tiny trained with 0.5 from its step 18,001 on; the evaluation sets so far have 0)")
     g = p.add_argument_group("folder")
     g.add_argument("--images", default=None, help="folder of images (searched recursively)")
     g.add_argument("--foreground-ratio", type=float, default=0.85, help="folder/text2image: alpha box side / image side")

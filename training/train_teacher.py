@@ -98,7 +98,7 @@ def parse_args(argv=None):
                    help="the light baked into the pool's objects ('baked': every object hard-lit, the world before)")
     p.add_argument("--print-fraction", type=float, default=0.5,
                    help="the chance that a pool object's body carries a printed label (text, bands, logos, a picture; "
-                        "training/synthetic.py make_object), 0.5 since hub/mvdm-tiny's step 18,001; 0: the world before")
+                        "training/synthetic.py make_object); 0.5: hub/mvdm-tiny's world from its step 18,001 on; 0: the world before")
     p.add_argument("--pool-start", type=int, default=0,
                    help="the pool is the train split's objects from this index on (a later chunk can see new objects)")
     p.add_argument("--checkpoint-every", type=int, default=1000)
@@ -113,6 +113,10 @@ def parse_args(argv=None):
     p.add_argument("--init-from", default=None, help="continue from weights alone (a checkpoint's model.safetensors folder "
                    "plus an exported teacher for the EMA), e.g. across machines; fresh optimizer, warm-up again")
     args = p.parse_args(argv)
+    if not 0.0 <= args.print_fraction <= 1.0:
+        p.error(f"--print-fraction {args.print_fraction}: expected a chance in [0, 1]")
+    if args.pool_start < 0:
+        p.error(f"--pool-start {args.pool_start}: expected an index >= 0 into the train split")
     if args.expert_for and args.keep_expert_from:
         p.error("--expert-for trains an expert; --keep-expert-from keeps one: choose one")
     if args.expert_for:

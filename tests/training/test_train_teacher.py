@@ -216,3 +216,6 @@ def test_the_pool_is_the_train_splits_objects_from_pool_start_in_the_world_of_pr
     unprinted = synthetic.batch_objects(seeds, args.num_gaussians, lighting=args.lighting)
     assert not torch.equal(pool.sh_dc, unprinted.sh_dc)  # the bodies now carry labels
     assert train_teacher.parse_args(["--output-dir", "unused"]).print_fraction == 0.5  # the shipped teacher's world
+    for bad in (["--print-fraction", "1.5"], ["--pool-start", "-1"]):
+        with pytest.raises(SystemExit):
+            train_teacher.parse_args(["--output-dir", "unused", *bad])
