@@ -670,11 +670,12 @@ def _print_raster(print_seed: int) -> np.ndarray:
     if rng.chance(0.45):  # a picture: a panel of smooth, many-coloured noise (the food on a can, a product photo)
         top, left = int(rng.uniform(0, height * 0.6)), int(rng.uniform(0, width * 0.8))
         h, w = int(rng.uniform(height * 0.25, height * 0.6)), int(rng.uniform(width * 0.12, width * 0.35))
-        points = np.stack([rows[top : top + h, left : left + w], cols[top : top + h, left : left + w],
-                           np.zeros((min(h, height - top), min(w, width - left)))], axis=-1).reshape(-1, 3) / 16.0
+        h, w = min(h, height - top), min(w, width - left)  # the part inside the label
+        panel = (slice(top, top + h), slice(left, left + w))
+        points = np.stack([rows[panel], cols[panel], np.zeros((h, w))], axis=-1).reshape(-1, 3) / 16.0
         palette = np.asarray([_hsv_to_rgb(rng.uniform(), rng.uniform(0.3, 1.0), rng.uniform(0.2, 1.0)) for _ in range(3)])
         noise = _value_noise(points, rng.child_seed(), rng.uniform(0.8, 2.0), 3)
-        image[top : top + h, left : left + w] = _ramp(palette, 0.5 + 2.5 * (noise - 0.5)).reshape(image[top : top + h, left : left + w].shape)
+        image[panel] = _ramp(palette, 0.5 + 2.5 * (noise - 0.5)).reshape(h, w, 3)
     for _ in range(rng.choice([0, 1, 2, 3], [0.3, 0.35, 0.2, 0.15])):  # logos: filled ellipses, some ringed
         centre_row, centre_col = rng.uniform(0, height), rng.uniform(0, width)
         radius_row = rng.uniform(3, 14)

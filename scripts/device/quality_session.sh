@@ -21,8 +21,8 @@
 # gsplat compiles, and the teacher's quadruples are made while the true renders wait for it. PRINT_FRACTION=P: the
 # share of the teacher's pool objects with printed labels (training/synthetic.py; 0.5 by default, the shipped teacher's
 # world since session 12), CORPUS_PRINT_FRACTION the same for the training corpus (0 by default; the evaluation sets
-# always 0, so their figures compare across sessions);
-# POOL_START=K: the pool is the train split's objects from index K on.
+# always 0, so their figures compare across sessions); POOL_START=K: the pool is the train split's objects from index
+# K on.
 # Every call brings back what exists through $OUT (see pack): the teacher (when trained in the call), else the
 # students, logs, grids, scores (EVAL_SETS_BACK=1: the evaluation quadruples too). SIM_PROCESSES=K: K simulation
 # processes over the GPUs (two on one H200 made 18 quadruples/s together against 30/s for one: keep 1 per GPU).

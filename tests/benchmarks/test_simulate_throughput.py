@@ -1,5 +1,7 @@
 """benchmarks/simulate_throughput.py (the ODE speed goal of issue 16) at toy size on the CPU."""
 
+import json
+
 import torch
 
 from benchmarks import simulate_throughput
@@ -21,7 +23,5 @@ def test_channels_last_teacher_samples_the_same_views(tmp_path):
 def test_rows_say_how_they_were_measured(tmp_path, capsys):
     simulate_throughput.main(["--teacher", "imagedream-tiny", "--device", "cpu", "--dtype", "fp32", "--batches", "1",
                               "--steps", "2", "--repeats", "1", "--channels-last", "--json", str(tmp_path / "rows.json")])
-    import json
-
     (row,) = json.loads((tmp_path / "rows.json").read_text())
     assert row["channels_last"] is True and row["cudnn_benchmark"] is False and row["quadruples_per_s"] > 0
