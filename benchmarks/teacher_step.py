@@ -43,13 +43,15 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--pool-size", type=int, default=256)
     p.add_argument("--compile", action="store_true")
+    p.add_argument("--unet-preset", default="tiny", choices=train_teacher.PIXEL_UNET_PRESETS, help="the UNet's shape")
     p.add_argument("--tiny-test", action="store_true", help="toy sizes (CPU tests)")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     from diffusers.training_utils import EMAModel
 
     device = torch.device(args.device)
-    flags = ["--output-dir", "unused", "--batch-size", str(args.batch_size), "--pool-size", str(args.pool_size)]
+    flags = ["--output-dir", "unused", "--batch-size", str(args.batch_size), "--pool-size", str(args.pool_size),
+             "--unet-preset", args.unet_preset]
     targs = train_teacher.parse_args(flags + (["--tiny-test"] if args.tiny_test else []))
     torch.manual_seed(0)
     unet = train_teacher.build_unet(targs).to(device).train()
@@ -86,7 +88,8 @@ def main(argv=None):
 
     with autocast:
         flops = unet_step_flops(unet, fixed)
-    report = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "batch_size": args.batch_size,
+    report = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+              "unet_preset": targs.unet_preset, "batch_size": args.batch_size,
               "sample_size": size, "compiled": args.compile, "unet_parameters": sum(p.numel() for p in unet.parameters()),
               "unet_forward_backward_tflop": flops / 1e12}
     report.update(time_training_steps({"model_alone": model_step, "full_step": full_step}, args.warmup, args.steps, device,

@@ -50,6 +50,10 @@ from training.common import (
     warmup_cosine,
 )
 
+# The shapes this script trains: pixel-space RGBA at 64 px with Plücker cameras (the latent `base` shapes are
+# ImageDream's, trained elsewhere).
+PIXEL_UNET_PRESETS = ("tiny", "tiny-wide", "small")
+
 # A UNet of the tiny structure at toy width, for --tiny-test on the CPU.
 TINY_TEST_UNET = dict(
     sample_size=16, in_channels=4, out_channels=4, num_frames=5, block_out_channels=(16, 32), layers_per_block=1,
@@ -63,7 +67,8 @@ def parse_args(argv=None):
     p.add_argument("--output-dir", required=True)
     p.add_argument("--resume", default=None, help="'latest' (this run's newest checkpoint, if any) or a checkpoint folder")
     p.add_argument("--tiny-test", action="store_true", help="toy sizes that run in seconds on a CPU (tests)")
-    p.add_argument("--unet-preset", default="tiny")
+    p.add_argument("--unet-preset", default="tiny", choices=PIXEL_UNET_PRESETS,
+                   help="the main UNet's shape (MultiViewUNet.PRESETS; 64-px pixel-space ones); a new shape trains from scratch")
     p.add_argument("--max-steps", type=int, default=20000, help="length of the LR schedule")
     p.add_argument("--stop-after", type=int, default=None, help="stop (with a checkpoint) after this step, e.g. to chunk a run")
     p.add_argument("--time-limit", type=float, default=None, help="seconds from the start (loading and the pool included); checkpoint and stop before then")

@@ -11,6 +11,8 @@
 #   bash scripts/device/quality_session.sh finish    # the arms train on; evaluation (NO_EVAL=1: train on only)
 #   bash scripts/device/quality_session.sh expert    # the high-noise expert retrained beside the main UNet this machine
 #                                                    # trained (runs/teacher), then the teacher's scores on the GPU
+#   bash scripts/device/quality_session.sh shapes    # UNet shapes (SHAPES, MultiViewUNet.PRESETS) each trained from
+#                                                    # scratch for SHAPE_SECONDS, timed and scored: quality per GPU-minute
 # TEACHER_BACK=unet: a middle call of a teacher chain brings back only the main UNet it trained (17 MB, a handoff if the
 # machine is lost; the whole 34 MB teacher takes much of the machine's 30 s idle window to come back, and the next call
 # then starts bare); none: nothing of it. NO_CORPORA=1: the teacher stage builds no corpora. STUDENTS_BACK=none: a
@@ -29,7 +31,7 @@
 # Needs .wheels carried, and the model folders of hub/ that device-slim moved away (mvdm-tiny, efficientnet-lite0,
 # lpips-alex) present. SMOKE=1 TEACHER_INIT=<toy teacher with an expert> rehearses it all on a CPU.
 set -eo pipefail
-stage=${1:?teacher, student, finish or expert}
+stage=${1:?teacher, student, finish, expert or shapes}
 start=$(date +%s)
 budget=${CHUNK_SECONDS:-560}
 export PYTHONPATH=$PWD TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 PYTHONUNBUFFERED=1 TQDM_MININTERVAL=60
@@ -62,7 +64,7 @@ pack() {  # on every exit, failures included: bring back what exists (8 files, 6
         tar -C runs -cf - q-test gt-test q-heldout gt-heldout | split -b 15m - "$OUT/evalsets.tar.part-"
     fi
     tar -czf "$OUT/results.tgz" --exclude checkpoints runs/probe runs/*.log runs/t-*/log.jsonl runs/t-*/samples runs/tq* runs/d-*/log.jsonl \
-        runs/d-*/samples runs/eval 2>/dev/null || true
+        runs/d-*/samples runs/eval runs/shapes/*.log runs/shapes/*.json runs/shapes/*-tq runs/shapes/*/log.jsonl runs/shapes/*/samples 2>/dev/null || true
     ls -la "$OUT"; echo "$stage took $(( $(date +%s) - start )) s"
 }
 trap pack EXIT
@@ -171,6 +173,29 @@ if [ "$stage" = expert ]; then
         on_gpu 0 timeout $(box 5) python3 benchmarks/teacher_quality.py --teacher runs/$which --objects ${TQ_OBJECTS:-100} --batch 50 \
             --fit-steps 150 --colour-check --out runs/tq-$which $TQ_EXTRA > runs/tq-$which.log 2>&1 || tail -20 runs/tq-$which.log
     done
+    exit 0
+fi
+
+if [ "$stage" = shapes ]; then
+    # Issue 14's "a shape that uses the card": each UNet shape of SHAPES trained from scratch (main UNet only, no
+    # expert; the shipped teacher's world and batch, lr 3e-4) for SHAPE_SECONDS of this call, its step timed against
+    # the model alone (teacher_step.py), then scored on TQ_OBJECTS val and torus objects (teacher_quality.py, no fit):
+    # the shapes compare by quality per GPU-minute. The same SHAPES in a later call train on (--resume latest).
+    gsplat_ready
+    mkdir -p runs/shapes
+    for shape in ${SHAPES:-tiny tiny-wide}; do
+        echo "[$(left) s left] shape $shape"
+        [ -f runs/shapes/$shape-step.json ] || on_gpu 0 timeout 150 python3 benchmarks/teacher_step.py --unet-preset $shape --steps 30 \
+            --warmup 5 --json runs/shapes/$shape-step.json $PROBE_EXTRA > runs/shapes/$shape-step.log 2>&1 || tail -5 runs/shapes/$shape-step.log
+        launch training/train_teacher.py --output-dir runs/shapes/$shape --resume latest --unet-preset $shape \
+            --max-steps ${SHAPE_MAX_STEPS:-30000} --warmup-steps 200 --canonical-fraction 0.75 --lighting mixed --print-fraction 0.5 \
+            --batch-size 64 --pool-size 2048 --checkpoint-every 500 --sample-every 100000 --log-every 50 \
+            --time-limit ${SHAPE_SECONDS:-150} --export runs/shapes/$shape/teacher $TEACHER_EXTRA > runs/shapes/$shape-train.log 2>&1 \
+            || { tail -20 runs/shapes/$shape-train.log; continue; }
+        on_gpu 0 timeout $(box 5) python3 benchmarks/teacher_quality.py --teacher runs/shapes/$shape/teacher --objects ${TQ_OBJECTS:-100} \
+            --batch 50 --fit-steps 0 --out runs/shapes/$shape-tq $TQ_EXTRA > runs/shapes/$shape-tq.log 2>&1 || tail -5 runs/shapes/$shape-tq.log
+    done
+    python3 benchmarks/teacher_shapes.py runs/shapes ${SHAPES:-tiny tiny-wide} --json runs/shapes/summary.json | tee runs/shapes/summary.md
     exit 0
 fi
 

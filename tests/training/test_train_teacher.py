@@ -219,3 +219,13 @@ def test_the_pool_is_the_train_splits_objects_from_pool_start_in_the_world_of_pr
     for bad in (["--print-fraction", "1.5"], ["--pool-start", "-1"]):
         with pytest.raises(SystemExit):
             train_teacher.parse_args(["--output-dir", "unused", *bad])
+
+
+def test_unet_preset_builds_that_shape_and_refuses_shapes_this_script_cannot_train(capsys):
+    args = train_teacher.parse_args(["--output-dir", "unused", "--unet-preset", "tiny-wide"])
+    with torch.device("meta"):
+        unet = train_teacher.build_unet(args)
+    assert tuple(unet.config.block_out_channels) == (64, 128, 256, 320)
+    with pytest.raises(SystemExit):
+        train_teacher.parse_args(["--output-dir", "unused", "--unet-preset", "base"])  # ImageDream's latent shape
+    assert "invalid choice: 'base'" in capsys.readouterr().err

@@ -81,6 +81,22 @@ def test_tiny_preset_shapes_and_budget():
         assert model(sample[:1, :, :, :16, :16], 5, camera[:1, :, :, :16, :16], torch.zeros(1, 3, 112)).features is None
 
 
+@pytest.mark.parametrize("name, millions", [("tiny-wide", 33.3), ("small", 51.3)])
+def test_larger_teacher_presets_take_the_tiny_ones_inputs_and_are_larger(name, millions):
+    # Built on the meta device: shapes and parameter counts without the weights.
+    with torch.device("meta"):
+        model = MultiViewUNet.preset(name)
+        cams = layout_cameras(1, 64)
+        out = model(torch.randn(1, FRAMES, 4, 64, 64), torch.tensor([500]), model.camera_condition(cams),
+                    torch.randn(1, 196, 112), return_features=True)
+    tiny = MultiViewUNet.PRESETS["tiny"]
+    for key in ("sample_size", "in_channels", "out_channels", "num_frames", "context_dim", "camera_conditioning"):
+        assert model.config[key] == tiny[key], key  # same data, tokens and cameras as the tiny teacher
+    assert abs(model.num_parameters / 1e6 - millions) < 0.1
+    assert out.sample.shape == (1, FRAMES, 4, 64, 64)
+    assert out.features.shape == (1, FRAMES, model.config.block_out_channels[0], 64, 64)
+
+
 def test_base_small_shapes(base_small):
     cams = layout_cameras(2, 64)
     camera = base_small.camera_condition(cams)
