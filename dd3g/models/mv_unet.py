@@ -283,42 +283,6 @@ class MultiViewUNet(ModelMixin, ConfigMixin):
             norm_num_groups=16,
             dropout=0.0,
         ),
-        # Larger teachers of the tiny one's kind (64 px, Plücker cameras, the same tokens), for choosing a shape by
-        # quality per GPU-minute: the tiny UNet keeps an H200 mostly idle (46 TFLOP/s of its ~790 bf16).
-        # "tiny-wide": twice the channels at every level (33.3M parameters against 8.4M).
-        "tiny-wide": dict(
-            sample_size=64,
-            in_channels=4,
-            out_channels=4,
-            num_frames=5,
-            block_out_channels=(64, 128, 256, 320),
-            layers_per_block=1,
-            attention_levels=(False, False, True, True),
-            mid_block_attention=True,
-            attention_head_dim=32,
-            context_dim=112,
-            transformer_depth=1,
-            camera_conditioning="plucker",
-            norm_num_groups=32,
-            dropout=0.0,
-        ),
-        # "small": tiny-wide with two ResBlocks a level and multi-view attention from 32 x 32 on (51.3M).
-        "small": dict(
-            sample_size=64,
-            in_channels=4,
-            out_channels=4,
-            num_frames=5,
-            block_out_channels=(64, 128, 256, 320),
-            layers_per_block=2,
-            attention_levels=(False, True, True, True),
-            mid_block_attention=True,
-            attention_head_dim=32,
-            context_dim=112,
-            transformer_depth=1,
-            camera_conditioning="plucker",
-            norm_num_groups=32,
-            dropout=0.0,
-        ),
         # ImageDream / SD-2.1-base UNet shape: latents 4 x 32 x 32 (256 px), 320 x (1, 2, 4, 4).
         "base": dict(
             sample_size=32,
@@ -354,6 +318,12 @@ class MultiViewUNet(ModelMixin, ConfigMixin):
             dropout=0.0,
         ),
     }
+    # Larger teachers of the tiny one's kind (64 px, Plücker cameras, the same tokens), for choosing a shape by quality
+    # per GPU-minute: the tiny UNet keeps an H200 mostly idle (46 TFLOP/s of its ~790 bf16).
+    # "tiny-wide": twice the channels at every level (33.3M parameters against 8.4M).
+    PRESETS["tiny-wide"] = {**PRESETS["tiny"], "block_out_channels": (64, 128, 256, 320), "norm_num_groups": 32}
+    # "small": tiny-wide with two ResBlocks a level and multi-view attention from 32 x 32 on (51.3M).
+    PRESETS["small"] = {**PRESETS["tiny-wide"], "layers_per_block": 2, "attention_levels": (False, True, True, True)}
 
     @register_to_config
     def __init__(
