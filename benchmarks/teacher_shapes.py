@@ -18,17 +18,16 @@ from pathlib import Path
 
 
 def training_time(log: Path) -> tuple[int, float]:
-    """(last step, training seconds summed over runs) of a train_teacher log.jsonl. Each run's elapsed_s starts
-    again from 0, so a row whose elapsed_s is below the previous one's begins a new run."""
-    step, total, last_elapsed = 0, 0.0, 0.0
+    """(last step, training seconds summed over runs) of a train_teacher log.jsonl. Each run's elapsed_s counts from
+    that run's start, and every row carries its wall-clock time, so time - elapsed_s names the run a row belongs to."""
+    step, runs = 0, {}  # run start (rounded to a second) -> its last elapsed_s
     for line in log.read_text().splitlines():
         row = json.loads(line)
         if "elapsed_s" not in row:
             continue
-        if row["elapsed_s"] < last_elapsed:  # a resumed run: the previous one ended at last_elapsed
-            total += last_elapsed
-        last_elapsed, step = row["elapsed_s"], row["step"]
-    return step, total + last_elapsed
+        runs[round(row["time"] - row["elapsed_s"])] = row["elapsed_s"]
+        step = row["step"]
+    return step, sum(runs.values())
 
 
 def shape_row(folder: Path, shape: str) -> dict:

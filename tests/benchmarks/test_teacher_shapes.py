@@ -6,12 +6,14 @@ from benchmarks import teacher_shapes
 
 
 def _write_log(path, runs):
-    """runs: [[(step, elapsed_s), ...], ...], one list per run of train_teacher.py, as its log.jsonl rows."""
+    """runs: [[(step, elapsed_s), ...], ...], one list per run of train_teacher.py, as its log.jsonl rows (JsonlLog
+    stamps each with its wall-clock time; the runs start 1,000 s apart)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     rows = []
-    for run in runs:
-        rows.append({"camera_sensitivity": 0.5, "step": run[0][0]})  # a sample-grid row: no elapsed_s
-        rows += [{"step": step, "loss": 0.1, "elapsed_s": elapsed} for step, elapsed in run]
+    for k, run in enumerate(runs):
+        start = 1.7e9 + 1000.0 * k
+        rows.append({"time": start + 5.0, "camera_sensitivity": 0.5, "step": run[0][0]})  # a sample-grid row: no elapsed_s
+        rows += [{"time": start + elapsed, "step": step, "loss": 0.1, "elapsed_s": elapsed} for step, elapsed in run]
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
 
 
@@ -21,6 +23,9 @@ def test_training_time_sums_the_runs_of_a_resumed_chain(tmp_path):
     assert teacher_shapes.training_time(log) == (250, 50.0)
     _write_log(log, [[(50, 10.0), (100, 20.0)]])
     assert teacher_shapes.training_time(log) == (100, 20.0)
+    # a short run followed by one whose first row's elapsed_s is already larger: still two runs
+    _write_log(log, [[(10, 3.0)], [(60, 12.0), (110, 24.0)]])
+    assert teacher_shapes.training_time(log) == (110, 27.0)
 
 
 def test_rows_join_speed_and_scores_and_leave_a_missing_piece_as_a_dash(tmp_path):
