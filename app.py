@@ -16,6 +16,7 @@ are not fetched; results are written once, into gradio's cache, and removed afte
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import atexit
 import base64
 import binascii
@@ -43,7 +44,6 @@ from dd3g.pipeline import CheckpointError, DD3GPipeline
 from dd3g.preprocess import (
     BackgroundRemovalError,
     ImageInputError,
-    PreprocessConfig,
     PreprocessedImage,
     preprocess,
     u2netp_model_path,
@@ -238,8 +238,8 @@ class DD3GApp:
             if key in self._prepared:
                 self._prepared.move_to_end(key)
                 return (*self._prepared[key], True)
-        config = PreprocessConfig(
-            size=self.pipe.config.image_size, foreground_ratio=ratio, max_file_bytes=self.settings.max_file_bytes,
+        config = dataclasses.replace(  # the pipeline's own (its size, the photo surface's), with the app's limits
+            self.pipe.preprocess_config, foreground_ratio=ratio, max_file_bytes=self.settings.max_file_bytes,
             max_pixels=self.settings.max_pixels,
         )
         started = time.perf_counter()

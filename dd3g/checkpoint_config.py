@@ -41,6 +41,7 @@ PIPELINE_BOUNDS: Bounds = {
     "elevation_deg": (float, -89.0, 89.0),
     "radius": (float, 0.1, 100.0),
     "fov_deg": (float, 1.0, 170.0),
+    "photo_surface_size": (int, 0, 2048),  # 0: off; like image_size, at most preprocess's working copy
 }
 STUDENT_BOUNDS: Bounds = {
     "num_views": (int, 1, 16),

@@ -7,7 +7,8 @@ teacher (ImageDream) also carries `frame_encoder` (the teacher's VAE encoder, fo
 so a saved folder is everything needed to reproduce a result. The student's inputs are built by
 `dd3g.student_inputs`, the same code training uses. After the student, `match_input_view` (config, default True)
 gives the Gaussians the input camera sees the photo's colours, and its coverage where they are thinner than the
-photo (`dd3g.input_view`).
+photo; `photo_surface_size` (config, 0 = off; exported pipelines: 256) adds the photo's pixels at that size as flat
+Gaussians on the student's surface (`dd3g.input_view`).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from torch import Tensor
 from .cameras import ViewLayout
 from .checkpoint_config import CheckpointError, check_checkpoint_configs, one_line, read_config
 from .gaussians import Gaussians
-from .input_view import match_input_view
+from .input_view import match_input_view, photo_surface
 from .models.image_tokenizer import EfficientNetLite0Tokenizer
 from .models.input_encoders import ImagePromptEncoder, LatentFrameEncoder
 from .models.pepd import PEPD
@@ -39,6 +40,9 @@ from .student_inputs import StudentInputBuilder, first_timestep
 OUTPUT_TYPES = ("gaussians", "ply", "np")
 DEFAULT_CHECKPOINT = REPOSITORY_HUB / "dd3g-tiny"  # the repository's copy; from_pretrained() also honours DD3G_HUB
 # from_pretrained's keyword arguments that choose what to fetch from the Hub
+# the photo surface's side in exported pipelines: the 256-px views the real-scan evaluation scores (0 in the class
+# default, so a checkpoint saved before the setting existed serves as it did)
+EXPORTED_PHOTO_SURFACE_SIZE = 256
 HUB_DOWNLOAD_KWARGS = ("cache_dir", "force_download", "proxies", "local_files_only", "token", "revision", "variant")
 
 
@@ -81,13 +85,14 @@ class DD3GPipeline(DiffusionPipeline):
         radius: float = 2.0,
         fov_deg: float = 40.0,
         match_input_view: bool = True,
+        photo_surface_size: int = 0,
     ):
         super().__init__()
         self.register_modules(student=student, image_encoder=image_encoder, scheduler=scheduler,
                               frame_encoder=frame_encoder, prompt_encoder=prompt_encoder)
         self.register_to_config(
             image_size=image_size, foreground_ratio=foreground_ratio, elevation_deg=elevation_deg, radius=radius, fov_deg=fov_deg,
-            match_input_view=match_input_view,
+            match_input_view=match_input_view, photo_surface_size=photo_surface_size,
         )
 
     # ------------------------------------------------------------------ loading
@@ -149,7 +154,8 @@ class DD3GPipeline(DiffusionPipeline):
 
     @property
     def preprocess_config(self) -> PreprocessConfig:
-        return PreprocessConfig(size=self.config.image_size, foreground_ratio=self.config.foreground_ratio)
+        return PreprocessConfig(size=self.config.image_size, foreground_ratio=self.config.foreground_ratio,
+                                detail_size=int(self.config.get("photo_surface_size", 0)))
 
     def prepare_image(self, image) -> PreprocessedImage:
         """Validate and recentre one input (path, bytes, PIL, numpy, or an already preprocessed image)."""
@@ -182,13 +188,19 @@ class DD3GPipeline(DiffusionPipeline):
     def generate(self, images: Sequence[PreprocessedImage], noise: Tensor, sample_images: Sequence[int], elevation_deg=None) -> Gaussians:
         """Run the student for noise[i] with image images[sample_images[i]].  noise [S, V, C, H, W]."""
         rgba = torch.stack([img.rgba for img in images])  # [I, 4, S, S]
-        return self.generate_from_rgba(rgba, noise, sample_images, elevation_deg)
+        size = int(self.config.get("photo_surface_size", 0))
+        detail = None
+        if size and all(img.detail_rgba is not None and img.detail_rgba.shape[-1] == size for img in images):
+            detail = torch.stack([img.detail_rgba for img in images])  # [I, 4, D, D]
+        return self.generate_from_rgba(rgba, noise, sample_images, elevation_deg, detail)
 
     @torch.no_grad()
-    def generate_from_rgba(self, rgba: Tensor, noise: Tensor, sample_images: Sequence[int], elevation_deg=None) -> Gaussians:
+    def generate_from_rgba(self, rgba: Tensor, noise: Tensor, sample_images: Sequence[int], elevation_deg=None,
+                           detail_rgba: Optional[Tensor] = None) -> Gaussians:
         """The student's forward pass on images as they are (no recentring): rgba [I, 4, S, S] straight alpha in
         [0, 1], noise [S', V, C, H, W]; elevation_deg: the input views' elevation, one number or [S'] (default:
-        the pipeline's). Evaluation feeds training-distribution images here."""
+        the pipeline's). Evaluation feeds training-distribution images here. detail_rgba [I, 4, D, D]: the same
+        images at the photo surface's side (default: rgba itself)."""
         device, dtype = self._execution_device, self.student.dtype
         count = noise.shape[0]
         builder = self._input_builder()
@@ -199,13 +211,19 @@ class DD3GPipeline(DiffusionPipeline):
         phase1_tokens = None if inputs.phase1_tokens is None else inputs.phase1_tokens[index].to(device, dtype)
         out = self.student(noise.to(device, dtype), inputs.input_frame[index].to(device, dtype), cameras,
                            inputs.image_tokens[index].to(device, dtype), phase1_tokens)
-        if not self.config.get("match_input_view", True):
-            return out.gaussians
-        # The photo is the one view whose truth is known: the Gaussians it shows take its colours and, where
-        # they let the background through, its coverage (dd3g.input_view). Float32, like the renderer.
-        size = rgba.shape[-1]
-        input_cameras = self.view_layout.input_camera(size, size, torch.as_tensor(elevation, dtype=torch.float32).expand(count))
-        return match_input_view(out.gaussians.to(dtype=torch.float32), rgba[index.cpu()], input_cameras).to(dtype=out.gaussians.dtype)
+        gaussians = out.gaussians.to(dtype=torch.float32)  # the steps below render: float32, like the renderer
+        elevations = torch.as_tensor(elevation, dtype=torch.float32).expand(count)  # [S']
+        if self.config.get("match_input_view", True):
+            # The photo is the one view whose truth is known: the Gaussians it shows take its colours and, where
+            # they let the background through, its coverage (dd3g.input_view).
+            size = rgba.shape[-1]
+            gaussians = match_input_view(gaussians, rgba[index.cpu()], self.view_layout.input_camera(size, size, elevations))
+        if int(self.config.get("photo_surface_size", 0)):
+            # ... and its pixels, as sharp as it is, laid on the student's surface (dd3g.input_view.photo_surface).
+            photo = (rgba if detail_rgba is None else detail_rgba)[index.cpu()]  # [S', 4, D, D]
+            size = photo.shape[-1]
+            gaussians = photo_surface(gaussians, photo, self.view_layout.input_camera(size, size, elevations))
+        return gaussians.to(dtype=out.gaussians.dtype)
 
     def __call__(
         self,

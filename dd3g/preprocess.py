@@ -22,7 +22,7 @@ import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Sequence, Union
+from typing import Any, BinaryIO, Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -88,6 +88,7 @@ class PreprocessConfig:
     alpha_threshold: float = 0.5 / 255  # alpha above this belongs to the object's box
     min_foreground_pixels: float = 16.0  # less total alpha (in pixels) than this counts as empty
     remove_background: str = "auto"  # "auto" (only without useful transparency) | "always" | "never"
+    detail_size: int = 0  # also keep the same framing at this side (e.g. for the photo surface); 0: not kept
 
     def __post_init__(self) -> None:
         # Programmer errors, not user input: plain ValueError.
@@ -103,8 +104,10 @@ class PreprocessConfig:
             raise ValueError(f"alpha_threshold must be in [0, 1), got {self.alpha_threshold}")
         if self.max_pixels < 1 or self.min_side < 1 or self.max_file_bytes < 1:
             raise ValueError("max_pixels, min_side and max_file_bytes must be positive")
-        if int(self.working_side) < int(self.size):
-            raise ValueError(f"working_side must be >= size ({self.size}), got {self.working_side}")
+        if int(self.detail_size) < 0:
+            raise ValueError(f"detail_size must be >= 0 (0: none), got {self.detail_size}")
+        if int(self.working_side) < max(int(self.size), int(self.detail_size)):
+            raise ValueError(f"working_side must be >= size and detail_size ({self.size}, {self.detail_size}), got {self.working_side}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -617,6 +620,7 @@ class PreprocessedImage:
     # (left, top, right, bottom) in original pixels; to within the reduction factor for images larger than
     # the config's working_side, which are reduced while loading.
     foreground_box: tuple[int, int, int, int]
+    detail_rgba: Optional[torch.Tensor] = None  # [4, D, D] the same framing at the config's detail_size, if asked for
 
     def composite(self, background: Union[Sequence[float], float, torch.Tensor] = (1.0, 1.0, 1.0)) -> torch.Tensor:
         return composite_on(self.rgba, background)  # [3, S, S]
@@ -673,11 +677,13 @@ def preprocess(source: ImageSource, config: PreprocessConfig | None = None) -> P
     top, bottom, left, right = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
 
     out = _fit_square(rgba[top:bottom, left:right], cfg.size, cfg.foreground_ratio)  # [4, S, S]
+    detail = _fit_square(rgba[top:bottom, left:right], cfg.detail_size, cfg.foreground_ratio) if cfg.detail_size else None  # [4, D, D]
     # The box in the full-size image's pixels (exact unless the image was reduced while loading).
     (width, height), (work_w, work_h) = original_size, img.size
     sx, sy = width / work_w, height / work_h
     box = (math.floor(left * sx), math.floor(top * sy), min(width, math.ceil(right * sx)), min(height, math.ceil(bottom * sy)))
-    return PreprocessedImage(rgba=out, background_removed=removed, original_size=original_size, foreground_box=box)
+    return PreprocessedImage(rgba=out, background_removed=removed, original_size=original_size, foreground_box=box,
+                             detail_rgba=detail)
 
 
 def _premultiply(rgba_u8: np.ndarray) -> torch.Tensor:

@@ -383,7 +383,7 @@ def export_pipeline(student, ema, teacher, path: Path, framing: tuple, inputs_bu
     inputs need: its tokenizer and, for a latent teacher, copies of the teacher's VAE encoder and CLIP image encoder."""
     import copy
 
-    from dd3g.pipeline import DD3GPipeline
+    from dd3g.pipeline import EXPORTED_PHOTO_SURFACE_SIZE, DD3GPipeline
     from dd3g.student_inputs import ddim_from_config
 
     export = PEPD.from_config(student.config)
@@ -397,7 +397,7 @@ def export_pipeline(student, ema, teacher, path: Path, framing: tuple, inputs_bu
     prompt_encoder = None if inputs_builder.prompt_encoder is None else inputs_builder.prompt_encoder.copy().to(dtype)
     pipe = DD3GPipeline(export.to(dtype), tokenizer.to(dtype), scheduler, frame_encoder=frame_encoder, prompt_encoder=prompt_encoder,
                         image_size=image_size, foreground_ratio=round(foreground_ratio, 3), radius=teacher.layout.radius,
-                        fov_deg=teacher.layout.fov_deg)
+                        fov_deg=teacher.layout.fov_deg, photo_surface_size=EXPORTED_PHOTO_SURFACE_SIZE)
     pipe.save_pretrained(path, safe_serialization=True, max_shard_size="12MB")
     return pipe
 

@@ -46,6 +46,27 @@ def quats_to_rotmats(quats: Tensor) -> Tensor:
     ).reshape(quats.shape[:-1] + (3, 3))
 
 
+def rotmats_to_quats(rotmats: Tensor) -> Tensor:
+    """Unit wxyz quaternions (w >= 0) from rotation matrices, the inverse of `quats_to_rotmats`.  [..., 3, 3] -> [..., 4]
+
+    Each of the four candidate components is read from the diagonal; the largest is the well-conditioned one to
+    divide by (Shepperd's method), so no branch is taken per element."""
+    m = rotmats
+    m00, m11, m22 = m[..., 0, 0], m[..., 1, 1], m[..., 2, 2]
+    squares = torch.stack([1 + m00 + m11 + m22, 1 + m00 - m11 - m22, 1 - m00 + m11 - m22, 1 - m00 - m11 + m22], -1)  # [..., 4] 4 q_i^2
+    pick = squares.argmax(-1, keepdim=True)  # [..., 1]
+    # Row i: 4 q_i (w, x, y, z), exact when q_i is the largest component.
+    rows = torch.stack([
+        torch.stack([squares[..., 0], m[..., 2, 1] - m[..., 1, 2], m[..., 0, 2] - m[..., 2, 0], m[..., 1, 0] - m[..., 0, 1]], -1),
+        torch.stack([m[..., 2, 1] - m[..., 1, 2], squares[..., 1], m[..., 1, 0] + m[..., 0, 1], m[..., 0, 2] + m[..., 2, 0]], -1),
+        torch.stack([m[..., 0, 2] - m[..., 2, 0], m[..., 1, 0] + m[..., 0, 1], squares[..., 2], m[..., 2, 1] + m[..., 1, 2]], -1),
+        torch.stack([m[..., 1, 0] - m[..., 0, 1], m[..., 0, 2] + m[..., 2, 0], m[..., 2, 1] + m[..., 1, 2], squares[..., 3]], -1),
+    ], -2)  # [..., 4, 4]
+    quats = torch.gather(rows, -2, pick[..., None].expand(*pick.shape[:-1], 1, 4))[..., 0, :]  # [..., 4]
+    quats = quats / quats.norm(dim=-1, keepdim=True)
+    return torch.where(quats[..., :1] < 0, -quats, quats)
+
+
 def covariances(quats: Tensor, scales: Tensor) -> Tensor:
     """World-space 3D covariances R S S^T R^T.  quats [..., 4], scales [..., 3] -> [..., 3, 3]"""
     m = quats_to_rotmats(quats) * scales[..., None, :]  # R @ diag(s)

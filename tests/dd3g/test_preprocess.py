@@ -532,6 +532,31 @@ def test_bad_config():
         PreprocessConfig(foreground_ratio=1.5)
     with pytest.raises(ValueError, match="working_side must be >= size"):
         PreprocessConfig(size=256, working_side=128)
+    with pytest.raises(ValueError, match="detail_size must be >= 0"):
+        PreprocessConfig(detail_size=-1)
+    with pytest.raises(ValueError, match="working_side must be >= size and detail_size"):
+        PreprocessConfig(size=64, detail_size=512, working_side=256)
+
+
+def test_the_detail_copy_has_the_same_framing_at_its_own_size(no_rembg):
+    img = Image.new("RGBA", (300, 200), (0, 0, 0, 0))
+    ImageDraw.Draw(img).ellipse((60, 40, 160, 150), fill=(200, 40, 90, 255))
+    assert preprocess(img, PreprocessConfig(size=64)).detail_rgba is None  # not asked for, not made
+    out = preprocess(img, PreprocessConfig(size=64, detail_size=256))
+    assert out.detail_rgba.shape == (4, 256, 256)
+    L, T, R, B = _alpha_box(out.rgba)
+    l, t, r, b = _alpha_box(out.detail_rgba)
+    assert max(abs(4 * L - l), abs(4 * T - t), abs(4 * R - r), abs(4 * B - b)) <= 4  # the same box, 4x the pixels
+    # Reduced to the student's size, the detail copy is the student's image (to within the two resizes).
+    def premultiplied(rgba):  # the colour under a transparent pixel is not defined: compare what shows
+        return torch.cat([rgba[:3] * rgba[3:], rgba[3:]])
+
+    def difference(detail):  # mean absolute difference after reducing the detail copy to the student's 64 px
+        reduced = torch.nn.functional.interpolate(premultiplied(detail)[None], size=64, mode="area")[0]
+        return float((reduced - premultiplied(out.rgba)).abs().mean())
+
+    other_framing = preprocess(img, PreprocessConfig(size=64, detail_size=256, foreground_ratio=0.7)).detail_rgba
+    assert difference(out.detail_rgba) < 0.015 < 3 * 0.015 < difference(other_framing)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -52,8 +52,11 @@ def test_front_view_reproduces_the_input(pipe):
     assert sum(ious) / len(ious) > 0.6, ious  # measured ~0.78
 
 
-def test_cli_without_checkpoint_uses_it(tmp_path):
+def test_cli_without_checkpoint_uses_it(tmp_path, pipe):
     out = tmp_path / "out"
     assert main([str(EXAMPLES[0]), "--out", str(out), "--format", "ply"]) == 0
     gaussians = Gaussians.load_ply(next(out.glob("*.ply")))
-    assert gaussians.num_gaussians == 16384
+    # The student's Gaussians, then the photo surface's: one per opaque pixel of the photo at 256 px.
+    assert pipe.config.photo_surface_size == 256
+    surface = int((pipe.prepare_image(EXAMPLES[0]).detail_rgba[3] > 1 / 255).sum())
+    assert gaussians.num_gaussians == 16384 + surface

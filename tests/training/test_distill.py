@@ -64,7 +64,10 @@ def test_fresh_noise_ablation_and_export(world, tmp_path):
     assert _run(world, tmp_path / "fresh", "--max-steps", "2", "--fresh-noise", "--no-verification", "--export", str(tmp_path / "pipe")) == 2
     pipe = DD3GPipeline.from_pretrained(tmp_path / "pipe")
     out = pipe(rgba_image(), seeds=[0]).gaussians
-    assert out.num_gaussians == pipe.student.num_gaussians and torch.isfinite(out.means).all()
+    # The student's Gaussians and the photo surface the export turns on: one per opaque pixel at 256 px.
+    assert pipe.config.photo_surface_size == 256
+    surface = int((pipe.prepare_image(rgba_image()).detail_rgba[3] > 1 / 255).sum())
+    assert out.num_gaussians == pipe.student.num_gaussians + surface and torch.isfinite(out.means).all()
     assert "verification" not in _losses(tmp_path / "fresh")[-1]
     # The pipeline recentres user images to the training inputs' framing (corpus side and alpha-box ratio).
     rows = distill.QuadrupleBatches(str(world / "quadruples"), pipe.student.noise_shape)

@@ -194,3 +194,13 @@ def test_torch_splatter_matches_gsplat_on_cuda():
     for fast_grad, ref_grad in zip(*grads):
         cosine = torch.nn.functional.cosine_similarity(fast_grad.flatten(), ref_grad.flatten(), dim=0)
         assert cosine > 0.99
+
+
+def test_rotation_matrices_turn_back_into_the_quaternions_they_came_from():
+    from dd3g.rendering.torch_splatter import quats_to_rotmats, rotmats_to_quats
+
+    quats = torch.randn(4096, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    quats = quats / quats.norm(dim=-1, keepdim=True)
+    quats = torch.where(quats[:, :1] < 0, -quats, quats)  # q and -q are one rotation: w >= 0 picks one
+    quats[:4] = torch.eye(4, dtype=torch.float64)  # the identity and the half-turns (trace -1: w = 0)
+    torch.testing.assert_close(rotmats_to_quats(quats_to_rotmats(quats)), quats)
