@@ -544,9 +544,8 @@ def test_the_detail_copy_has_the_same_framing_at_its_own_size(no_rembg):
     assert preprocess(img, PreprocessConfig(size=64)).detail_rgba is None  # not asked for, not made
     out = preprocess(img, PreprocessConfig(size=64, detail_size=256))
     assert out.detail_rgba.shape == (4, 256, 256)
-    L, T, R, B = _alpha_box(out.rgba)
-    l, t, r, b = _alpha_box(out.detail_rgba)
-    assert max(abs(4 * L - l), abs(4 * T - t), abs(4 * R - r), abs(4 * B - b)) <= 4  # the same box, 4x the pixels
+    small_box, detail_box = _alpha_box(out.rgba), _alpha_box(out.detail_rgba)
+    assert max(abs(4 * s - d) for s, d in zip(small_box, detail_box)) <= 4  # the same box, 4x the pixels
     # Reduced to the student's size, the detail copy is the student's image (to within the two resizes).
     def premultiplied(rgba):  # the colour under a transparent pixel is not defined: compare what shows
         return torch.cat([rgba[:3] * rgba[3:], rgba[3:]])
