@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import struct
+import sys
 import time
 import zlib
 from pathlib import Path
@@ -681,6 +682,10 @@ def test_fetch_script_is_noop_when_model_valid(monkeypatch, capsys):
     monkeypatch.setattr(mod.subprocess, "run", no_pip)
     assert mod.main(["--home", str(pp.u2netp_model_path().parent)]) == 0
     assert capsys.readouterr().out.strip() == str(pp.u2netp_model_path())
+    # It also imports rembg (compiling its numba kernels at setup); where that fails it says so and fails.
+    monkeypatch.setitem(sys.modules, "rembg", None)  # `import rembg` now raises ImportError
+    assert mod.main(["--home", str(pp.u2netp_model_path().parent)]) == 1
+    assert "rembg does not import" in capsys.readouterr().err
 
 
 @MODEL_SKIP
