@@ -16,10 +16,10 @@ are not fetched; results are written once, into gradio's cache, and removed afte
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import atexit
 import base64
 import binascii
+import dataclasses
 import logging
 import os
 import signal

@@ -103,10 +103,10 @@ def match_input_view(gaussians: Gaussians, rgba: Tensor, camera: Cameras, depth_
     return dataclasses.replace(gaussians, sh_dc=sh_dc, sh_rest=sh_rest, opacity_logits=opacity_logits)
 
 
-def _fill_holes(values: Tensor, valid: Tensor, wanted: Tensor, max_iterations: int = 256) -> Tensor:
+def _fill_holes(values: Tensor, valid: Tensor, wanted: Tensor, default: Tensor, max_iterations: int = 256) -> Tensor:
     """values [B, 1, S, S] known where valid [B, 1, S, S]; spread into the wanted pixels by repeated 3 x 3 means of
-    the known neighbours (a pixel becomes known once any neighbour is). Pixels no known value reaches (an image
-    with nothing valid) take the mean of the valid ones, or 0."""
+    the known neighbours (a pixel becomes known once any neighbour is). Pixels no known value reaches take the mean
+    of the known ones, or, in an image with nothing valid, default [B, 1, 1, 1]."""
     values, known = values * valid, valid.float()
     for _ in range(max_iterations):
         if bool((known.bool() | ~wanted).all()):
@@ -116,7 +116,8 @@ def _fill_holes(values: Tensor, valid: Tensor, wanted: Tensor, max_iterations: i
         grow = (known == 0) & (weight > 0)
         values = torch.where(grow, total / weight.clamp_min(1e-8), values)
         known = torch.where(grow, torch.ones_like(known), known)
-    fallback = (values * known).sum((1, 2, 3), keepdim=True) / known.sum((1, 2, 3), keepdim=True).clamp_min(1)  # [B, 1, 1, 1]
+    count = known.sum((1, 2, 3), keepdim=True)  # [B, 1, 1, 1]
+    fallback = torch.where(count > 0, (values * known).sum((1, 2, 3), keepdim=True) / count.clamp_min(1), default)  # [B, 1, 1, 1]
     return torch.where(known > 0, values, fallback.expand_as(values))
 
 
@@ -162,8 +163,10 @@ def photo_surface(gaussians: Gaussians, photo: Tensor, camera: Cameras, min_alph
     coverage = out.alpha.reshape(batch, 1, size, size)  # [B, 1, D, D]
     depth = out.depth.reshape(batch, 1, size, size)  # [B, 1, D, D] expected camera z (already divided by the alpha)
     wanted = alpha > min_alpha
-    z = _fill_holes(depth, coverage > min_coverage, wanted) - lift  # [B, 1, D, D]
     viewmats = camera.viewmats.reshape(-1, 4, 4).expand(batch, 4, 4)  # [B, 4, 4]
+    # Where the student shows nothing at all, the photo stands at the origin's depth (the camera's distance to it).
+    origin_depth = viewmats[:, :3, 3].norm(dim=-1).reshape(batch, 1, 1, 1)  # [B, 1, 1, 1]
+    z = _fill_holes(depth, coverage > min_coverage, wanted, origin_depth) - lift  # [B, 1, D, D]
     Ks = camera.Ks.reshape(-1, 3, 3).expand(batch, 3, 3)  # [B, 3, 3]
     centres = torch.arange(size, device=device, dtype=dtype) + 0.5  # [D] pixel centres
     u, v = centres[None, None, None, :], centres[None, None, :, None]  # [1, 1, 1, D], [1, 1, D, 1]

@@ -39,10 +39,10 @@ from .student_inputs import StudentInputBuilder, first_timestep
 
 OUTPUT_TYPES = ("gaussians", "ply", "np")
 DEFAULT_CHECKPOINT = REPOSITORY_HUB / "dd3g-tiny"  # the repository's copy; from_pretrained() also honours DD3G_HUB
-# from_pretrained's keyword arguments that choose what to fetch from the Hub
 # the photo surface's side in exported pipelines: the 256-px views the real-scan evaluation scores (0 in the class
 # default, so a checkpoint saved before the setting existed serves as it did)
 EXPORTED_PHOTO_SURFACE_SIZE = 256
+# from_pretrained's keyword arguments that choose what to fetch from the Hub
 HUB_DOWNLOAD_KWARGS = ("cache_dir", "force_download", "proxies", "local_files_only", "token", "revision", "variant")
 
 

@@ -208,3 +208,13 @@ def test_the_pipeline_adds_the_photo_surface_at_its_own_size_and_the_setting_tra
     index.write_text(index.read_text().replace('"photo_surface_size": 128', '"photo_surface_size": -4'))
     with pytest.raises(CheckpointError, match="photo_surface_size"):
         DD3GPipeline.from_pretrained(tmp_path / "surfaced")
+
+
+def test_a_student_that_shows_nothing_gets_the_photo_at_the_origins_depth():
+    size = 24
+    camera = ViewLayout(radius=2.0, fov_deg=40.0).input_camera(size, size)
+    nothing = Gaussians.from_activated(torch.zeros(1, 1, 3), torch.full((1, 1, 3), 0.01), torch.tensor([[[1.0, 0.0, 0.0, 0.0]]]),
+                                       torch.full((1, 1), 1e-4), torch.zeros(1, 1, 3))  # covers no pixel
+    out = photo_surface(nothing, striped_photo(size), camera, lift=0.0)
+    z = out.means[0, 1:, 2]  # the surfels: on the plane through the origin that faces the camera (world z = 0)
+    assert float(z.abs().max()) < 1e-4
