@@ -167,15 +167,11 @@ def photo_surface(gaussians: Gaussians, photo: Tensor, camera: Cameras, min_alph
     # Where the student shows nothing at all, the photo stands at the origin's depth (the camera's distance to it).
     origin_depth = viewmats[:, :3, 3].norm(dim=-1).reshape(batch, 1, 1, 1)  # [B, 1, 1, 1]
     z = _fill_holes(depth, coverage > min_coverage, wanted, origin_depth) - lift  # [B, 1, D, D]
-    Ks = camera.Ks.reshape(-1, 3, 3).expand(batch, 3, 3)  # [B, 3, 3]
-    centres = torch.arange(size, device=device, dtype=dtype) + 0.5  # [D] pixel centres
-    u, v = centres[None, None, None, :], centres[None, None, :, None]  # [1, 1, 1, D], [1, 1, D, 1]
-    x = (u - Ks[:, 0, 2].reshape(-1, 1, 1, 1)) / Ks[:, 0, 0].reshape(-1, 1, 1, 1) * z  # [B, 1, D, D] camera x
-    y = (v - Ks[:, 1, 2].reshape(-1, 1, 1, 1)) / Ks[:, 1, 1].reshape(-1, 1, 1, 1) * z  # [B, 1, D, D] camera y
-    in_camera = torch.cat([x, y, z], 1)  # [B, 3, D, D]
-    rotation, translation = viewmats[:, :3, :3], viewmats[:, :3, 3]  # [B, 3, 3], [B, 3]
-    points = torch.einsum("bji,bjhw->bihw", rotation, in_camera - translation[:, :, None, None])  # [B, 3, D, D] world
-    pitch = z / Ks[:, 0, 0].reshape(-1, 1, 1, 1)  # [B, 1, D, D] one pixel's width at that depth
+    origins, directions = (x.reshape(-1, size, size, 3).expand(batch, -1, -1, -1).permute(0, 3, 1, 2)
+                           for x in camera.pixel_rays())  # [B, 3, D, D] each, unit directions
+    forward = viewmats[:, 2, :3].reshape(batch, 3, 1, 1)  # [B, 3, 1, 1] the optical axis: camera z = ray . forward
+    points = origins + directions * (z / (directions * forward).sum(1, keepdim=True))  # [B, 3, D, D] world
+    pitch = z / camera.Ks.reshape(-1, 3, 3)[:, 0, 0].reshape(-1, 1, 1, 1)  # [B, 1, D, D] one pixel's width at that depth
 
     def axis(dim: int) -> Tensor:  # [B, 3, D, D] the step to the next pixel, stretched at most max_stretch pitches
         step = _tangent(points, dim)
@@ -186,9 +182,9 @@ def photo_surface(gaussians: Gaussians, photo: Tensor, camera: Cameras, min_alph
     first = F.normalize(along_x, dim=1)  # [B, 3, D, D]
     normal = F.normalize(torch.cross(along_x, along_y, dim=1), dim=1)  # [B, 3, D, D]
     second = torch.cross(normal, first, dim=1)  # [B, 3, D, D] unit, in the surface
-    scales = torch.cat([along_x.norm(dim=1, keepdim=True),
-                        (along_y * second).sum(1, keepdim=True).abs().clamp_min(pitch),
-                        0.1 * pitch], 1) * torch.tensor([footprint, footprint, 1.0], device=device, dtype=dtype)[:, None, None]
+    scales = torch.cat([footprint * along_x.norm(dim=1, keepdim=True),
+                        footprint * (along_y * second).sum(1, keepdim=True).abs().clamp_min(pitch),
+                        0.1 * pitch], 1)  # [B, 3, D, D]
     rotations = rotmats_to_quats(torch.stack([first, second, normal], -1).permute(0, 2, 3, 1, 4))  # [B, D, D, 4]
 
     colours = photo[:, :3].clamp(0, 1)  # [B, 3, D, D] straight; only pixels with alpha > min_alpha are used

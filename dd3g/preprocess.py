@@ -676,8 +676,9 @@ def preprocess(source: ImageSource, config: PreprocessConfig | None = None) -> P
     rows, cols = np.nonzero(inside.any(axis=1))[0], np.nonzero(inside.any(axis=0))[0]
     top, bottom, left, right = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
 
-    out = _fit_square(rgba[top:bottom, left:right], cfg.size, cfg.foreground_ratio)  # [4, S, S]
-    detail = _fit_square(rgba[top:bottom, left:right], cfg.detail_size, cfg.foreground_ratio) if cfg.detail_size else None  # [4, D, D]
+    crop = rgba[top:bottom, left:right]  # [h, w, 4] the alpha box
+    out = _fit_square(crop, cfg.size, cfg.foreground_ratio)  # [4, S, S]
+    detail = _fit_square(crop, cfg.detail_size, cfg.foreground_ratio) if cfg.detail_size else None  # [4, D, D]
     # The box in the full-size image's pixels (exact unless the image was reduced while loading).
     (width, height), (work_w, work_h) = original_size, img.size
     sx, sy = width / work_w, height / work_h
