@@ -167,11 +167,18 @@ def photo_surface(gaussians: Gaussians, photo: Tensor, camera: Cameras, min_alph
     # Where the student shows nothing at all, the photo stands at the origin's depth (the camera's distance to it).
     origin_depth = viewmats[:, :3, 3].norm(dim=-1).reshape(batch, 1, 1, 1)  # [B, 1, 1, 1]
     z = _fill_holes(depth, coverage > min_coverage, wanted, origin_depth) - lift  # [B, 1, D, D]
-    origins, directions = (x.reshape(-1, size, size, 3).expand(batch, -1, -1, -1).permute(0, 3, 1, 2)
-                           for x in camera.pixel_rays())  # [B, 3, D, D] each, unit directions
-    forward = viewmats[:, 2, :3].reshape(batch, 3, 1, 1)  # [B, 3, 1, 1] the optical axis: camera z = ray . forward
-    points = origins + directions * (z / (directions * forward).sum(1, keepdim=True))  # [B, 3, D, D] world
-    pitch = z / camera.Ks.reshape(-1, 3, 3)[:, 0, 0].reshape(-1, 1, 1, 1)  # [B, 1, D, D] one pixel's width at that depth
+    # Back-projected here, not through Cameras.pixel_rays: tried, a sample's output then moved with its batch (by 0.0036
+    # in a CI run of distill_quality's batch-position check): a surfel's orientation follows the nearer of two nearly
+    # equal neighbours, so rounding that differs between batch sizes can turn it.
+    Ks = camera.Ks.reshape(-1, 3, 3).expand(batch, 3, 3)  # [B, 3, 3]
+    centres = torch.arange(size, device=device, dtype=dtype) + 0.5  # [D] pixel centres
+    u, v = centres[None, None, None, :], centres[None, None, :, None]  # [1, 1, 1, D], [1, 1, D, 1]
+    x = (u - Ks[:, 0, 2].reshape(-1, 1, 1, 1)) / Ks[:, 0, 0].reshape(-1, 1, 1, 1) * z  # [B, 1, D, D] camera x
+    y = (v - Ks[:, 1, 2].reshape(-1, 1, 1, 1)) / Ks[:, 1, 1].reshape(-1, 1, 1, 1) * z  # [B, 1, D, D] camera y
+    in_camera = torch.cat([x, y, z], 1)  # [B, 3, D, D]
+    rotation, translation = viewmats[:, :3, :3], viewmats[:, :3, 3]  # [B, 3, 3], [B, 3]
+    points = torch.einsum("bji,bjhw->bihw", rotation, in_camera - translation[:, :, None, None])  # [B, 3, D, D] world
+    pitch = z / Ks[:, 0, 0].reshape(-1, 1, 1, 1)  # [B, 1, D, D] one pixel's width at that depth
 
     def axis(dim: int) -> Tensor:  # [B, 3, D, D] the step to the next pixel, stretched at most max_stretch pitches
         step = _tangent(points, dim)
