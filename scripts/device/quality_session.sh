@@ -181,6 +181,8 @@ if [ "$stage" = shapes ]; then
     # expert; the shipped teacher's world and batch, lr 3e-4) for SHAPE_SECONDS of this call, its step timed against
     # the model alone (teacher_step.py), then scored on TQ_OBJECTS val and torus objects (teacher_quality.py, no fit):
     # the shapes compare by quality per GPU-minute. The same SHAPES in a later call train on (--resume latest).
+    # The time limit counts the pool's build: 2,048 objects took ~110 s of a 115-s limit on one H200 (session 15), so
+    # the study draws a pool of SHAPE_POOL (512) objects, built in ~30 s.
     gsplat_ready
     mkdir -p runs/shapes
     for shape in ${SHAPES:-tiny tiny-wide}; do
@@ -189,7 +191,7 @@ if [ "$stage" = shapes ]; then
             --warmup 5 --json runs/shapes/$shape-step.json $PROBE_EXTRA > runs/shapes/$shape-step.log 2>&1 || tail -5 runs/shapes/$shape-step.log
         launch training/train_teacher.py --output-dir runs/shapes/$shape --resume latest --unet-preset $shape \
             --max-steps ${SHAPE_MAX_STEPS:-30000} --warmup-steps 200 --canonical-fraction 0.75 --lighting mixed --print-fraction 0.5 \
-            --batch-size 64 --pool-size 2048 --checkpoint-every 500 --sample-every 100000 --log-every 50 \
+            --batch-size 64 --pool-size ${SHAPE_POOL:-512} --checkpoint-every 500 --sample-every 100000 --log-every 50 \
             --time-limit ${SHAPE_SECONDS:-150} --export runs/shapes/$shape/teacher $TEACHER_EXTRA > runs/shapes/$shape-train.log 2>&1 \
             || { tail -20 runs/shapes/$shape-train.log; continue; }
         on_gpu 0 timeout $(box 5) python3 benchmarks/teacher_quality.py --teacher runs/shapes/$shape/teacher --objects ${TQ_OBJECTS:-100} \
