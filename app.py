@@ -290,12 +290,15 @@ class DD3GApp:
 
         progress(0.1, desc=f"Generating {count} object(s)")
         gaussians, model_s = self._timed(lambda: self.pipe(prepared, seeds=seeds, num_samples=count).gaussians)
+        # The splats a renderer draws (the same pictures): the viewer, the files and the turntable carry about half.
+        objects = [gaussians[k].visible() for k in range(count)]
 
         folder = self._result_folder()
         export_started = time.perf_counter()
-        plys = [gaussians[k].save_ply(folder / f"dd3g_seed{sample_seed}.ply") for k, sample_seed in enumerate(seeds)]
-        model_line = (f"**Generation: {model_s * 1000:.0f} ms** for {count} object(s) of {gaussians.num_gaussians:,} "
-                      f"Gaussians on {self._device_name()} (one forward pass; seeds {seeds[0]}..{seeds[-1]}).  \n"
+        plys = [objects[k].save_ply(folder / f"dd3g_seed{sample_seed}.ply") for k, sample_seed in enumerate(seeds)]
+        shown = ", ".join(f"{g.num_gaussians:,}" for g in objects)
+        model_line = (f"**Generation: {model_s * 1000:.0f} ms** for {count} object(s) of {shown} visible Gaussians "
+                      f"(of {gaussians.num_gaussians:,}) on {self._device_name()} (one forward pass; seeds {seeds[0]}..{seeds[-1]}).  \n"
                       f"Preprocessing {prepare_s * 1000:.1f} ms ({'at upload' if at_upload else 'now'}).")
         # The viewer first; the previous result's video, thumbnails and files are cleared meanwhile.
         yield plys[0], None, None, None, model_line + "  \nWriting the files...", plys
@@ -304,9 +307,9 @@ class DD3GApp:
         for k, sample_seed in enumerate(seeds):
             progress(0.2 + 0.2 * k / count, desc=f"Writing the files of object {k + 1}/{count}")
             stem = folder / f"dd3g_seed{sample_seed}"
-            downloads += [plys[k], save_as(gaussians[k], f"{stem}.splat")]
+            downloads += [plys[k], save_as(objects[k], f"{stem}.splat")]
             try:
-                downloads.append(save_as(gaussians[k], f"{stem}.glb", glb_resolution=self.settings.glb_resolution))
+                downloads.append(save_as(objects[k], f"{stem}.glb", glb_resolution=self.settings.glb_resolution))
             except EmptyMeshError:  # too transparent to mesh: the splat files still come
                 notes.append(f"seed {sample_seed}: no .glb (the object is too transparent to mesh)")
         files_s = time.perf_counter() - export_started
@@ -319,14 +322,14 @@ class DD3GApp:
         for k, sample_seed in enumerate(seeds):
             progress(0.4 + 0.5 * k / count, desc=f"Rendering the turntable of object {k + 1}/{count}")
             turn = turntable_frames(
-                gaussians[k], self.settings.video_frames, self.settings.video_size, self.settings.video_elevation_deg
+                objects[k], self.settings.video_frames, self.settings.video_size, self.settings.video_elevation_deg
             )  # [T, S, S, 3]
             frames.append(turn)
             thumbnails.append((turn[0], f"seed {sample_seed}"))
         progress(0.9, desc="Writing the turntable video")
         # All variations side by side in one video: one glance compares them.
         video = save_turntable_mp4(
-            gaussians[0], folder / "turntable.mp4", fps=self.settings.video_fps, frames=np.concatenate(frames, axis=2)
+            objects[0], folder / "turntable.mp4", fps=self.settings.video_fps, frames=np.concatenate(frames, axis=2)
         )
         video_s = time.perf_counter() - export_started - files_s
         yield plys[0], video, thumbnails, downloads, f"{model_line}  \n{files_line} Turntable video {video_s:.1f} s.", plys
@@ -347,8 +350,9 @@ class DD3GApp:
         progress(0.2, desc="Generating the interpolated object")
         gaussians, model_s = self._timed(lambda: self.pipe.interpolate(prepared, seed_a, seed_b, weights=[w]).gaussians)
         stem = self._result_folder() / f"dd3g_seed{seed_a}-to-{seed_b}_w{w:.2f}"
-        ply = gaussians[0].save_ply(f"{stem}.ply")
-        downloads = [ply, gaussians[0].save_splat(f"{stem}.splat")]
+        interpolated = gaussians[0].visible()
+        ply = interpolated.save_ply(f"{stem}.ply")
+        downloads = [ply, interpolated.save_splat(f"{stem}.splat")]
         timing = (
             f"**Interpolation: {model_s * 1000:.0f} ms** on {self._device_name()}: "
             f"{1 - w:.2f} x seed {seed_a} + {w:.2f} x seed {seed_b} (slerp of the noises)."

@@ -27,6 +27,10 @@ that shows the background through it):
 - card: the framed input's pixels as a plane of Gaussians through the origin facing the input camera;
 - revolve: the framed input's silhouette revolved about the vertical axis (radius per image row = half the
   row's alpha width), coloured from the input's pixels, rendered as a mesh.
+And, as references (not predictions: no model is given the truth), the ceilings of resolution: the true views
+passed through --ceilings px (area down, bilinear up to the evaluation's size), i.e. what a model that got every
+view exactly right at that resolution would score; at 64 px, the teacher's and the student's frames, it bounds what
+any model distilled at that size can reach.
 Novel views = every view except the input view and canonical azimuth 0 (the same camera). The summary gives
 each prediction's means, the model against each trivial one, and on how many objects the model's novel-view
 score beats the best trivial prediction's on that object (PSNR higher, LPIPS lower).
@@ -42,6 +46,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 from dd3g.cameras import ViewLayout, orbit_cameras
@@ -74,6 +79,8 @@ def parse_args(argv=None):
     p.add_argument("--turntable-elevation", type=float, default=15.0)
     p.add_argument("--supersample", type=int, default=2)
     p.add_argument("--grid-objects", type=int, default=4)
+    p.add_argument("--ceilings", type=int, nargs="*", default=[64, 128],
+                   help="score the true views passed through these resolutions, as references (none: skip)")
     return p.parse_args(argv)
 
 
@@ -83,6 +90,15 @@ def view_specs(turntable: int, turntable_elevation: float, layout: ViewLayout):
     specs += [(f"canon_{int(round(a)):03d}", float(a), 0.0) for a in layout.azimuths().tolist()]
     specs += [(f"turn_{k * 360.0 / turntable:05.1f}", k * 360.0 / turntable, turntable_elevation) for k in range(turntable)]
     return specs
+
+
+def through_resolution(gt_rgba: torch.Tensor, side: int) -> tuple:
+    """The truth as a perfect model at side x side px would show it: gt_rgba [V, 4, S, S] -> (RGB on white
+    [V, 3, S, S], alpha [V, 1, S, S]), area-averaged down to side and bilinearly up again."""
+    size = gt_rgba.shape[-2:]
+    low = F.interpolate(torch.cat([composite_on(gt_rgba), gt_rgba[:, 3:]], 1), size=(side, side), mode="area")
+    up = F.interpolate(low, size=size, mode="bilinear", align_corners=False).clamp(0, 1)  # [V, 4, S, S]
+    return up[:, :3], up[:, 3:]
 
 
 def silhouette_iou(pred_alpha: torch.Tensor, gt_alpha: torch.Tensor) -> torch.Tensor:
@@ -205,6 +221,12 @@ def write_markdown(results: dict, path: Path) -> None:
             lines.append(f"| {name} | {i['psnr']:.2f} | {i['ssim']:.3f} | {i['lpips']:.3f} | {n['psnr']:.2f} | "
                          f"{n['ssim']:.3f} | {n['lpips']:.3f} | {n['psnr_masked']:.2f} | "
                          f"{i['silhouette_iou']:.3f} / {n['silhouette_iou']:.3f} |")
+    references = results.get("references", [])
+    if references and all(r in summary for r in references):
+        lines += ["", "## Ceilings of resolution (the true views through fewer pixels; references, not predictions)", "",
+                  "| reference | PSNR novel | SSIM novel | LPIPS novel |", "|---|---|---|---|"]
+        lines += [f"| {r} | {summary[r]['novel']['psnr']:.2f} | {summary[r]['novel']['ssim']:.3f} | "
+                  f"{summary[r]['novel']['lpips']:.3f} |" for r in references]
     if "wins" in results:
         w = results["wins"]
         lines += ["", "## The model against each trivial prediction (means)", "",
@@ -233,6 +255,8 @@ def main(argv=None) -> dict:
         files = files[: args.limit]
     if not files:
         raise SystemExit(f"eval_real: no .glb files in {args.objects}")
+    if any(not 0 < side < args.size for side in args.ceilings):
+        raise SystemExit(f"eval_real: --ceilings {args.ceilings} must lie between 0 and --size {args.size} (exclusive)")
     pipe = None if args.baselines_only else load_pipeline(args.checkpoint)
     framing = read_framing(args.checkpoint, pipe)
     layout = pipe.view_layout if pipe is not None else ViewLayout()
@@ -244,6 +268,7 @@ def main(argv=None) -> dict:
                             args.size, args.size, layout.radius, layout.fov_deg)  # [V]
     novel = [n for n in names if n not in ("input", "canon_000")]
     predictions = ([] if pipe is None else ["model"]) + list(BASELINES)
+    references = [f"truth_{side}px" for side in args.ceilings]
     objects, chart_rows, grid_blocks = {}, [], []
     for path in files:
         start = time.time()
@@ -272,7 +297,9 @@ def main(argv=None) -> dict:
         preds["card"], alphas["card"] = card.rgb.clamp(0, 1), card.alpha
         revolve = scan.revolve_rgba(cameras, names, framed)
         preds["revolve"], alphas["revolve"] = composite_on(revolve), revolve[:, 3:]
-        entry = {p: scored_entry(preds[p], gt, names, novel, alphas[p]) for p in predictions}
+        for side, name in zip(args.ceilings, references):
+            preds[name], alphas[name] = through_resolution(gt, side)
+        entry = {p: scored_entry(preds[p], gt, names, novel, alphas[p]) for p in predictions + references}
         entry["transform"] = transform
         entry["seconds"] = round(time.time() - start, 3)
         objects[path.name] = entry
@@ -284,10 +311,11 @@ def main(argv=None) -> dict:
               + f" (scale {transform['scale']:.3f}, {entry['seconds']:.1f}s)", flush=True)
     scored = [o for o in objects.values() if "skipped" not in o]
     summary = {p: {k: {m: _nanmean([o[p][k][m] for o in scored]) for m in METRICS} for k in ("input", "novel")}
-               for p in predictions} if scored else {}
+               for p in predictions + references} if scored else {}
     results = {
         "checkpoint": str(args.checkpoint), "baselines_only": bool(args.baselines_only), "seed": args.seed,
         "size": args.size, "supersample": args.supersample, "framing": framing, "predictions": predictions,
+        "references": references,
         "views": [{"name": n, "azimuth": a, "elevation": e} for n, a, e in specs], "novel_views": novel,
         "radius": layout.radius, "fov_deg": layout.fov_deg, "note": FRAME_NOTE,
         "num_scored": len(scored), "num_skipped": len(objects) - len(scored), "mean": summary, "objects": objects,

@@ -214,7 +214,7 @@ def generate_one(pipe, image_path: str, seeds: List[int], elevation, formats: Li
         return 1
     failures = 0
     for k, seed in enumerate(seeds):
-        single = gaussians[k]
+        single = gaussians[k].visible()  # the splats a renderer draws: same pictures, about half the file
         for fmt in formats:
             target = out_dir / f"{name}_seed{seed}.{fmt}"
             try:

@@ -30,6 +30,7 @@ __all__ = ["Gaussians", "SH_C0", "OPACITY_LOGIT_BOUND", "PLY_REQUIRED_PROPERTIES
 
 SH_C0 = 0.28209479177387814  # zeroth-order real spherical harmonic, 1 / (2 sqrt(pi))
 OPACITY_LOGIT_BOUND = 15.0  # sigmoid(15) = 1 - 3e-7: opaque enough, and never +-inf on disk
+INVISIBLE_OPACITY = 1.0 / 255.0  # rasterizers skip fragments with alpha below this (dd3g.rendering.torch_splatter)
 _MIN_SCALE = 1e-12  # from_activated clamps scales to this before the log
 _OPACITY_EPS = 1e-6  # from_activated clamps opacities into [eps, 1 - eps] before the logit
 
@@ -233,6 +234,13 @@ class Gaussians:
             order = torch.argsort(opacities[keep], descending=True, stable=True)  # [M]
             keep = torch.sort(keep[order[: max(int(max_count), 0)]]).values  # [max_count]
         return self.select(keep)
+
+    def visible(self) -> "Gaussians":
+        """The Gaussians any 3DGS rasterizer draws: those with opacity >= INVISIBLE_OPACITY (1/255). A splat's alpha
+        at a pixel is at most its opacity, and fragments below 1/255 are skipped (ours, gsplat, the 3DGS reference), so
+        renders are unchanged while files and viewers carry fewer splats (about half of a pixel-aligned student's are
+        background pixels at opacity ~0). Unbatched containers only."""
+        return self.prune(min_opacity=INVISIBLE_OPACITY)
 
     # ------------------------------------------------------------------ checks and export
     def _require_unbatched(self, what: str) -> None:

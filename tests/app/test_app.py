@@ -62,11 +62,13 @@ def test_generate_returns_the_pipelines_gaussians_as_ply(running_app, client, im
     ply = PlyData.read(viewer)
     vertex = ply["vertex"]
     assert PLY_PROPERTIES <= {p.name for p in vertex.properties}
-    expected = expected_gaussians(pipe, image_file, [5, 6])
-    assert vertex.count == expected.num_gaussians
+    batch = expected_gaussians(pipe, image_file, [5, 6])
+    expected = [batch[0].visible(), batch[1].visible()]  # what a renderer draws; the fainter ones are left out
+    assert vertex.count == expected[0].num_gaussians
     shown = Gaussians.load_ply(viewer)
-    assert shown.num_gaussians == expected.num_gaussians
+    assert shown.num_gaussians == expected[0].num_gaussians
     torch.testing.assert_close(shown.means, expected[0].means, atol=1e-5, rtol=1e-5)  # seed 5 in the viewer
+    assert bool((shown.opacities >= 1 / 255).all())
     # Downloads: .ply, .splat and .glb for both variations, the second one being seed 6's object.
     names = sorted(p.rsplit("/", 1)[-1] for p in downloads)
     assert names == sorted(f"dd3g_seed{s}.{ext}" for s in (5, 6) for ext in ("ply", "splat", "glb"))
@@ -74,7 +76,7 @@ def test_generate_returns_the_pipelines_gaussians_as_ply(running_app, client, im
     torch.testing.assert_close(second.means, expected[1].means, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(second.means, shown.means)
     splat = next(p for p in downloads if p.endswith(".splat"))
-    assert Gaussians.load_splat(splat).num_gaussians == expected.num_gaussians
+    assert Gaussians.load_splat(splat).num_gaussians == expected[0].num_gaussians
     with open(next(p for p in downloads if p.endswith(".glb")), "rb") as f:
         assert f.read(4) == b"glTF"
     # The turntable shows both variations side by side, with the configured frame count and size.
@@ -94,8 +96,8 @@ def test_interpolation_ends_are_the_two_seeds(running_app, client, image_file):
         viewer, downloads, timing = client.predict(handle_file(image_file), 0.85, 2, 9, weight, api_name="/interpolate")
         ends.append(Gaussians.load_ply(viewer).means)
         assert {p.rsplit(".", 1)[-1] for p in downloads} == {"ply", "splat"} and "Interpolation:" in timing
-    torch.testing.assert_close(ends[0], expected[0].means, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(ends[1], expected[1].means, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ends[0], expected[0].visible().means, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ends[1], expected[1].visible().means, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(ends[2], ends[0], atol=1e-4) and not torch.allclose(ends[2], ends[1], atol=1e-4)
 
 

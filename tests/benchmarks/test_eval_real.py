@@ -120,7 +120,7 @@ def test_eval_real_end_to_end(tmp_path):
     checkpoint = tmp_path / "ckpt"
     toy_pipeline().save_pretrained(checkpoint)
     out, cache = tmp_path / "out", tmp_path / "cache"
-    common = ["--objects", str(objects), "--size", "64", "--turntable", "2", "--cache", str(cache)]
+    common = ["--objects", str(objects), "--size", "64", "--turntable", "2", "--cache", str(cache), "--ceilings", "16", "32"]
     args = common + ["--checkpoint", str(checkpoint), "--out", str(out)]
     results = eval_real.main(args)
 
@@ -144,6 +144,13 @@ def test_eval_real_end_to_end(tmp_path):
         assert 0 <= entry["model"]["novel"]["silhouette_iou"] <= 1
     assert results["wins"]["objects"] == 2 and 0 <= results["wins"]["psnr"] <= 2
     assert set(results["comparison"]) == {"copy", "mirror", "card", "revolve"}
+    # The ceilings: the truth through fewer pixels loses detail, more of it at 16 px than at 32; references only,
+    # never a trivial prediction the model must beat.
+    assert results["references"] == ["truth_16px", "truth_32px"]
+    coarse, fine = results["mean"]["truth_16px"]["novel"], results["mean"]["truth_32px"]["novel"]
+    assert 10 < coarse["psnr"] < fine["psnr"] < 60 and fine["lpips"] < coarse["lpips"]
+    assert fine["silhouette_iou"] > 0.8
+    assert "Ceilings of resolution" in (out / "results.md").read_text()
     assert "model's frame" in results["note"]
     markdown = (out / "results.md").read_text()
     assert "c_broken.glb" in markdown and "revolve" in markdown and "beats the best trivial" in markdown
@@ -166,6 +173,15 @@ def test_eval_real_end_to_end(tmp_path):
     # Another framing moves the truth: new transform, new cache entries.
     eval_real.main(common + ["--checkpoint", str(tmp_path / "none"), "--out", str(tmp_path / "o2"), "--baselines-only"])
     assert len(list(cache.rglob("transform.json"))) == 4
+
+
+def test_a_ceiling_at_or_above_the_evaluation_size_is_refused(tmp_path):
+    objects = tmp_path / "objects"
+    objects.mkdir()
+    checker_quad_glb(objects / "a.glb")
+    with pytest.raises(SystemExit, match="--ceilings"):
+        eval_real.main(["--objects", str(objects), "--size", "64", "--out", str(tmp_path / "o"), "--baselines-only",
+                        "--ceilings", "64"])
 
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path):

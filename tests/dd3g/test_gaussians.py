@@ -6,7 +6,9 @@ import pytest
 import torch
 from plyfile import PlyData, PlyElement
 
+from dd3g.cameras import orbit_cameras
 from dd3g.gaussians import OPACITY_LOGIT_BOUND, SH_C0, Gaussians
+from dd3g.rendering import render
 
 STANDARD_NAMES = (
     ["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2"]
@@ -270,6 +272,25 @@ def test_prune_threshold_and_max_count():
     assert g.prune(min_opacity=0.99).num_gaussians == 0
     with pytest.raises(ValueError, match="unbatched"):
         random_gaussians(n=7, batch=(2,)).prune()
+
+
+def test_visible_drops_only_what_no_render_shows():
+    # Half the splats just under 1/255 (a pixel-aligned student's background pixels), some just over it.
+    torch.manual_seed(0)
+    g = random_gaussians(n=64)
+    opacities = torch.where(torch.arange(64) % 2 == 0, torch.tensor(0.0038), torch.rand(64) * 0.9 + 0.0041)
+    g.opacity_logits = torch.logit(opacities)
+    g.log_scales = torch.full_like(g.log_scales, -1.5)  # large splats: the faint ones would cover many pixels
+    shown = g.visible()
+    assert shown.num_gaussians == 32 and torch.equal(shown.means, g.means[1::2])
+    cameras = orbit_cameras(torch.tensor([0.0, 90.0, 200.0]), torch.tensor([10.0, 0.0, -20.0]), 48, 48, 2.0, 40.0)
+    before, after = render(g, cameras, backend="torch"), render(shown, cameras, backend="torch")
+    torch.testing.assert_close(after.rgb, before.rgb, atol=0, rtol=0)
+    torch.testing.assert_close(after.alpha, before.alpha, atol=0, rtol=0)
+    # A splat just over the line is drawn: dropping it would change the picture.
+    g.opacity_logits = torch.logit(torch.full((64,), 0.0041))
+    assert g.visible().num_gaussians == 64
+    assert render(g.select(torch.arange(32)), cameras, backend="torch").alpha.sum() < render(g, cameras, backend="torch").alpha.sum()
 
 
 def test_batching_indexing_stack_cat():
