@@ -44,6 +44,7 @@ def main(argv=None):
     p.add_argument("--pool-size", type=int, default=256)
     p.add_argument("--compile", action="store_true")
     p.add_argument("--unet-preset", default="tiny", choices=train_teacher.PIXEL_UNET_PRESETS, help="the UNet's shape")
+    p.add_argument("--sample-size", type=int, default=None, help="frame side in px (default: the preset's, 64)")
     p.add_argument("--tiny-test", action="store_true", help="toy sizes (CPU tests)")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
@@ -51,7 +52,7 @@ def main(argv=None):
 
     device = torch.device(args.device)
     flags = ["--output-dir", "unused", "--batch-size", str(args.batch_size), "--pool-size", str(args.pool_size),
-             "--unet-preset", args.unet_preset]
+             "--unet-preset", args.unet_preset] + ([] if args.sample_size is None else ["--sample-size", str(args.sample_size)])
     targs = train_teacher.parse_args(flags + (["--tiny-test"] if args.tiny_test else []))
     torch.manual_seed(0)
     unet = train_teacher.build_unet(targs).to(device).train()

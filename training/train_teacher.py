@@ -69,6 +69,10 @@ def parse_args(argv=None):
     p.add_argument("--tiny-test", action="store_true", help="toy sizes that run in seconds on a CPU (tests)")
     p.add_argument("--unet-preset", default="tiny", choices=PIXEL_UNET_PRESETS,
                    help="the main UNet's shape (MultiViewUNet.PRESETS; 64-px pixel-space ones); a new shape trains from scratch")
+    p.add_argument("--sample-size", type=int, default=None,
+                   help="side of the frames in px (default: the preset's, 64). The UNet holds no parameter bound to the size, "
+                        "so --init-from / --keep-expert-from / --expert-for weights of another size load as they are: a "
+                        "warm start at a new resolution (e.g. 128 from the shipped 64-px teacher)")
     p.add_argument("--max-steps", type=int, default=20000, help="length of the LR schedule")
     p.add_argument("--stop-after", type=int, default=None, help="stop (with a checkpoint) after this step, e.g. to chunk a run")
     p.add_argument("--time-limit", type=float, default=None, help="seconds from the start (loading and the pool included); checkpoint and stop before then")
@@ -120,6 +124,8 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if not 0.0 <= args.print_fraction <= 1.0:
         p.error(f"--print-fraction {args.print_fraction}: expected a chance in [0, 1]")
+    if args.sample_size is not None and args.sample_size <= 0:
+        p.error(f"--sample-size {args.sample_size}: expected a side in px > 0")
     if args.pool_start < 0:
         p.error(f"--pool-start {args.pool_start}: expected an index >= 0 into the train split")
     if args.expert_for and args.keep_expert_from:
@@ -138,10 +144,15 @@ def parse_args(argv=None):
     return args
 
 
+def size_override(args) -> dict:
+    """Config keys a UNet of this run is built or loaded with: the frame side, when --sample-size sets it."""
+    return {} if args.sample_size is None else {"sample_size": args.sample_size}
+
+
 def build_unet(args) -> MultiViewUNet:
     if args.unet_preset is None:
-        return MultiViewUNet(**TINY_TEST_UNET)
-    return MultiViewUNet.preset(args.unet_preset)
+        return MultiViewUNet(**{**TINY_TEST_UNET, **size_override(args)})
+    return MultiViewUNet.preset(args.unet_preset, **size_override(args))
 
 
 def build_pool(args, device, num_processes: int = 1) -> Gaussians:
@@ -275,7 +286,7 @@ def high_noise_start_of(args) -> int:
 def load_base_unet(args, device) -> Optional[MultiViewUNet]:
     if not args.expert_for:
         return None
-    return MultiViewUNet.from_pretrained(Path(args.expert_for) / "unet", use_safetensors=True).float().to(device).eval()
+    return MultiViewUNet.from_pretrained(Path(args.expert_for) / "unet", use_safetensors=True, **size_override(args)).float().to(device).eval()
 
 
 def load_kept_expert(args, device) -> Optional[MultiViewUNet]:
@@ -284,7 +295,7 @@ def load_kept_expert(args, device) -> Optional[MultiViewUNet]:
     folder = Path(args.keep_expert_from) / "high_noise_unet"
     if not folder.is_dir():
         raise SystemExit(f"--keep-expert-from {args.keep_expert_from}: that teacher has no high_noise_unet/")
-    return MultiViewUNet.from_pretrained(folder, use_safetensors=True).float().to(device).eval()
+    return MultiViewUNet.from_pretrained(folder, use_safetensors=True, **size_override(args)).float().to(device).eval()
 
 
 def export_teacher(unet, ema, tokenizer, args, path: Path, dtype=torch.float16, base_unet=None, expert_unet=None) -> TinyMVDMPipeline:

@@ -24,7 +24,8 @@
 # share of the teacher's pool objects with printed labels (training/synthetic.py; 0.5 by default, the shipped teacher's
 # world since session 12), CORPUS_PRINT_FRACTION the same for the training corpus (0 by default; the evaluation sets
 # always 0, so their figures compare across sessions); POOL_START=K: the pool is the train split's objects from index
-# K on.
+# K on. TEACHER_SIZE=128: the teacher and expert stages train at 128 px (train_teacher.py --sample-size), warm-started
+# from TEACHER_INIT's 64-px weights (the UNet has no size-bound parameters); the expert stage needs the same value.
 # Every call brings back what exists through $OUT (see pack): the teacher (when trained in the call), else the
 # students, logs, grids, scores (EVAL_SETS_BACK=1: the evaluation quadruples too). SIM_PROCESSES=K: K simulation
 # processes over the GPUs (two on one H200 made 18 quadruples/s together against 30/s for one: keep 1 per GPU).
@@ -79,7 +80,7 @@ train_teacher() {  # $1: seconds to keep after training
         --canonical-fraction ${CANONICAL_FRACTION:-0.75} --lighting ${LIGHTING:-mixed} --batch-size 64 --pool-size 2048 \
         --print-fraction ${PRINT_FRACTION:-0.5} --pool-start ${POOL_START:-0} \
         --checkpoint-every 500 --sample-every 1000 --log-every 50 --time-limit "$(box "$1")" --export runs/teacher \
-        $TEACHER_EXTRA > runs/teacher-$stage.log 2>&1 || { tail -30 runs/teacher-$stage.log; return 1; }
+        ${TEACHER_SIZE:+--sample-size $TEACHER_SIZE} $TEACHER_EXTRA > runs/teacher-$stage.log 2>&1 || { tail -30 runs/teacher-$stage.log; return 1; }
     tr "\r" "\n" < runs/teacher-$stage.log | grep -E "initialised|resumed|time limit" || true
     grep camera_sensitivity runs/t-main/log.jsonl | tail -2; tail -1 runs/t-main/log.jsonl
 }
@@ -164,7 +165,7 @@ if [ "$stage" = expert ]; then
         --high-noise-start $expert_start --init-from "$TEACHER_INIT" --init-step ${EXPERT_INIT_STEP:-4367} \
         --max-steps ${EXPERT_MAX_STEPS:-8000} --warmup-steps 100 --ema-decay 0.998 --canonical-fraction ${CANONICAL_FRACTION:-0.75} \
         --lighting ${LIGHTING:-mixed} --print-fraction ${PRINT_FRACTION:-0.5} --pool-start ${POOL_START:-0} --batch-size 64 --pool-size 2048 --checkpoint-every 500 --sample-every 1000 --log-every 50 \
-        --time-limit "$(box ${TQ_SECONDS:-110})" --export runs/teacher-expert $TEACHER_EXTRA > runs/expert.log 2>&1 || { tail -30 runs/expert.log; exit 1; }
+        --time-limit "$(box ${TQ_SECONDS:-110})" --export runs/teacher-expert ${TEACHER_SIZE:+--sample-size $TEACHER_SIZE} $TEACHER_EXTRA > runs/expert.log 2>&1 || { tail -30 runs/expert.log; exit 1; }
     grep camera_sensitivity runs/t-expert/log.jsonl | tail -3
     rm -rf runs/teacher-main && mv runs/teacher runs/teacher-main && mv runs/teacher-expert runs/teacher
     echo "[$(left) s left] teacher scores"

@@ -150,6 +150,28 @@ def test_a_kept_expert_is_exported_beside_the_trained_main_unet(tmp_path):
         assert "_name_or_path" not in json.loads((tmp_path / "out" / folder / "config.json").read_text())
 
 
+def test_a_teacher_continues_at_another_resolution_from_its_weights(tmp_path):
+    """--sample-size: the 16-px toy teacher (with its expert) warm-starts a 32-px one; both UNets are exported at
+    32 px and the new teacher samples 32-px views that are not those of a fresh 32-px UNet."""
+    _run(tmp_path / "base", "--max-steps", "2", "--export", str(tmp_path / "base-teacher"))
+    _run(tmp_path / "expert", "--max-steps", "1", "--expert-for", str(tmp_path / "base-teacher"), "--high-noise-start", "990",
+         "--export", str(tmp_path / "small"))
+    _run(tmp_path / "big", "--sample-size", "32", "--keep-expert-from", str(tmp_path / "small"), "--init-from",
+         str(tmp_path / "small"), "--init-step", "2", "--max-steps", "3", "--export", str(tmp_path / "big-teacher"))
+    small, big = TinyTeacher.from_pretrained(tmp_path / "small"), TinyTeacher.from_pretrained(tmp_path / "big-teacher")
+    assert small.image_size == 16 and big.image_size == 32
+    assert big.pipe.high_noise_unet.config.sample_size == 32 and big.pipe.config.high_noise_start == 990
+    start = load_file(tmp_path / "big" / "checkpoints" / "step-0000003" / "model.safetensors")  # one step from the 16-px weights
+    moved = max(float((start[k] - v).abs().max()) for k, v in small.unet.state_dict().items())
+    fresh = train_teacher.build_unet(train_teacher.parse_args(["--tiny-test", "--output-dir", "x", "--sample-size", "32"]))
+    from_fresh = max(float((start[k] - v).abs().max()) for k, v in fresh.state_dict().items())
+    assert moved < 0.1 * from_fresh  # it continued the small teacher's weights
+    views = big.simulate(torch.rand(1, 4, 32, 32), seeds=[0], num_steps=2).views
+    assert views.shape == (1, 4, 4, 32, 32) and torch.isfinite(views).all()
+    with pytest.raises(SystemExit):
+        train_teacher.parse_args(["--tiny-test", "--output-dir", "x", "--sample-size", "0"])
+
+
 def test_expert_run_trains_only_the_top_timesteps_and_exports_beside_its_base(tmp_path):
     """--expert-for: the export keeps the base teacher's UNet as is and adds the trained high-noise expert."""
     _run(tmp_path / "base", "--max-steps", "2", "--export", str(tmp_path / "base-teacher"))
