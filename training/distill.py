@@ -404,14 +404,24 @@ def export_pipeline(student, ema, teacher, path: Path, framing: tuple, inputs_bu
 
 def load_student_weights(student: PEPD, folder: str) -> None:
     """Copy the weights of a trained student (a DD3GPipeline folder or its `student` folder) into `student`, whose
-    configuration they must have: a warm start differs from the run it continues only in its data and objective."""
+    configuration they must have: a warm start differs from the run it continues only in its data and objective,
+    and possibly in its frames' size (phase 1's `sample_size`: no parameter of the student is bound to it, so a
+    64-px student starts one taught by a 128-px teacher)."""
     path = Path(folder)
     if (path / "student" / "config.json").is_file():
         path = path / "student"
     if not (path / "config.json").is_file():
         raise SystemExit(f"--init-from {folder}: neither a DD3GPipeline folder nor a student folder (no config.json)")
     trained = PEPD.from_pretrained(path, torch_dtype=torch.float32)
-    different = {k: (v, student.config.get(k)) for k, v in trained.config.items() if not k.startswith("_") and student.config.get(k) != v}
+
+    def comparable(config: dict) -> dict:
+        settings = {k: v for k, v in config.items() if not k.startswith("_")}
+        if isinstance(settings.get("unet_config"), dict):
+            settings["unet_config"] = {k: v for k, v in settings["unet_config"].items() if k != "sample_size"}
+        return settings
+
+    ours = comparable(student.config)
+    different = {k: (v, ours.get(k)) for k, v in comparable(trained.config).items() if ours.get(k) != v}
     if different:
         raise SystemExit(f"--init-from {folder}: its student is configured differently from this run's: "
                          + ", ".join(f"{k} {theirs!r} (this run {ours!r})" for k, (theirs, ours) in sorted(different.items())))

@@ -42,13 +42,14 @@ def randomize_zero_layers(model: torch.nn.Module, std: float = 0.02) -> None:
                 param.normal_(std=std)
 
 
-def toy_teacher_pipeline(seed: int = 0, tokenizer_size: int = 224):
-    """A TinyMVDMPipeline with a toy UNet (16 px frames) and the real frozen tokenizer at `tokenizer_size`."""
+def toy_teacher_pipeline(seed: int = 0, tokenizer_size: int = 224, sample_size: int = 16):
+    """A TinyMVDMPipeline with a toy UNet (`sample_size` px frames: 16) and the real frozen tokenizer at `tokenizer_size`.
+    The same seed gives the same weights at any size (the UNet has no size-bound parameters)."""
     from dd3g.models.mv_unet import MultiViewUNet
     from dd3g.teachers.tiny import TinyMVDMPipeline, training_scheduler
 
     torch.manual_seed(seed)
-    unet = MultiViewUNet(**TOY_UNET)
+    unet = MultiViewUNet(**{**TOY_UNET, "sample_size": sample_size})
     randomize_zero_layers(unet)
     tokenizer = EfficientNetLite0Tokenizer.from_imagenet(image_size=tokenizer_size)
     return TinyMVDMPipeline(unet.eval(), tokenizer, training_scheduler())

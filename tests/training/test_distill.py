@@ -326,3 +326,25 @@ def test_init_from_starts_the_student_from_a_trained_one_of_the_same_configurati
         _run(world, tmp_path / "other", "--max-steps", "1", "--position-mode", "pixel-aligned", "--init-from", str(tmp_path / "first-pipe"))
     with pytest.raises(SystemExit, match="no config.json"):
         _run(world, tmp_path / "none", "--max-steps", "1", "--init-from", str(tmp_path))
+
+
+def test_a_student_continues_under_a_teacher_of_another_resolution(world, tmp_path):
+    """The 16-px world's student starts the one taught by a 32-px teacher (the same toy weights at twice the size):
+    weight for weight (lr 0), exported at 32 px, and served with 4x the Gaussians."""
+    toy_teacher_pipeline(tokenizer_size=64, sample_size=32).save_pretrained(tmp_path / "teacher32")
+    simulate.main(["--teacher", str(tmp_path / "teacher32"), "--corpus", str(world / "corpus"), "--out", str(tmp_path / "q32"),
+                   "--seeds-per-image", "2", "--steps", "2", "--batch-size", "2", "--no-progress"])
+    assert _run(world, tmp_path / "small", "--max-steps", "1", "--no-verification", "--export", str(tmp_path / "small-pipe")) == 1
+    assert distill.main(["--tiny-test", "--teacher", str(tmp_path / "teacher32"), "--quadruples", str(tmp_path / "q32"),
+                         "--output-dir", str(tmp_path / "big"), "--max-steps", "1", "--no-verification", "--lr", "0",
+                         "--init-from", str(tmp_path / "small-pipe"), "--export", str(tmp_path / "big-pipe")]) == 1
+    small, big = (load_file(next((tmp_path / p / "student").glob("*.safetensors"))) for p in ("small-pipe", "big-pipe"))
+    assert small.keys() == big.keys() and all(torch.equal(small[k], big[k]) for k in small)
+    config = json.loads((tmp_path / "big-pipe" / "student" / "config.json").read_text())
+    assert config["unet_config"]["sample_size"] == 32
+    counts = []
+    for folder in ("small-pipe", "big-pipe"):
+        pipe = DD3GPipeline.from_pretrained(tmp_path / folder)
+        pipe.register_to_config(photo_surface_size=0)  # the student's own Gaussians, without the photo's surfels
+        counts.append(pipe(rgba_image(), seeds=[0]).gaussians.num_gaussians)
+    assert counts[1] == 4 * counts[0]
