@@ -26,7 +26,7 @@ from torch import Tensor
 
 from .files import PathLike, write_atomically
 
-__all__ = ["Gaussians", "SH_C0", "OPACITY_LOGIT_BOUND", "PLY_REQUIRED_PROPERTIES"]
+__all__ = ["Gaussians", "SH_C0", "OPACITY_LOGIT_BOUND", "INVISIBLE_OPACITY", "PLY_REQUIRED_PROPERTIES"]
 
 SH_C0 = 0.28209479177387814  # zeroth-order real spherical harmonic, 1 / (2 sqrt(pi))
 OPACITY_LOGIT_BOUND = 15.0  # sigmoid(15) = 1 - 3e-7: opaque enough, and never +-inf on disk

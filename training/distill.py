@@ -420,8 +420,8 @@ def load_student_weights(student: PEPD, folder: str) -> None:
             settings["unet_config"] = {k: v for k, v in settings["unet_config"].items() if k != "sample_size"}
         return settings
 
-    ours = comparable(student.config)
-    different = {k: (v, ours.get(k)) for k, v in comparable(trained.config).items() if ours.get(k) != v}
+    this_run = comparable(student.config)
+    different = {k: (v, this_run.get(k)) for k, v in comparable(trained.config).items() if this_run.get(k) != v}
     if different:
         raise SystemExit(f"--init-from {folder}: its student is configured differently from this run's: "
                          + ", ".join(f"{k} {theirs!r} (this run {ours!r})" for k, (theirs, ours) in sorted(different.items())))
