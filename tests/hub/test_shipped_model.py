@@ -55,8 +55,14 @@ def test_front_view_reproduces_the_input(pipe):
 def test_cli_without_checkpoint_uses_it(tmp_path, pipe):
     out = tmp_path / "out"
     assert main([str(EXAMPLES[0]), "--out", str(out), "--format", "ply"]) == 0
-    gaussians = Gaussians.load_ply(next(out.glob("*.ply")))
-    # The student's Gaussians, then the photo surface's: one per opaque pixel of the photo at 256 px.
+    written = Gaussians.load_ply(next(out.glob("*.ply")))
+    # The model makes the student's Gaussians, then the photo surface's: one per opaque pixel of the photo at 256 px.
     assert pipe.config.photo_surface_size == 256
     surface = int((pipe.prepare_image(EXAMPLES[0]).detail_rgba[3] > 1 / 255).sum())
-    assert gaussians.num_gaussians == 16384 + surface
+    served = pipe(str(EXAMPLES[0]), seeds=[0]).gaussians[0]
+    assert served.num_gaussians == 16384 + surface
+    # The file holds those a renderer draws: every surfel (opaque photo pixels) and the student's visible ones, not
+    # the student's background pixels.
+    assert written.num_gaussians == served.visible().num_gaussians
+    assert surface < written.num_gaussians < served.num_gaussians
+    torch.testing.assert_close(written.means, served.visible().means, atol=1e-5, rtol=1e-5)
