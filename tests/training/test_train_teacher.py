@@ -151,8 +151,8 @@ def test_a_kept_expert_is_exported_beside_the_trained_main_unet(tmp_path):
 
 
 def test_a_teacher_continues_at_another_resolution_from_its_weights(tmp_path):
-    """--sample-size: the 16-px toy teacher (with its expert) warm-starts a 32-px one; both UNets are exported at
-    32 px and the new teacher samples 32-px views that are not those of a fresh 32-px UNet."""
+    """--sample-size: the 16-px toy teacher (with its expert) warm-starts a 32-px one: its weights continue the 16-px
+    ones (not a fresh UNet's), both UNets are exported at 32 px, and the new teacher samples 32-px views."""
     _run(tmp_path / "base", "--max-steps", "2", "--export", str(tmp_path / "base-teacher"))
     _run(tmp_path / "expert", "--max-steps", "1", "--expert-for", str(tmp_path / "base-teacher"), "--high-noise-start", "990",
          "--export", str(tmp_path / "small"))
