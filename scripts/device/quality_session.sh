@@ -11,6 +11,9 @@
 #   bash scripts/device/quality_session.sh finish    # the arms train on; evaluation (NO_EVAL=1: train on only)
 #   bash scripts/device/quality_session.sh expert    # the high-noise expert retrained beside the main UNet this machine
 #                                                    # trained (runs/teacher), then the teacher's scores on the GPU
+#   bash scripts/device/quality_session.sh pair      # the main UNet and its expert trained at once, side by side on the
+#                                                    # same GPUs (the expert's training never runs the main UNet), then
+#                                                    # joined into runs/teacher and scored (PAIR_SCORE=1)
 #   bash scripts/device/quality_session.sh shapes    # UNet shapes (SHAPES, MultiViewUNet.PRESETS) each trained from
 #                                                    # scratch for SHAPE_SECONDS, timed and scored: quality per GPU-minute
 # TEACHER_BACK=unet: a middle call of a teacher chain brings back only the main UNet it trained (17 MB, a handoff if the
@@ -32,12 +35,12 @@
 # Needs .wheels carried, and the model folders of hub/ that device-slim moved away (mvdm-tiny, efficientnet-lite0,
 # lpips-alex) present. SMOKE=1 TEACHER_INIT=<toy teacher with an expert> rehearses it all on a CPU.
 set -eo pipefail
-stage=${1:?teacher, student, finish, expert or shapes}
+stage=${1:?teacher, student, finish, expert, pair or shapes}
 start=$(date +%s)
 budget=${CHUNK_SECONDS:-560}
 export PYTHONPATH=$PWD TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 PYTHONUNBUFFERED=1 TQDM_MININTERVAL=60
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" runs
-TEACHER_INIT=${TEACHER_INIT:-hub/mvdm-tiny} INIT_STEP=${INIT_STEP:-18001}  # the shipped main UNet's step
+TEACHER_INIT=${TEACHER_INIT:-hub/mvdm-tiny} INIT_STEP=${INIT_STEP:-24160}  # the shipped main UNet's step
 if [ -n "$SMOKE" ]; then
     N_CORPUS=8 N_TEST=4 N_HELDOUT=4 N_FIT_SEEDS=4 SIZE=32 TEACHER_EXTRA="--tiny-test --pool-size 4 --sample-steps 2 --max-steps 6"
     SIM_EXTRA="--steps 2" DISTILL_EXTRA="--tiny-test" EVAL_EXTRA="--fit-steps 2 --device cpu --batch 4" PROBE_EXTRA="--tiny-test --device cpu --steps 2 --warmup 1 --batch-size 2"
@@ -77,7 +80,7 @@ train_teacher() {  # $1: seconds to keep after training
     # a later machine continues from the exported teacher (--init-from it with its step).
     launch training/train_teacher.py --output-dir runs/t-main --resume latest --init-from "$TEACHER_INIT" --init-step "$INIT_STEP" \
         --keep-expert-from "$TEACHER_INIT" --max-steps ${TEACHER_MAX_STEPS:-30000} --warmup-steps 200 \
-        --canonical-fraction ${CANONICAL_FRACTION:-0.75} --lighting ${LIGHTING:-mixed} --batch-size 64 --pool-size 2048 \
+        --canonical-fraction ${CANONICAL_FRACTION:-0.75} --lighting ${LIGHTING:-mixed} --batch-size 64 --pool-size ${POOL_SIZE:-2048} \
         --print-fraction ${PRINT_FRACTION:-0.5} --pool-start ${POOL_START:-0} \
         --checkpoint-every 500 --sample-every 1000 --log-every 50 --time-limit "$(box "$1")" --export runs/teacher \
         ${TEACHER_SIZE:+--sample-size $TEACHER_SIZE} $TEACHER_EXTRA > runs/teacher-$stage.log 2>&1 || { tail -30 runs/teacher-$stage.log; return 1; }
@@ -152,28 +155,60 @@ export_newest_teacher() {  # runs/teacher from runs/t-main's newest checkpoint: 
     TEACHER_EXTRA="$TEACHER_EXTRA --stop-after $last" train_teacher 0
 }
 
-if [ "$stage" = expert ]; then
+train_expert() {  # $1: the main UNet's teacher to sample beside (grids, export), $2: seconds to keep after training
     # The expert (t >= $TEACHER_INIT's high_noise_start) goes on from $TEACHER_INIT's (at EXPERT_INIT_STEP, the shipped
-    # expert's step) in the world the main UNet trains in (canonical layout, mixed light), beside the main UNet of
-    # runs/teacher; its schedule ends at EXPERT_MAX_STEPS.
+    # expert's step) in the world the main UNet trains in (canonical layout, mixed light); its schedule ends at
+    # EXPERT_MAX_STEPS. EXPERT_POOL_START: its pool's first train-split object (POOL_START by default).
+    local expert_start=$(python3 -c "import json; print(json.load(open('$TEACHER_INIT/model_index.json'))['high_noise_start'])")
+    python3 training/train_teacher.py --output-dir runs/t-expert --resume latest --expert-for "$1" \
+        --high-noise-start $expert_start --init-from "$TEACHER_INIT" --init-step ${EXPERT_INIT_STEP:-4367} \
+        --max-steps ${EXPERT_MAX_STEPS:-8000} --warmup-steps 100 --ema-decay 0.998 --canonical-fraction ${CANONICAL_FRACTION:-0.75} \
+        --lighting ${LIGHTING:-mixed} --print-fraction ${PRINT_FRACTION:-0.5} --pool-start ${EXPERT_POOL_START:-${POOL_START:-0}} \
+        --batch-size 64 --pool-size ${POOL_SIZE:-2048} --checkpoint-every 500 --sample-every 1000 --log-every 50 \
+        --time-limit "$(box "$2")" --export runs/teacher-expert ${TEACHER_SIZE:+--sample-size $TEACHER_SIZE} $TEACHER_EXTRA \
+        > runs/expert-$stage.log 2>&1 || { tail -30 runs/expert-$stage.log; return 1; }
+    grep camera_sensitivity runs/t-expert/log.jsonl | tail -3; tail -1 runs/t-expert/log.jsonl
+}
+
+score_teacher() {  # $1: a teacher folder under runs/, scored on TQ_OBJECTS objects a split (on GPU 0, in what time is left)
+    on_gpu 0 timeout $(box 5) python3 benchmarks/teacher_quality.py --teacher runs/$1 --objects ${TQ_OBJECTS:-100} --batch 50 \
+        --fit-steps 150 --colour-check --out runs/tq-$1 $TQ_EXTRA > runs/tq-$1.log 2>&1 || tail -20 runs/tq-$1.log
+}
+
+if [ "$stage" = expert ]; then
+    # The expert retrained beside the main UNet of runs/teacher (see train_expert).
     gsplat_ready
     [ -f runs/teacher/model_index.json ] || export_newest_teacher
     teacher_trained=1
     echo "[$(left) s left] expert training"
-    expert_start=$(python3 -c "import json; print(json.load(open('$TEACHER_INIT/model_index.json'))['high_noise_start'])")
-    python3 training/train_teacher.py --output-dir runs/t-expert --resume latest --expert-for runs/teacher \
-        --high-noise-start $expert_start --init-from "$TEACHER_INIT" --init-step ${EXPERT_INIT_STEP:-4367} \
-        --max-steps ${EXPERT_MAX_STEPS:-8000} --warmup-steps 100 --ema-decay 0.998 --canonical-fraction ${CANONICAL_FRACTION:-0.75} \
-        --lighting ${LIGHTING:-mixed} --print-fraction ${PRINT_FRACTION:-0.5} --pool-start ${POOL_START:-0} --batch-size 64 --pool-size 2048 --checkpoint-every 500 --sample-every 1000 --log-every 50 \
-        --time-limit "$(box ${TQ_SECONDS:-110})" --export runs/teacher-expert ${TEACHER_SIZE:+--sample-size $TEACHER_SIZE} $TEACHER_EXTRA > runs/expert.log 2>&1 || { tail -30 runs/expert.log; exit 1; }
+    train_expert runs/teacher ${TQ_SECONDS:-110} || exit 1
     grep camera_sensitivity runs/t-expert/log.jsonl | tail -3
     rm -rf runs/teacher-main && mv runs/teacher runs/teacher-main && mv runs/teacher-expert runs/teacher
     echo "[$(left) s left] teacher scores"
     for which in teacher teacher-main; do  # with the new expert, and with the main UNet's kept one
         [ $which = teacher-main ] && [ -n "$SMOKE" ] && continue
-        on_gpu 0 timeout $(box 5) python3 benchmarks/teacher_quality.py --teacher runs/$which --objects ${TQ_OBJECTS:-100} --batch 50 \
-            --fit-steps 150 --colour-check --out runs/tq-$which $TQ_EXTRA > runs/tq-$which.log 2>&1 || tail -20 runs/tq-$which.log
+        score_teacher $which
     done
+    exit 0
+fi
+
+if [ "$stage" = pair ]; then
+    # Both UNets of the teacher at once, e.g. when both change resolution (TEACHER_SIZE): the main UNet (train_teacher,
+    # beside $TEACHER_INIT's expert, kept) and the expert (train_expert, beside $TEACHER_INIT's main UNet, used only for
+    # its grids) share the GPUs: at 128 px one tiny UNet's step leaves most of an H200 idle. A later call with the same
+    # settings resumes both. Then the two exports are joined: runs/teacher is the new main UNet with the new expert.
+    gsplat_ready
+    echo "[$(left) s left] main UNet and expert, side by side"
+    train_teacher ${TEACHER_MARGIN:-60} > runs/pair-main.out 2>&1 &
+    main_job=$!
+    train_expert "$TEACHER_INIT" ${TEACHER_MARGIN:-60} > runs/pair-expert.out 2>&1 || echo "expert failed"
+    wait $main_job || echo "main UNet failed"
+    cat runs/pair-main.out runs/pair-expert.out
+    teacher_trained=1
+    [ -f runs/teacher/model_index.json ] && [ -f runs/teacher-expert/model_index.json ] || exit 1
+    rm -rf runs/teacher/high_noise_unet && cp -r runs/teacher-expert/high_noise_unet runs/teacher/
+    echo "[$(left) s left] joined: runs/teacher = the new main UNet + the new expert"
+    [ -n "$PAIR_SCORE" ] && score_teacher teacher
     exit 0
 fi
 
