@@ -19,6 +19,9 @@ teacher receives it, copied to the same 4 cameras". No recentring: the teacher g
 --colour-check: flat coloured disks and rings (RGBA, no shading); the input's mean RGB against the copied
 view's (and the imagined views') mean RGB over the input's foreground, alpha-weighted, in 0-255.
 
+--score-size N: every figure but the consistency fit's is taken on the views and the truth area-reduced to N px,
+so a 128-px teacher compares with a 64-px one (`--score-size 64`) where a user of the smaller one would.
+
 Two ceilings of the split figures (per split, beside them): --seed-mean K scores the mean of K samples of other
 seeds (on white) at the imagined views, which a single sample cannot beat by much where the unseen sides are
 ambiguous; --truth-consistency scores the true views by the leave-one-out protocol of the consistency figure,
@@ -49,8 +52,19 @@ from training.common import image_grid
 
 
 
-def scores(pred_rgba, true_rgba) -> dict:
-    """Per-view PSNR/SSIM on white, full frame and masked by the true alpha.  [B, V, 4, S, S] -> lists [B, V]."""
+def at_size(rgba: torch.Tensor, size) -> torch.Tensor:
+    """[B, V, 4, S, S] -> [B, V, 4, size, size], area-averaged (views of a larger teacher seen at a smaller one's
+    size); unchanged when size is None or not smaller."""
+    if size is None or size >= rgba.shape[-1]:
+        return rgba
+    flat = torch.nn.functional.interpolate(rgba.flatten(0, 1), size=(size, size), mode="area")
+    return flat.unflatten(0, rgba.shape[:2])
+
+
+def scores(pred_rgba, true_rgba, size=None) -> dict:
+    """Per-view PSNR/SSIM on white, full frame and masked by the true alpha, at `size` px (None: as given).
+    [B, V, 4, S, S] -> lists [B, V]."""
+    pred_rgba, true_rgba = at_size(pred_rgba, size), at_size(true_rgba, size)
     pred, true = composite_on(pred_rgba), composite_on(true_rgba)
     mask = true_rgba[:, :, 3:] > 0.5
     return {
@@ -81,7 +95,7 @@ def evaluate_split(teacher, split: str, count: int, args, device, out_dir: Path)
         results.setdefault("camera_sensitivity", []).append(camera_sensitivity(teacher, inputs, truth, elevation))
         sim = teacher.simulate(inputs, seeds=list(range(start, start + len(chunk))), num_steps=args.steps)
         views = sim.views.to(device)
-        for key, value in scores(views, truth).items():
+        for key, value in scores(views, truth, args.score_size).items():
             results[key].append(value.cpu())
         # Consistency: fit to 3 of the teacher's views, score the 4th; every view left out once.
         if args.fit_steps > 0:
@@ -153,10 +167,11 @@ def evaluate_real(teacher, folder: Path, args, device, out_dir: Path) -> dict:
         views.append(sim.views.cpu())  # [b, V, 4, S, S]
     views = torch.cat(views)  # [N, V, 4, S, S]
     copy = copy_baseline(teacher, inputs)  # [N, V, 4, S, S]
-    report = {"objects": len(names), "skipped": skipped, "input_size": args.input_size, "size": teacher.image_size}
+    report = {"objects": len(names), "skipped": skipped, "input_size": args.input_size, "size": teacher.image_size,
+              "score_size": min(args.score_size or teacher.image_size, teacher.image_size)}
     per_object = {name: {} for name in names}
     for label, pred in (("teacher", views), ("copy", copy)):
-        values = scores(pred, truth)  # {metric: [N, V]}
+        values = scores(pred, truth, args.score_size)  # {metric: [N, V]}
         report[label] = {k: summarise(v) for k, v in values.items()}
         for i, name in enumerate(names):
             per_object[name][label] = {k: {"copied_view": float(values[k][i, 0]), "imagined_views": float(values[k][i, 1:].mean())}
@@ -214,14 +229,20 @@ def main(argv=None):
     p.add_argument("--colour-check", action="store_true", help="mean colour of flat coloured disks and rings")
     p.add_argument("--seed-mean", type=int, default=1, help="K > 1: also score the mean of K seeds' samples (imagined views)")
     p.add_argument("--truth-consistency", action="store_true", help="also score the true views by the consistency protocol")
+    p.add_argument("--score-size", type=int, default=None,
+                   help="score the views (and the truth) area-reduced to this many px, e.g. 64 to compare a 128-px "
+                        "teacher with a 64-px one (default: the teacher's own size); the consistency fit is unchanged")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1... (default: cuda if available)")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
+    if args.score_size is not None and args.score_size <= 0:
+        p.error(f"--score-size {args.score_size}: expected a side in px > 0")
     device = torch.device(choose_device(args.device))
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     teacher = load_teacher(args.teacher, device=device)
-    report = {"teacher": args.teacher, "device": str(device), "steps": args.steps, "guidance_scale": teacher.default_guidance_scale}
+    report = {"teacher": args.teacher, "device": str(device), "steps": args.steps, "guidance_scale": teacher.default_guidance_scale,
+              "size": teacher.image_size, "score_size": min(args.score_size or teacher.image_size, teacher.image_size)}
     report["determinism"] = determinism(teacher, device, min(args.steps, 10))
     for split in [s for s in args.splits.split(",") if s]:
         report[split] = evaluate_split(teacher, split, args.objects, args, device, out_dir)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -83,3 +84,20 @@ def test_split_ceilings_mean_of_seeds_and_the_truths_own_consistency(tmp_path, t
     plain = teacher_quality.main(common + ["--out", str(tmp_path / "b")])["val"]
     assert "imagined_psnr_mean_of_seeds" not in plain and "truth_consistency_psnr_leave_one_out" not in plain
     assert plain["psnr"] == val["psnr"]  # the ceilings change nothing of the figures themselves
+
+
+def test_score_size_area_reduces_views_and_truth_alike():
+    """--score-size: a 128-px teacher compared with a 64-px one where the smaller one's user would see it."""
+    rgba = torch.zeros(1, 2, 4, 4, 4)  # [B, V, 4, S, S]
+    rgba[:, :, :, :2, :2] = 1.0  # an opaque white quarter in each view
+    small = teacher_quality.at_size(rgba, 2)  # [B, V, 4, 2, 2]
+    assert small.shape == (1, 2, 4, 2, 2) and float(small[0, 0, 3, 0, 0]) == 1.0 and float(small[0, 0, 3, 1, 1]) == 0.0
+    assert teacher_quality.at_size(rgba, None) is rgba and teacher_quality.at_size(rgba, 8) is rgba  # never enlarged
+    # One black pixel that a 32-px teacher got wrong costs less once both are seen at 16 px: it is averaged in.
+    truth = torch.ones(1, 2, 4, 32, 32)  # [B, V, 4, S, S] opaque white
+    pred = truth.clone()
+    pred[:, :, :3, 5, 5] = 0.0
+    full, reduced = teacher_quality.scores(pred, truth), teacher_quality.scores(pred, truth, 16)
+    assert float(reduced["psnr"].mean()) == pytest.approx(float(full["psnr"].mean()) + 10 * math.log10(4), abs=1e-3)
+    with pytest.raises(SystemExit):
+        teacher_quality.main(["--teacher", "x", "--score-size", "0", "--out", "y"])
