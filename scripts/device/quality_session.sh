@@ -27,8 +27,9 @@
 # share of the teacher's pool objects with printed labels (training/synthetic.py; 0.5 by default, the shipped teacher's
 # world since session 12), CORPUS_PRINT_FRACTION the same for the training corpus (0 by default; the evaluation sets
 # always 0, so their figures compare across sessions); POOL_START=K: the pool is the train split's objects from index
-# K on. TEACHER_SIZE=128: the teacher and expert stages train at 128 px (train_teacher.py --sample-size), warm-started
-# from TEACHER_INIT's 64-px weights (the UNet has no size-bound parameters); the expert stage needs the same value.
+# K on. TEACHER_SIZE=N: the teacher, expert and pair stages train at N px (train_teacher.py --sample-size), warm-started
+# from TEACHER_INIT's weights of any size (the UNet has no size-bound parameters); the shipped teacher is 128 px since
+# session 16 (its config), so leave it unset to go on at that size.
 # Every call brings back what exists through $OUT (see pack): the teacher (when trained in the call), else the
 # students, logs, grids, scores (EVAL_SETS_BACK=1: the evaluation quadruples too). SIM_PROCESSES=K: K simulation
 # processes over the GPUs (two on one H200 made 18 quadruples/s together against 30/s for one: keep 1 per GPU).
@@ -40,7 +41,7 @@ start=$(date +%s)
 budget=${CHUNK_SECONDS:-560}
 export PYTHONPATH=$PWD TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 PYTHONUNBUFFERED=1 TQDM_MININTERVAL=60
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" runs
-TEACHER_INIT=${TEACHER_INIT:-hub/mvdm-tiny} INIT_STEP=${INIT_STEP:-24160}  # the shipped main UNet's step
+TEACHER_INIT=${TEACHER_INIT:-hub/mvdm-tiny} INIT_STEP=${INIT_STEP:-25441}  # the shipped main UNet's step
 if [ -n "$SMOKE" ]; then
     N_CORPUS=8 N_TEST=4 N_HELDOUT=4 N_FIT_SEEDS=4 SIZE=32 TEACHER_EXTRA="--tiny-test --pool-size 4 --sample-steps 2 --max-steps 6"
     SIM_EXTRA="--steps 2" DISTILL_EXTRA="--tiny-test" EVAL_EXTRA="--fit-steps 2 --device cpu --batch 4" PROBE_EXTRA="--tiny-test --device cpu --steps 2 --warmup 1 --batch-size 2"
@@ -161,7 +162,7 @@ train_expert() {  # $1: the main UNet's teacher to sample beside (grids, export)
     # EXPERT_MAX_STEPS. EXPERT_POOL_START: its pool's first train-split object (POOL_START by default).
     local expert_start=$(python3 -c "import json; print(json.load(open('$TEACHER_INIT/model_index.json'))['high_noise_start'])")
     python3 training/train_teacher.py --output-dir runs/t-expert --resume latest --expert-for "$1" \
-        --high-noise-start $expert_start --init-from "$TEACHER_INIT" --init-step ${EXPERT_INIT_STEP:-4367} \
+        --high-noise-start $expert_start --init-from "$TEACHER_INIT" --init-step ${EXPERT_INIT_STEP:-5656} \
         --max-steps ${EXPERT_MAX_STEPS:-8000} --warmup-steps 100 --ema-decay 0.998 --canonical-fraction ${CANONICAL_FRACTION:-0.75} \
         --lighting ${LIGHTING:-mixed} --print-fraction ${PRINT_FRACTION:-0.5} --pool-start ${EXPERT_POOL_START:-${POOL_START:-0}} \
         --batch-size 64 --pool-size ${POOL_SIZE:-2048} --checkpoint-every 500 --sample-every 1000 --log-every 50 \
