@@ -19,8 +19,9 @@ teacher receives it, copied to the same 4 cameras". No recentring: the teacher g
 --colour-check: flat coloured disks and rings (RGBA, no shading); the input's mean RGB against the copied
 view's (and the imagined views') mean RGB over the input's foreground, alpha-weighted, in 0-255.
 
---score-size N: every figure but the consistency fit's is taken on the views and the truth area-reduced to N px,
-so a 128-px teacher compares with a 64-px one (`--score-size 64`) where a user of the smaller one would.
+--score-size N: the PSNR/SSIM figures are taken on the views and the truth area-reduced to N px, so a 128-px teacher
+compares with a 64-px one (`--score-size 64`) where the smaller one is scored; the consistency fit and the camera
+sensitivity stay at the teacher's own size.
 
 Two ceilings of the split figures (per split, beside them): --seed-mean K scores the mean of K samples of other
 seeds (on white) at the imagined views, which a single sample cannot beat by much where the unseen sides are
@@ -167,8 +168,7 @@ def evaluate_real(teacher, folder: Path, args, device, out_dir: Path) -> dict:
         views.append(sim.views.cpu())  # [b, V, 4, S, S]
     views = torch.cat(views)  # [N, V, 4, S, S]
     copy = copy_baseline(teacher, inputs)  # [N, V, 4, S, S]
-    report = {"objects": len(names), "skipped": skipped, "input_size": args.input_size, "size": teacher.image_size,
-              "score_size": min(args.score_size or teacher.image_size, teacher.image_size)}
+    report = {"objects": len(names), "skipped": skipped, "input_size": args.input_size, "size": teacher.image_size}
     per_object = {name: {} for name in names}
     for label, pred in (("teacher", views), ("copy", copy)):
         values = scores(pred, truth, args.score_size)  # {metric: [N, V]}
@@ -231,7 +231,7 @@ def main(argv=None):
     p.add_argument("--truth-consistency", action="store_true", help="also score the true views by the consistency protocol")
     p.add_argument("--score-size", type=int, default=None,
                    help="score the views (and the truth) area-reduced to this many px, e.g. 64 to compare a 128-px "
-                        "teacher with a 64-px one (default: the teacher's own size); the consistency fit is unchanged")
+                        "teacher with a 64-px one (default: the teacher's own size); the consistency fit and camera sensitivity are not")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1... (default: cuda if available)")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)

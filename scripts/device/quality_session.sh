@@ -183,7 +183,6 @@ if [ "$stage" = expert ]; then
     teacher_trained=1
     echo "[$(left) s left] expert training"
     train_expert runs/teacher ${TQ_SECONDS:-110} || exit 1
-    grep camera_sensitivity runs/t-expert/log.jsonl | tail -3
     rm -rf runs/teacher-main && mv runs/teacher runs/teacher-main && mv runs/teacher-expert runs/teacher
     echo "[$(left) s left] teacher scores"
     for which in teacher teacher-main; do  # with the new expert, and with the main UNet's kept one
@@ -196,8 +195,9 @@ fi
 if [ "$stage" = pair ]; then
     # Both UNets of the teacher at once, e.g. when both change resolution (TEACHER_SIZE): the main UNet (train_teacher,
     # beside $TEACHER_INIT's expert, kept) and the expert (train_expert, beside $TEACHER_INIT's main UNet, used only for
-    # its grids) share the GPUs: at 128 px one tiny UNet's step leaves most of an H200 idle. A later call with the same
-    # settings resumes both. Then the two exports are joined: runs/teacher is the new main UNet with the new expert.
+    # its grids) share the GPUs, so one chain of calls trains both. No faster than one after the other: at 128 px on one
+    # H200 each ran 1.5 steps/s, 3.0 together (session 16). A later call with the same settings resumes both. Then the
+    # two exports are joined: runs/teacher is the new main UNet with the new expert.
     gsplat_ready
     echo "[$(left) s left] main UNet and expert, side by side"
     train_teacher ${TEACHER_MARGIN:-60} > runs/pair-main.out 2>&1 &
