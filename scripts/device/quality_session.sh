@@ -28,8 +28,8 @@
 # world since session 12), CORPUS_PRINT_FRACTION the same for the training corpus (0 by default; the evaluation sets
 # always 0, so their figures compare across sessions); POOL_START=K: the pool is the train split's objects from index
 # K on. TEACHER_SIZE=N: the teacher, expert and pair stages train at N px (train_teacher.py --sample-size), warm-started
-# from TEACHER_INIT's weights of any size (the UNet has no size-bound parameters); the shipped teacher is 128 px since
-# session 16 (its config), so leave it unset to go on at that size.
+# from TEACHER_INIT's weights of any size (the UNet has no size-bound parameters). Default 128, the shipped teacher's
+# size since session 16: train_teacher.py builds its preset's 64 px unless told, whatever size --init-from has.
 # Every call brings back what exists through $OUT (see pack): the teacher (when trained in the call), else the
 # students, logs, grids, scores (EVAL_SETS_BACK=1: the evaluation quadruples too). SIM_PROCESSES=K: K simulation
 # processes over the GPUs (two on one H200 made 18 quadruples/s together against 30/s for one: keep 1 per GPU).
@@ -42,6 +42,7 @@ budget=${CHUNK_SECONDS:-560}
 export PYTHONPATH=$PWD TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 PYTHONUNBUFFERED=1 TQDM_MININTERVAL=60
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" runs
 TEACHER_INIT=${TEACHER_INIT:-hub/mvdm-tiny} INIT_STEP=${INIT_STEP:-25441}  # the shipped main UNet's step
+[ -n "$SMOKE" ] || TEACHER_SIZE=${TEACHER_SIZE-128}  # TEACHER_SIZE= (empty): the preset's 64 px; SMOKE keeps the toy size
 if [ -n "$SMOKE" ]; then
     N_CORPUS=8 N_TEST=4 N_HELDOUT=4 N_FIT_SEEDS=4 SIZE=32 TEACHER_EXTRA="--tiny-test --pool-size 4 --sample-steps 2 --max-steps 6"
     SIM_EXTRA="--steps 2" DISTILL_EXTRA="--tiny-test" EVAL_EXTRA="--fit-steps 2 --device cpu --batch 4" PROBE_EXTRA="--tiny-test --device cpu --steps 2 --warmup 1 --batch-size 2"
