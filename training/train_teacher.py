@@ -70,9 +70,10 @@ def parse_args(argv=None):
     p.add_argument("--unet-preset", default="tiny", choices=PIXEL_UNET_PRESETS,
                    help="the main UNet's shape (MultiViewUNet.PRESETS; 64-px pixel-space ones); a new shape trains from scratch")
     p.add_argument("--sample-size", type=int, default=None,
-                   help="side of the frames in px (default: the preset's, 64). The UNet holds no parameter bound to the size, "
-                        "so --init-from / --keep-expert-from / --expert-for weights of another size load as they are: a "
-                        "warm start at a new resolution (e.g. 128 from the shipped 64-px teacher)")
+                   help="side of the frames in px (default: that of the teacher --init-from, else --expert-for, else "
+                        "--keep-expert-from names; with none, the preset's 64). The UNet holds no parameter bound to the "
+                        "size, so weights of another size load as they are: a warm start at a new resolution (e.g. 128 "
+                        "from a 64-px teacher)")
     p.add_argument("--max-steps", type=int, default=20000, help="length of the LR schedule")
     p.add_argument("--stop-after", type=int, default=None, help="stop (with a checkpoint) after this step, e.g. to chunk a run")
     p.add_argument("--time-limit", type=float, default=None, help="seconds from the start (loading and the pool included); checkpoint and stop before then")
@@ -132,6 +133,9 @@ def parse_args(argv=None):
         p.error("--expert-for trains an expert; --keep-expert-from keeps one: choose one")
     if args.expert_for:
         args.high_noise_fraction = 1.0
+    if args.sample_size is None:  # going on from a teacher keeps its frame size unless told otherwise
+        args.sample_size = next((size for folder in (args.init_from, args.expert_for, args.keep_expert_from)
+                                 if (size := frame_size_of(folder)) is not None), None)
     if args.tiny_test:
         args.unet_preset = None
         args.pool_size = min(args.pool_size, 4)
@@ -142,6 +146,15 @@ def parse_args(argv=None):
         args.warmup_steps = min(args.warmup_steps, 2)
         args.sample_steps = min(args.sample_steps, 2)
     return args
+
+
+def frame_size_of(folder: Optional[str]) -> Optional[int]:
+    """The frame side of the main UNet in a teacher or --handoff folder; None when there is none to read."""
+    if folder is None:
+        return None
+    teacher_dir = Path(folder) / "teacher" if (Path(folder) / "teacher").is_dir() else Path(folder)
+    config = teacher_dir / "unet" / "config.json"
+    return int(json.loads(config.read_text())["sample_size"]) if config.is_file() else None
 
 
 def size_override(args) -> dict:

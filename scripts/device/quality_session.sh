@@ -28,8 +28,7 @@
 # world since session 12), CORPUS_PRINT_FRACTION the same for the training corpus (0 by default; the evaluation sets
 # always 0, so their figures compare across sessions); POOL_START=K: the pool is the train split's objects from index
 # K on. TEACHER_SIZE=N: the teacher, expert and pair stages train at N px (train_teacher.py --sample-size), warm-started
-# from TEACHER_INIT's weights of any size (the UNet has no size-bound parameters). Default 128, the shipped teacher's
-# size since session 16: train_teacher.py builds its preset's 64 px unless told, whatever size --init-from has.
+# from TEACHER_INIT's weights of any size (the UNet has no size-bound parameters); by default TEACHER_INIT's own size.
 # Every call brings back what exists through $OUT (see pack): the teacher (when trained in the call), else the
 # students, logs, grids, scores (EVAL_SETS_BACK=1: the evaluation quadruples too). SIM_PROCESSES=K: K simulation
 # processes over the GPUs (two on one H200 made 18 quadruples/s together against 30/s for one: keep 1 per GPU).
@@ -42,7 +41,6 @@ budget=${CHUNK_SECONDS:-560}
 export PYTHONPATH=$PWD TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 PYTHONUNBUFFERED=1 TQDM_MININTERVAL=60
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" runs
 TEACHER_INIT=${TEACHER_INIT:-hub/mvdm-tiny} INIT_STEP=${INIT_STEP:-25441}  # the shipped main UNet's step
-[ -n "$SMOKE" ] || TEACHER_SIZE=${TEACHER_SIZE-128}  # TEACHER_SIZE= (empty): the preset's 64 px; SMOKE keeps the toy size
 if [ -n "$SMOKE" ]; then
     N_CORPUS=8 N_TEST=4 N_HELDOUT=4 N_FIT_SEEDS=4 SIZE=32 TEACHER_EXTRA="--tiny-test --pool-size 4 --sample-steps 2 --max-steps 6"
     SIM_EXTRA="--steps 2" DISTILL_EXTRA="--tiny-test" EVAL_EXTRA="--fit-steps 2 --device cpu --batch 4" PROBE_EXTRA="--tiny-test --device cpu --steps 2 --warmup 1 --batch-size 2"
@@ -294,11 +292,13 @@ if [ "$stage" = student ]; then
     elif [ ! -f runs/teacher/model_index.json ]; then  # nothing trained here: distil from $TEACHER_INIT as it is
         cp -rL "$TEACHER_INIT" runs/teacher
     fi
-    if [ -z "$SKIP_TQ" ]; then
+    score_beside() {  # the teacher's scores (GPU 1) beside the simulation. Only once gsplat is compiled: a scorer that
+        # imported it during the compile broke the build (session 17 lost a call to that)
+        [ -n "$SKIP_TQ" ] && return
         echo "[$(left) s left] teacher scores (GPU 1), beside what follows"
         on_gpu 1 python3 benchmarks/teacher_quality.py --teacher runs/teacher --objects 100 --batch 50 --fit-steps 150 \
             --colour-check --out runs/tq $TQ_EXTRA > runs/tq.log 2>&1 &
-    fi
+    }
     if [ ! -d runs/c-corpus ]; then  # a fresh machine: corpora on the CPUs (the torch splatter) while gsplat compiles,
         # then the teacher's quadruples while the true renders wait for gsplat
         echo "[$(left) s left] gsplat compile; corpora on the CPUs, then the teacher's quadruples"
@@ -308,8 +308,10 @@ if [ "$stage" = student ]; then
         echo "[$(left) s left] corpora built"
         simulate_teacher &
         wait $warm; cat runs/gsplat.log
+        score_beside
         simulate_truth  # its wait is also the one for the teacher's quadruples
     else
+        score_beside
         ( simulate_teacher ); simulate_truth  # a subshell: its waits leave the teacher scores running beside
     fi
     wait  # the teacher scores

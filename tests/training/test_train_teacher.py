@@ -168,6 +168,12 @@ def test_a_teacher_continues_at_another_resolution_from_its_weights(tmp_path):
     assert moved < 0.1 * from_fresh  # it continued the small teacher's weights
     views = big.simulate(torch.rand(1, 4, 32, 32), seeds=[0], num_steps=2).views
     assert views.shape == (1, 4, 4, 32, 32) and torch.isfinite(views).all()
+    # Going on from the 32-px teacher keeps 32 px without being told; --sample-size still wins.
+    for flag in ("--init-from", "--expert-for", "--keep-expert-from"):
+        args = train_teacher.parse_args(["--tiny-test", "--output-dir", "x", flag, str(tmp_path / "big-teacher")])
+        assert train_teacher.build_unet(args).config.sample_size == 32, flag
+    told = train_teacher.parse_args(["--tiny-test", "--output-dir", "x", "--init-from", str(tmp_path / "big-teacher"), "--sample-size", "16"])
+    assert train_teacher.build_unet(told).config.sample_size == 16
     with pytest.raises(SystemExit):
         train_teacher.parse_args(["--tiny-test", "--output-dir", "x", "--sample-size", "0"])
 
