@@ -460,7 +460,8 @@ def build_demo(pipe: DD3GPipeline, settings: Optional[AppSettings] = None) -> gr
             "A student distilled from a multi-view diffusion model turns one picture of an object into "
             "3D Gaussians in a single forward pass. Images with a transparent background are used as they are; "
             "others get their background removed. (The shipped tiny model shows the photo sharply from the front, but "
-            "its sides and back are coarse, speckled guesses; another seed gives a visibly different guess of the unseen sides.)"
+            "its sides and back are smooth, blurred guesses that echo the front; another seed gives a somewhat different "
+            "guess of the unseen sides.)"
         )
         with gr.Row():
             with gr.Column(scale=1):

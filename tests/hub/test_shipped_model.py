@@ -28,7 +28,8 @@ def pipe():
 def test_the_default_is_the_shipped_model_in_float32_on_cpu(pipe):
     assert DEFAULT_CHECKPOINT.name == "dd3g-tiny" and (DEFAULT_CHECKPOINT / "model_index.json").is_file()
     assert pipe.student.dtype == torch.float32  # stored fp16, computed in fp32 on a CPU
-    assert pipe.student.num_gaussians == 16384
+    size = pipe.student.config.unet_config["sample_size"]
+    assert size == 128 and pipe.student.num_gaussians == 4 * size * size  # pixel-aligned: one per pixel of its 4 views
 
 
 @torch.no_grad()
@@ -60,7 +61,7 @@ def test_cli_without_checkpoint_uses_it(tmp_path, pipe):
     assert pipe.config.photo_surface_size == 256
     surface = int((pipe.prepare_image(EXAMPLES[0]).detail_rgba[3] > 1 / 255).sum())
     served = pipe(str(EXAMPLES[0]), seeds=[0]).gaussians[0]
-    assert served.num_gaussians == 16384 + surface
+    assert served.num_gaussians == pipe.student.num_gaussians + surface
     # The file holds those a renderer draws: every surfel (opaque photo pixels) and the student's visible ones, not
     # the student's background pixels.
     assert written.num_gaussians == served.visible().num_gaussians
