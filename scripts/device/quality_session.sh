@@ -14,6 +14,7 @@
 #   bash scripts/device/quality_session.sh pair      # the main UNet and its expert trained at once, side by side on the
 #                                                    # same GPUs (the expert's training never runs the main UNet), then
 #                                                    # joined into runs/teacher and scored (PAIR_SCORE=1)
+#   bash scripts/device/quality_session.sh score     # the teacher's scores alone (TQ_OBJECTS a split; REAL=<scans>: those too)
 #   bash scripts/device/quality_session.sh shapes    # UNet shapes (SHAPES, MultiViewUNet.PRESETS) each trained from
 #                                                    # scratch for SHAPE_SECONDS, timed and scored: quality per GPU-minute
 # TEACHER_BACK=unet: a middle call of a teacher chain brings back only the main UNet it trained (17 MB, a handoff if the
@@ -35,7 +36,7 @@
 # Needs .wheels carried, and the model folders of hub/ that device-slim moved away (mvdm-tiny, efficientnet-lite0,
 # lpips-alex) present. SMOKE=1 TEACHER_INIT=<toy teacher with an expert> rehearses it all on a CPU.
 set -eo pipefail
-stage=${1:?teacher, student, finish, expert, pair or shapes}
+stage=${1:?teacher, student, finish, expert, pair, score or shapes}
 start=$(date +%s)
 budget=${CHUNK_SECONDS:-560}
 export PYTHONPATH=$PWD TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 PYTHONUNBUFFERED=1 TQDM_MININTERVAL=60
@@ -170,9 +171,12 @@ train_expert() {  # $1: the main UNet's teacher to sample beside (grids, export)
     grep camera_sensitivity runs/t-expert/log.jsonl | tail -3; tail -1 runs/t-expert/log.jsonl
 }
 
-score_teacher() {  # $1: a teacher folder under runs/, scored on TQ_OBJECTS objects a split (on GPU 0, in what time is left)
-    on_gpu 0 timeout $(box 5) python3 benchmarks/teacher_quality.py --teacher runs/$1 --objects ${TQ_OBJECTS:-100} --batch 50 \
-        --fit-steps 150 --colour-check --out runs/tq-$1 $TQ_EXTRA > runs/tq-$1.log 2>&1 || tail -20 runs/tq-$1.log
+score_teacher() {  # $1: a teacher folder, scored on TQ_OBJECTS objects a split with TQ_FIT consistency-fit steps (on
+    # GPU 0, in what time is left; results in runs/tq-<its name>); SCORE_SIZE=N: scored at N px (--score-size)
+    local name=$(basename "$1")
+    on_gpu 0 timeout $(box 5) python3 benchmarks/teacher_quality.py --teacher "$1" --objects ${TQ_OBJECTS:-100} --batch 50 \
+        --fit-steps ${TQ_FIT:-150} --colour-check ${SCORE_SIZE:+--score-size $SCORE_SIZE} --out runs/tq-$name $TQ_EXTRA \
+        > runs/tq-$name.log 2>&1 || tail -20 runs/tq-$name.log
 }
 
 if [ "$stage" = expert ]; then
@@ -186,7 +190,7 @@ if [ "$stage" = expert ]; then
     echo "[$(left) s left] teacher scores"
     for which in teacher teacher-main; do  # with the new expert, and with the main UNet's kept one
         [ $which = teacher-main ] && [ -n "$SMOKE" ] && continue
-        score_teacher $which
+        score_teacher runs/$which
     done
     exit 0
 fi
@@ -208,7 +212,24 @@ if [ "$stage" = pair ]; then
     [ -f runs/teacher/model_index.json ] && [ -f runs/teacher-expert/model_index.json ] || exit 1
     rm -rf runs/teacher/high_noise_unet && cp -r runs/teacher-expert/high_noise_unet runs/teacher/
     echo "[$(left) s left] joined: runs/teacher = the new main UNet + the new expert"
-    [ -n "$PAIR_SCORE" ] && score_teacher teacher
+    [ -n "$PAIR_SCORE" ] && score_teacher runs/teacher
+    exit 0
+fi
+
+if [ "$stage" = score ]; then
+    # The teacher's scores, a call of their own (session 17 lost two calls to improvised ones): runs/teacher when this
+    # machine has one, else TEACHER_INIT; on TQ_OBJECTS procedural objects a split (score_teacher) and, with REAL=<a
+    # carried folder of .glb scans>, on those beside it (GPU 1, no fit). At 128 px 100 objects a split with the fit
+    # took more than 170 s on one H200: give it the call (CHUNK_SECONDS).
+    gsplat_ready
+    teacher=runs/teacher; [ -f $teacher/model_index.json ] || teacher=$TEACHER_INIT
+    if [ -n "$REAL" ]; then
+        on_gpu 1 timeout $(box 5) python3 benchmarks/teacher_quality.py --teacher "$teacher" --real "$REAL" --splits '' --fit-steps 0 \
+            --colour-check ${SCORE_SIZE:+--score-size $SCORE_SIZE} --out runs/tq-real $TQ_EXTRA > runs/tq-real.log 2>&1 &
+    fi
+    score_teacher "$teacher"
+    wait
+    tail -n 4 runs/tq-*.log
     exit 0
 fi
 
