@@ -220,7 +220,8 @@ if [ "$stage" = score ]; then
     # The teacher's scores, a call of their own (session 17 lost two calls to improvised ones): runs/teacher when this
     # machine has one, else TEACHER_INIT; on TQ_OBJECTS procedural objects a split (score_teacher) and, with REAL=<a
     # carried folder of .glb scans>, on those beside it (GPU 1, no fit). At 128 px 100 objects a split with the fit
-    # took more than 170 s on one H200: give it the call (CHUNK_SECONDS).
+    # took more than 170 s on one H200: give it the call (CHUNK_SECONDS). The 30 scans (12 MB) do not travel beside
+    # .wheels and a 34-MB teacher within 64 MiB: carry them in a later call on the warm machine, without .wheels.
     gsplat_ready
     teacher=runs/teacher; [ -f $teacher/model_index.json ] || teacher=$TEACHER_INIT
     if [ -n "$REAL" ]; then
