@@ -152,9 +152,13 @@ def frame_size_of(folder: Optional[str]) -> Optional[int]:
     """The frame side of the main UNet in a teacher or --handoff folder; None when there is none to read."""
     if folder is None:
         return None
-    teacher_dir = Path(folder) / "teacher" if (Path(folder) / "teacher").is_dir() else Path(folder)
-    config = teacher_dir / "unet" / "config.json"
+    config = exported_teacher_of(Path(folder)) / "unet" / "config.json"
     return int(json.loads(config.read_text())["sample_size"]) if config.is_file() else None
+
+
+def exported_teacher_of(folder: Path) -> Path:
+    """The exported teacher in an --init-from folder: a --handoff folder keeps it in teacher/, else it is the folder."""
+    return folder / "teacher" if (folder / "teacher").is_dir() else folder
 
 
 def size_override(args) -> dict:
@@ -258,7 +262,7 @@ def init_from_weights(unet: MultiViewUNet, ema, folder: Path, step: Optional[int
     """
     from safetensors.torch import load_file
 
-    teacher_dir = folder / "teacher" if (folder / "teacher").is_dir() else folder
+    teacher_dir = exported_teacher_of(folder)
     exported = MultiViewUNet.from_pretrained(teacher_dir / component, use_safetensors=True).float()
     if (folder / "model.safetensors").is_file():
         unet.load_state_dict(load_file(folder / "model.safetensors"))

@@ -171,11 +171,11 @@ train_expert() {  # $1: the main UNet's teacher to sample beside (grids, export)
     grep camera_sensitivity runs/t-expert/log.jsonl | tail -3; tail -1 runs/t-expert/log.jsonl
 }
 
-score_teacher() {  # $1: a teacher folder, scored on TQ_OBJECTS objects a split with TQ_FIT consistency-fit steps (on
-    # GPU 0, in what time is left; results in runs/tq-<its name>); SCORE_SIZE=N: scored at N px (--score-size)
-    local name=$(basename "$1")
-    on_gpu 0 timeout $(box 5) python3 benchmarks/teacher_quality.py --teacher "$1" --objects ${TQ_OBJECTS:-100} --batch 50 \
-        --fit-steps ${TQ_FIT:-150} --colour-check ${SCORE_SIZE:+--score-size $SCORE_SIZE} --out runs/tq-$name $TQ_EXTRA \
+score_teacher() {  # $1: a teacher folder, $2: results in runs/tq-$2, $3: the GPU, then flags that win over these:
+    # TQ_OBJECTS objects a split with TQ_FIT consistency-fit steps, in what time is left; SCORE_SIZE=N: scored at N px
+    local folder=$1 name=$2 gpu=$3; shift 3
+    on_gpu $gpu timeout $(box 5) python3 benchmarks/teacher_quality.py --teacher "$folder" --objects ${TQ_OBJECTS:-100} --batch 50 \
+        --fit-steps ${TQ_FIT:-150} --colour-check ${SCORE_SIZE:+--score-size $SCORE_SIZE} --out runs/tq-$name "$@" $TQ_EXTRA \
         > runs/tq-$name.log 2>&1 || tail -20 runs/tq-$name.log
 }
 
@@ -190,7 +190,7 @@ if [ "$stage" = expert ]; then
     echo "[$(left) s left] teacher scores"
     for which in teacher teacher-main; do  # with the new expert, and with the main UNet's kept one
         [ $which = teacher-main ] && [ -n "$SMOKE" ] && continue
-        score_teacher runs/$which
+        score_teacher runs/$which $which 0
     done
     exit 0
 fi
@@ -212,7 +212,7 @@ if [ "$stage" = pair ]; then
     [ -f runs/teacher/model_index.json ] && [ -f runs/teacher-expert/model_index.json ] || exit 1
     rm -rf runs/teacher/high_noise_unet && cp -r runs/teacher-expert/high_noise_unet runs/teacher/
     echo "[$(left) s left] joined: runs/teacher = the new main UNet + the new expert"
-    [ -n "$PAIR_SCORE" ] && score_teacher runs/teacher
+    [ -n "$PAIR_SCORE" ] && score_teacher runs/teacher teacher 0
     exit 0
 fi
 
@@ -224,11 +224,8 @@ if [ "$stage" = score ]; then
     # .wheels and a 34-MB teacher within 64 MiB: carry them in a later call on the warm machine, without .wheels.
     gsplat_ready
     teacher=runs/teacher; [ -f $teacher/model_index.json ] || teacher=$TEACHER_INIT
-    if [ -n "$REAL" ]; then
-        on_gpu 1 timeout $(box 5) python3 benchmarks/teacher_quality.py --teacher "$teacher" --real "$REAL" --splits '' --fit-steps 0 \
-            --colour-check ${SCORE_SIZE:+--score-size $SCORE_SIZE} --out runs/tq-real $TQ_EXTRA > runs/tq-real.log 2>&1 &
-    fi
-    score_teacher "$teacher"
+    [ -n "$REAL" ] && { score_teacher "$teacher" real 1 --real "$REAL" --splits '' --fit-steps 0 & }
+    score_teacher "$teacher" "$(basename "$teacher")" 0
     wait
     tail -n 4 runs/tq-*.log
     exit 0
