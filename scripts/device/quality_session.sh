@@ -259,24 +259,28 @@ fi
 sim="training/simulate.py --teacher runs/teacher --elevation-from-origin --batch-size ${SIM_BATCH:-256} --shard-size 256 --no-progress --dtype bfloat16 $SIM_EXTRA"
 [ -n "$SMOKE" ] && sim="${sim/bfloat16/float32}"
 corpus_seeds="--seeds-per-image ${CORPUS_SEEDS:-4}"  # the training quadruples only: the evaluation sets keep 4 seeds an image
+# Every simulation stops starting shards SIM_MARGIN s (40) before the call's budget ends, so a data stage that does
+# not fit in one call (at 128 px on a fresh H200: 3,072 training quadruples took 438 s after ~100 s of set-up) ends
+# cleanly and the same command goes on from its shards in the next call (session 18 lost a call's output to that).
+sim_limit() { echo --time-limit "$(box ${SIM_MARGIN:-40})"; }
 simulate_teacher() {  # the teacher's quadruples (no rendering: runs while gsplat compiles), spread over the GPUs
     if [ "${SIM_PROCESSES:-1}" -gt 1 ]; then  # K independent processes, one per GPU (not several on one)
         for k in $(seq 0 $(( SIM_PROCESSES - 1 ))); do
-            on_gpu $k python3 $sim --corpus runs/c-corpus --out runs/q-corpus $corpus_seeds --process-index $k --num-processes $SIM_PROCESSES > runs/q-corpus-$k.log 2>&1 &
+            on_gpu $k python3 $sim $(sim_limit) --corpus runs/c-corpus --out runs/q-corpus $corpus_seeds --process-index $k --num-processes $SIM_PROCESSES > runs/q-corpus-$k.log 2>&1 &
         done
         wait
-    else launch $sim --corpus runs/c-corpus --out runs/q-corpus $corpus_seeds > runs/q-corpus.log 2>&1; fi
+    else launch $sim $(sim_limit) --corpus runs/c-corpus --out runs/q-corpus $corpus_seeds > runs/q-corpus.log 2>&1; fi
     if [ -n "$NFIT" ]; then
         on_gpu 0 python3 $sim --corpus runs/c-nfit --seeds-per-image $N_FIT_SEEDS --out runs/q-nfit > runs/q-nfit.log 2>&1 &
         on_gpu 1 python3 $sim --corpus runs/c-nfit --seeds-per-image 8 --seed 1 --out runs/q-nfit-new > runs/q-nfit-new.log 2>&1 &
     fi
-    on_gpu 0 python3 $sim --corpus runs/c-test --out runs/q-test > runs/q-test.log 2>&1 &
-    on_gpu 1 python3 $sim --corpus runs/c-heldout --out runs/q-heldout > runs/q-heldout.log 2>&1 &
+    on_gpu 0 python3 $sim $(sim_limit) --corpus runs/c-test --out runs/q-test > runs/q-test.log 2>&1 &
+    on_gpu 1 python3 $sim $(sim_limit) --corpus runs/c-heldout --out runs/q-heldout > runs/q-heldout.log 2>&1 &
     wait
 }
 simulate_truth() {  # the evaluation sets' true renders (gsplat)
-    on_gpu 0 python3 $sim --ground-truth --corpus runs/c-test --out runs/gt-test > runs/gt-test.log 2>&1 &
-    on_gpu 1 python3 $sim --ground-truth --corpus runs/c-heldout --out runs/gt-heldout > runs/gt-heldout.log 2>&1 &
+    on_gpu 0 python3 $sim $(sim_limit) --ground-truth --corpus runs/c-test --out runs/gt-test > runs/gt-test.log 2>&1 &
+    on_gpu 1 python3 $sim $(sim_limit) --ground-truth --corpus runs/c-heldout --out runs/gt-heldout > runs/gt-heldout.log 2>&1 &
     wait
 }
 sim_report() { for f in runs/q-*.log runs/gt-*.log; do echo "$f: $(tr '\r' '\n' < $f | grep -E "wrote|complete" | tail -1)"; done; }
@@ -335,6 +339,9 @@ if [ "$stage" = student ]; then
     fi
     wait  # the teacher scores
     sim_report
+    if grep -qs "incomplete" runs/q-*.log runs/gt-*.log; then  # out of time (sim_limit): no student trains on part of it
+        echo "[$(left) s left] the quadruples are incomplete: run the same command again to go on"; exit 0
+    fi
     [ -f runs/tq.log ] && tail -25 runs/tq.log
     if [ -z "$THEN_FINISH" ]; then
         echo "[$(left) s left] students"
