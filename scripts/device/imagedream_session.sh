@@ -1,18 +1,23 @@
 #!/usr/bin/env bash
-# Issue 16's GPU measurements at ImageDream's published sizes (random weights) on one lent GPU, in two calls of < 10
-# minutes each (either may run on a cold machine):
-#   bash scripts/device/imagedream_session.sh chain   # corpus -> simulate -> distil `base` (implicit verification from
-#                                                     # the first step, batch 8) -> export -> DD3GPipeline, with samples/s,
-#                                                     # peak memory and a profile of 5 steps; then the `base` student's
-#                                                     # latency at batch 1, before (eager, CUDA graphs) and after
-#                                                     # (channels_last, max-autotune), and with ImageDream's UNet as phase 1
-#   bash scripts/device/imagedream_session.sh speed   # the 30-step CFG ODE in quadruples/s at batch 32, before (eager,
-#                                                     # compiled) and after (compiled + channels_last + cuDNN benchmark;
-#                                                     # then max-autotune if time is left), with TFLOP/s
+# Issue 16's GPU measurements at ImageDream's published sizes (random weights) on one lent GPU, in calls of < 10
+# minutes each (any may run on a cold machine; each before/after pair is measured in one call on one machine):
+#   bash scripts/device/imagedream_session.sh chain     # corpus -> simulate -> distil `base` (implicit verification from
+#                                                       # the first step, batch 8) -> export -> DD3GPipeline, with
+#                                                       # samples/s, peak memory and a profile of 5 steps; then the `base`
+#                                                       # student's latency at batch 1 before (eager, CUDA graphs)
+#   bash scripts/device/imagedream_session.sh latency   # that latency after (channels_last: CUDA graphs, then
+#                                                       # max-autotune), with an eager profile; and with ImageDream's UNet
+#                                                       # as phase 1 (its CLIP and VAE encoders included)
+#   bash scripts/device/imagedream_session.sh speed     # the 30-step CFG ODE in quadruples/s at batch 32, before (eager
+#                                                       # with TFLOP/s, compiled) and after (compiled with CUDA graphs over
+#                                                       # each UNet call + cuDNN benchmark; then compiled channels_last)
+#   bash scripts/device/imagedream_session.sh autotune  # the ODE compiled with max-autotune-no-cudagraphs (minutes of tuning)
+# Session 19 ran chain and speed as two calls: reduce-overhead's first call of the `base` student took 71 s, so the
+# 80-120 s each latency step had were too few (and 154 s were too few for the ODE's max-autotune); hence four calls.
 # Everything lands in $OUT (JSON and logs). Needs .wheels carried; no hub/ weights. SMOKE=1 rehearses it on a CPU at
 # toy sizes (imagedream-tiny, base-small).
 set -eo pipefail
-stage=${1:?chain or speed}
+stage=${1:?chain, latency, speed or autotune}
 start=$(date +%s)
 budget=${CHUNK_SECONDS:-570}
 export PYTHONPATH=$PWD TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 PYTHONUNBUFFERED=1
@@ -35,18 +40,22 @@ else
     chain_size="--images 16 --seeds-per-image 2 --distill-steps 60 --batch-size 8 --profile-steps 5" repeats=20
 fi
 
+ode="benchmarks/simulate_throughput.py --teacher $teacher --device $device --dtype $dtype --batches $batches --steps $steps --repeats 2 --workdir runs/ode"
 if [ "$stage" = chain ]; then
     step chain 330 python3 benchmarks/imagedream_chain.py --size $size --work runs/imagedream-chain $chain_size --out "$OUT/chain.json"
-    step latency-before 80 python3 benchmarks/latency.py --repeats $repeats --scale $scale --device $device --batches 1 --modes $modes_before --json "$OUT/latency-before.json"
-    step latency-after 120 python3 benchmarks/latency.py --repeats $repeats --scale $scale --device $device --batches 1 --modes $modes_after --channels-last --json "$OUT/latency-after.json"
-    step latency-imagedream 100 python3 benchmarks/latency.py --repeats $repeats --scale $scale --phase1 imagedream --device $device --batches 1 --modes $modes_before --json "$OUT/latency-imagedream.json"
+    step latency-before 200 python3 benchmarks/latency.py --repeats $repeats --scale $scale --device $device --batches 1 --modes $modes_before --json "$OUT/latency-before.json"
+elif [ "$stage" = latency ]; then
+    step latency-after 330 python3 benchmarks/latency.py --repeats $repeats --scale $scale --device $device --batches 1 --modes $modes_after --channels-last --profile --json "$OUT/latency-after.json"
+    step latency-imagedream 220 python3 benchmarks/latency.py --repeats $repeats --scale $scale --phase1 imagedream --device $device --batches 1 --modes $modes_before --json "$OUT/latency-imagedream.json"
 elif [ "$stage" = speed ]; then
-    ode="benchmarks/simulate_throughput.py --teacher $teacher --device $device --dtype $dtype --batches $batches --steps $steps --repeats 2 --workdir runs/ode"
     step ode-eager 120 python3 $ode --count-flops --json "$OUT/ode-eager.json"
     step ode-compiled 150 python3 $ode --compile --json "$OUT/ode-compiled.json"
-    step ode-after 150 python3 $ode --compile --channels-last --cudnn-benchmark --json "$OUT/ode-after.json"
-    [ -n "$SMOKE" ] || step ode-autotune 400 python3 $ode --compile max-autotune-no-cudagraphs --channels-last --cudnn-benchmark --json "$OUT/ode-autotune.json"
+    step ode-graphs 150 python3 $ode --compile reduce-overhead --cudnn-benchmark --json "$OUT/ode-graphs.json"
+    step ode-channels-last 150 python3 $ode --compile --channels-last --cudnn-benchmark --json "$OUT/ode-channels-last.json"
+elif [ "$stage" = autotune ]; then
+    [ -n "$SMOKE" ] && { echo "autotune: skipped in the rehearsal (minutes of compiling on a CPU)"; exit 0; }
+    step ode-autotune 550 python3 $ode --compile max-autotune-no-cudagraphs --cudnn-benchmark --json "$OUT/ode-autotune.json"
 else
-    echo "unknown stage $stage: chain or speed" >&2; exit 2
+    echo "unknown stage $stage: chain, latency, speed or autotune" >&2; exit 2
 fi
 ls -la "$OUT"; echo "$stage took $(( $(date +%s) - start )) s"

@@ -263,6 +263,18 @@ corpus_seeds="--seeds-per-image ${CORPUS_SEEDS:-4}"  # the training quadruples o
 # not fit in one call (at 128 px on a fresh H200: 3,072 training quadruples took 438 s after ~100 s of set-up) ends
 # cleanly and the same command goes on from its shards in the next call (session 18 lost a call's output to that).
 sim_limit() { echo --time-limit "$(box ${SIM_MARGIN:-40})"; }
+# An evaluation set is one shard, which --time-limit cannot cut: start it only with SIM_MIN_SECONDS (120) left before
+# the margin, else write "incomplete" to its log so that the student stage stops and the next call makes it (session
+# 19's first call started one with ~40 s left and ran past the 600-s call limit).
+sim_eval() {  # the set's folder, simulate.py flags...
+    local out=$1; shift
+    if python3 -c "import sys; from training.data import validate_shards; validate_shards(sys.argv[1])" "$out" 2>/dev/null; then
+        echo "quadruples complete: $out (made by an earlier call)"; return 0
+    fi
+    local t=$(( $(left) - ${SIM_MARGIN:-40} ))
+    if [ "$t" -lt ${SIM_MIN_SECONDS:-120} ]; then echo "quadruples incomplete: not started with $(left) s left"; return 0; fi
+    python3 $sim --time-limit "$t" --out "$out" "$@"
+}
 simulate_teacher() {  # the teacher's quadruples (no rendering: runs while gsplat compiles), spread over the GPUs
     if [ "${SIM_PROCESSES:-1}" -gt 1 ]; then  # K independent processes, one per GPU (not several on one)
         for k in $(seq 0 $(( SIM_PROCESSES - 1 ))); do
@@ -274,13 +286,13 @@ simulate_teacher() {  # the teacher's quadruples (no rendering: runs while gspla
         on_gpu 0 python3 $sim --corpus runs/c-nfit --seeds-per-image $N_FIT_SEEDS --out runs/q-nfit > runs/q-nfit.log 2>&1 &
         on_gpu 1 python3 $sim --corpus runs/c-nfit --seeds-per-image 8 --seed 1 --out runs/q-nfit-new > runs/q-nfit-new.log 2>&1 &
     fi
-    on_gpu 0 python3 $sim $(sim_limit) --corpus runs/c-test --out runs/q-test > runs/q-test.log 2>&1 &
-    on_gpu 1 python3 $sim $(sim_limit) --corpus runs/c-heldout --out runs/q-heldout > runs/q-heldout.log 2>&1 &
+    on_gpu 0 sim_eval runs/q-test --corpus runs/c-test > runs/q-test.log 2>&1 &
+    on_gpu 1 sim_eval runs/q-heldout --corpus runs/c-heldout > runs/q-heldout.log 2>&1 &
     wait
 }
 simulate_truth() {  # the evaluation sets' true renders (gsplat)
-    on_gpu 0 python3 $sim $(sim_limit) --ground-truth --corpus runs/c-test --out runs/gt-test > runs/gt-test.log 2>&1 &
-    on_gpu 1 python3 $sim $(sim_limit) --ground-truth --corpus runs/c-heldout --out runs/gt-heldout > runs/gt-heldout.log 2>&1 &
+    on_gpu 0 sim_eval runs/gt-test --ground-truth --corpus runs/c-test > runs/gt-test.log 2>&1 &
+    on_gpu 1 sim_eval runs/gt-heldout --ground-truth --corpus runs/c-heldout > runs/gt-heldout.log 2>&1 &
     wait
 }
 sim_report() { for f in runs/q-*.log runs/gt-*.log; do echo "$f: $(tr '\r' '\n' < $f | grep -E "wrote|complete" | tail -1)"; done; }
