@@ -12,7 +12,8 @@ quadruples by the teacher with `simulate.py`, and into ground-truth quadruples o
 * the ceiling: a 3DGS fitted per sample to 3 of the 4 OI views and scored on the 4th (leave-one-view-out), the
   best any 3D generator can agree with a teacher whose views are not exactly consistent;
 * student vs ground truth at the same cameras (and the teacher vs ground truth beside it);
-* determinism: the same (image, N) twice, and alone vs inside a batch (max abs difference of the renders);
+* determinism: the same (image, N) twice, and alone vs inside a batch (max abs difference of the Gaussians, and
+  max and mean abs difference of the renders);
 * diversity: back-view (azimuth 180) LPIPS between the samples of different seeds for one image, for the student
   and for the teacher's own samples on the same seeds; with the front view's PSNR against the input image.
 Writes OUT/distill_quality.json and OUT/distill_quality.md.
@@ -24,6 +25,7 @@ import argparse
 import itertools
 import json
 from pathlib import Path
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +34,7 @@ import torch.nn.functional as F
 from dd3g.devices import choose_device
 from dd3g.evaluation.fitting import leave_one_out_psnr
 from dd3g.evaluation.metrics import LPIPS, psnr, ssim
+from dd3g.gaussians import Gaussians
 from dd3g.pipeline import DD3GPipeline
 from dd3g.preprocess import composite_on
 from dd3g.rendering import render
@@ -65,10 +68,15 @@ def by_view(scores: dict) -> dict:
             for name, v in scores.items()}
 
 
-def student_views(pipe: DD3GPipeline, batch: dict, size: int) -> torch.Tensor:
-    """The student's Gaussians for (II, N, elevation) rendered at the canonical cameras.  -> [B, V, 4, s, s]"""
+def student_gaussians(pipe: DD3GPipeline, batch: dict) -> Gaussians:
+    """The student's Gaussians for (II, N, elevation), as the pipeline makes them.  -> Gaussians [B, N]"""
     count = batch["noise"].shape[0]
-    gaussians = pipe.generate_from_rgba(batch["image"], batch["noise"], list(range(count)), batch["elevation"])
+    return pipe.generate_from_rgba(batch["image"], batch["noise"], list(range(count)), batch["elevation"])
+
+
+def student_views(pipe: DD3GPipeline, batch: dict, size: int, gaussians: Optional[Gaussians] = None) -> torch.Tensor:
+    """The student's Gaussians (made here unless given) rendered at the canonical cameras.  -> [B, V, 4, s, s]"""
+    gaussians = student_gaussians(pipe, batch) if gaussians is None else gaussians
     cams = pipe.view_layout.cameras(size, size, elevation_deg=batch["elevation"]).to(gaussians.means.device)
     return render(gaussians.to(dtype=torch.float32), cams, background=None).rgba().float()
 
@@ -96,10 +104,23 @@ def evaluate_pipeline(pipe, teacher_data, truth_data, indices, args, lpips_model
 
 
 def determinism(pipe, teacher_data, indices, size) -> dict:
+    """The same inputs twice must give the same renders to the bit. The last sample of a batch made alone may differ
+    by float rounding (batched kernels are not bit-identical across batch sizes): its Gaussians by ~1e-5, its
+    render more at a few pixels, where such a change moves a fragment across the rasterizer's 1/255 alpha cut-off
+    or swaps two splats at one depth (up to ~0.004 there, ~1e-6 in the mean). A sample that depended on its
+    batch (another sample's noise or image) would move its Gaussians and the mean of its render far more."""
     batch = teacher_data.batch(indices)
-    a, b = student_views(pipe, batch, size), student_views(pipe, batch, size)
-    alone = student_views(pipe, {k: v[-1:] if torch.is_tensor(v) else v[-1:] for k, v in batch.items()}, size)
-    return {"repeat_max_abs": float((a - b).abs().max()), "batch_position_max_abs": float((a[-1:] - alone).abs().max())}
+    alone_batch = {k: v[-1:] for k, v in batch.items()}
+    together, alone = student_gaussians(pipe, batch), student_gaussians(pipe, alone_batch)
+    a, b = student_views(pipe, batch, size, together), student_views(pipe, batch, size)
+    alone_views = student_views(pipe, alone_batch, size, alone)
+    # The batch pads each sample's photo surfels to the batch's largest count with transparent ones, after its own.
+    own = alone.means.shape[1]
+    gaussians_diff = max(float((getattr(together, name)[-1:, :own] - getattr(alone, name)).abs().max())
+                         for name in ("means", "log_scales", "quats", "opacities", "sh_dc"))
+    position_diff = (a[-1:] - alone_views).abs()
+    return {"repeat_max_abs": float((a - b).abs().max()), "batch_position_gaussians_max_abs": gaussians_diff,
+            "batch_position_max_abs": float(position_diff.max()), "batch_position_mean_abs": float(position_diff.mean())}
 
 
 def diversity(pipe, teacher_data, args, lpips_model, size, device) -> dict:

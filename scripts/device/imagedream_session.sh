@@ -11,7 +11,10 @@
 #   bash scripts/device/imagedream_session.sh speed     # the 30-step CFG ODE in quadruples/s at batch 32, before (eager
 #                                                       # with TFLOP/s, compiled) and after (compiled with CUDA graphs over
 #                                                       # each UNet call + cuDNN benchmark; then compiled channels_last)
-#   bash scripts/device/imagedream_session.sh autotune  # the ODE compiled with max-autotune-no-cudagraphs (minutes of tuning)
+#   bash scripts/device/imagedream_session.sh autotune  # the ODE compiled with max-autotune-no-cudagraphs: one matmul
+#                                                       # shape took 36 s to tune in session 19, so it takes several calls;
+#                                                       # the tuning results stay in runs/inductor-cache on a warm machine,
+#                                                       # and the same command goes on from them
 # Session 19 ran chain and speed as two calls: reduce-overhead's first call of the `base` student took 71 s, so the
 # 80-120 s each latency step had were too few (and 154 s were too few for the ODE's max-autotune); hence four calls.
 # Everything lands in $OUT (JSON and logs). Needs .wheels carried; no hub/ weights. SMOKE=1 rehearses it on a CPU at
@@ -20,7 +23,7 @@ set -eo pipefail
 stage=${1:?chain, latency, speed or autotune}
 start=$(date +%s)
 budget=${CHUNK_SECONDS:-570}
-export PYTHONPATH=$PWD TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 PYTHONUNBUFFERED=1
+export PYTHONPATH=$PWD TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 PYTHONUNBUFFERED=1 TORCHINDUCTOR_CACHE_DIR=$PWD/runs/inductor-cache
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" runs
 source scripts/device/common.sh  # wheels, NGPU
 left() { echo $(( budget - ($(date +%s) - start) )); }

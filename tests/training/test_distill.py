@@ -150,7 +150,11 @@ def test_distill_quality_benchmark_scores_students_against_teacher_and_truth(wor
         "--count", "4", "--batch", "2", "--diversity-images", "2", "--fit-steps", "3", "--fit-gaussians", "64",
         "--device", "cpu", "--out", str(tmp_path / "eval")])
     model = report["models"]["toy"]
-    assert model["determinism"]["repeat_max_abs"] == 0.0 and model["determinism"]["batch_position_max_abs"] < 1e-4
+    # Twice: the same to the bit. Alone vs last in its batch: the Gaussians agree to rounding; the render may move at
+    # a few pixels by up to ~1/255 (a fragment at the rasterizer's alpha cut-off), never in the mean.
+    same = model["determinism"]
+    assert same["repeat_max_abs"] == 0.0 and same["batch_position_gaussians_max_abs"] < 1e-4, same
+    assert same["batch_position_mean_abs"] < 1e-5 and same["batch_position_max_abs"] < 0.02, same
     assert set(model["vs_teacher"]) == {"psnr", "psnr_masked", "ssim", "ssim_masked", "lpips"}
     assert model["diversity"]["images"] == 2 and model["diversity"]["back_view_lpips_teacher"] > 0  # seeds differ
     assert set(report["ceiling"]) == {"teacher_views", "true_views"}
