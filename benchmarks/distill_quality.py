@@ -115,9 +115,11 @@ def determinism(pipe, teacher_data, indices, size) -> dict:
     a, b = student_views(pipe, batch, size, together), student_views(pipe, batch, size)
     alone_views = student_views(pipe, alone_batch, size, alone)
     # The batch pads each sample's photo surfels to the batch's largest count with transparent ones, after its own.
+    # Scales and rotations are left out: a surfel's follow the nearer of two neighbours (input_view._tangent), which
+    # rounding can swap (the shipped stage-4 student: 0.098 in one of them, its render 2.4e-4).
     own = alone.means.shape[1]
     gaussians_diff = max(float((getattr(together, name)[-1:, :own] - getattr(alone, name)).abs().max())
-                         for name in ("means", "log_scales", "quats", "opacities", "sh_dc"))
+                         for name in ("means", "opacities", "sh_dc"))
     position_diff = (a[-1:] - alone_views).abs()
     return {"repeat_max_abs": float((a - b).abs().max()), "batch_position_gaussians_max_abs": gaussians_diff,
             "batch_position_max_abs": float(position_diff.max()), "batch_position_mean_abs": float(position_diff.mean())}
