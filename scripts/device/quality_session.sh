@@ -371,7 +371,7 @@ echo "[$(left) s left] evaluation"
 mkdir -p runs/eval
 pipelines=(); for arm in runs/d-*/pipeline; do [ -f $arm/model_index.json ] && pipelines+=(--pipeline "$(basename "$(dirname $arm)" | sed 's/^d-//')=$arm"); done
 on_gpu 0 timeout $(box 25) python3 benchmarks/distill_quality.py --quadruples runs/q-test --truth runs/gt-test "${pipelines[@]}" \
-    --count 192 --fit-steps 0 --out runs/eval/test $EVAL_EXTRA > runs/eval/test.log 2>&1 &
+    --count 192 --diversity-images 16 --fit-steps 0 --out runs/eval/test $EVAL_EXTRA > runs/eval/test.log 2>&1 &
 on_gpu 1 timeout $(box 25) python3 benchmarks/distill_quality.py --quadruples runs/q-heldout --truth runs/gt-heldout "${pipelines[@]}" \
     --count 128 --diversity-images 16 --fit-steps 0 --out runs/eval/heldout $EVAL_EXTRA > runs/eval/heldout.log 2>&1 &
 wait
