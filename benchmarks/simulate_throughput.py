@@ -122,8 +122,7 @@ def main(argv=None):
         if args.channels_last:
             to_channels_last(teacher)
         if args.compile:
-            unet = teacher.unet
-            unet.forward = torch.compile(unet.forward, mode=args.compile)
+            teacher.compile(args.compile)
         rows = []
         for batch in (int(b) for b in args.batches.split(",")):
             with torch.inference_mode():

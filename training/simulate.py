@@ -106,6 +106,9 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=16, help="quadruples per teacher call")
     p.add_argument("--shard-size", type=int, default=256, help="quadruples per parquet shard (a multiple of --batch-size is best)")
     p.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="teacher weights and compute")
+    p.add_argument("--compile", nargs="?", const="default", default=None, metavar="MODE",
+                   help="torch.compile the teacher's UNets (mode: default, or e.g. max-autotune-no-cudagraphs); "
+                        "the quadruples match the eager ones to rounding")
     p.add_argument("--time-limit", type=float, default=None,
                    help="seconds; start no shard that would end after it (rerun the same command to go on)")
     p.add_argument("--stop-after", type=int, default=None, help="stop after this many quadruples, as if killed (tests, chunking)")
@@ -267,6 +270,8 @@ def main(argv=None) -> data.BuildReport:
     fingerprint = teacher_fingerprint(args.teacher)
     teacher = load_teacher_or_exit(args.teacher, device, DTYPES[args.dtype])
     teacher_id = f"{teacher.teacher_id}@{fingerprint[:12]}"
+    if args.compile and not args.ground_truth:
+        teacher.compile(args.compile)
     if args.ground_truth:
         teacher_id = "ground-truth"
     simulator = Simulator(teacher, corpus, args, teacher_id)

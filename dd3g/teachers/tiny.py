@@ -133,6 +133,10 @@ class TinyTeacher(MultiViewTeacher):
         out[~high] = self._run(self.unet, frames[~high], timesteps[~high], cameras[~high], context[~high])
         return out
 
+    def denoisers(self) -> list:
+        expert = self.pipe.high_noise_unet
+        return [self.unet] + ([expert] if expert is not None else [])
+
     def unet_for_timestep(self, timestep: int) -> MultiViewUNet:
         """The UNet that denoises at `timestep`: the high-noise expert from `high_noise_start` up, if there is one."""
         expert = self.pipe.high_noise_unet

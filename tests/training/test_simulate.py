@@ -1,13 +1,15 @@
 """Quadruple simulation with a toy teacher: schema, seeds and noise hashes, exact reproduction, kill/resume, sharding."""
 
 
+import shutil
+
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
 
 from dd3g.randomness import noise_from_seeds, noise_sha256
-from dd3g.teachers.tiny import TinyTeacher
+from dd3g.teachers.tiny import TinyMVDMPipeline, TinyTeacher
 from training import build_corpus, data, simulate
 from helpers import REPO, toy_teacher_pipeline
 
@@ -92,6 +94,31 @@ def test_two_processes_merge_to_the_single_process_result(world, straight, tmp_p
     report = _simulate(world, out, "--process-index", "0", "--num-processes", "2")
     assert report.written_rows == 4 and report.complete
     assert shard_contents(out) == shard_contents(straight)
+
+
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None, reason="torch.compile on a CPU needs a C++ compiler")
+def test_a_compiled_teacher_makes_the_eager_quadruples(world, tmp_path, monkeypatch):
+    # a teacher with a high-noise expert, as shipped: its first DDIM step (t = 999) runs the expert, the second the main UNet
+    main, other = toy_teacher_pipeline(tokenizer_size=64), toy_teacher_pipeline(seed=1, tokenizer_size=64)
+    TinyMVDMPipeline(main.unet, main.image_encoder, main.scheduler, high_noise_unet=other.unet,
+                     high_noise_start=995).save_pretrained(tmp_path / "teacher")
+    teacher = TinyTeacher.from_pretrained(tmp_path / "teacher")
+    eager_forwards = [network.forward for network in teacher.denoisers()]
+    teacher.compile()
+    assert len(eager_forwards) == 2 and all(network.forward != f for network, f in zip(teacher.denoisers(), eager_forwards))
+    modes, compile_teacher = [], TinyTeacher.compile
+    monkeypatch.setattr(TinyTeacher, "compile", lambda self, mode="default": (modes.append(mode), compile_teacher(self, mode))[1])
+    made = {}
+    for name, extra in (("eager", []), ("compiled", ["--compile"])):
+        out = tmp_path / name
+        argv = ["--teacher", str(tmp_path / "teacher"), "--corpus", str(world / "corpus"), "--out", str(out), *SETTINGS, *extra]
+        assert simulate.main(argv).complete
+        made[name] = data.load_shards(out, decode=False)
+    assert modes == ["default"]  # --compile compiled the teacher that made the second set, and only that one
+    assert made["compiled"]["noise_sha256"] == made["eager"]["noise_sha256"]
+    for ours, theirs in zip(made["compiled"], made["eager"]):
+        views = [torch.stack([data.png_to_rgba(v["bytes"]) for v in row["views"]]) for row in (ours, theirs)]  # [4, 4, S, S]
+        assert (views[0] - views[1]).abs().max() <= 2 / 255 + 1e-6  # fused kernels round differently; uint8 PNGs
 
 
 def test_other_settings_do_not_mix_into_an_existing_build(world, straight):
