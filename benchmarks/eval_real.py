@@ -31,6 +31,10 @@ And, as references (not predictions: no model is given the truth), the ceilings 
 passed through --ceilings px (area down, bilinear up to the evaluation's size), i.e. what a model that got every
 view exactly right at that resolution would score; at 64 px, the teacher's and the student's frames, it bounds what
 any model distilled at that size can reach.
+--teacher DIR adds the teacher the model was distilled from, scored where it has views: its 4 views of one sample
+(seed --seed, its own steps and guidance) from the same framed input, at its own size and bilinearly up, are the
+canonical views; each prediction's mean over the 3 canonical novel views (azimuth 90/180/270) is reported beside the
+teacher's ("canonical" below), which says whether what the student copies is ahead of the trivial predictions.
 Novel views = every view except the input view and canonical azimuth 0 (the same camera). The summary gives
 each prediction's means, the model against each trivial one, and on how many objects the model's novel-view
 score beats the best trivial prediction's on that object (PSNR higher, LPIPS lower).
@@ -79,6 +83,8 @@ def parse_args(argv=None):
     p.add_argument("--turntable-elevation", type=float, default=15.0)
     p.add_argument("--supersample", type=int, default=2)
     p.add_argument("--grid-objects", type=int, default=4)
+    p.add_argument("--teacher", type=Path, default=None,
+                   help="also score this teacher's own 4 views at the canonical cameras (one sample a scan; minutes on a CPU)")
     p.add_argument("--ceilings", type=int, nargs="*", default=[64, 128],
                    help="score the true views passed through these resolutions, as references (none: skip)")
     return p.parse_args(argv)
@@ -149,6 +155,20 @@ def scored_entry(pred_rgb: torch.Tensor, gt: torch.Tensor, names, novel, pred_al
     values = score(pred_rgb, gt, pred_alpha)
     views = {n: {m: values[m][i] for m in METRICS} for i, n in enumerate(names)}
     return {"views": views, "input": views["input"], "novel": mean_over(views, novel)}
+
+
+def teacher_views(teacher, framed: torch.Tensor, seed: int, size: int) -> tuple:
+    """The teacher's one sample of its 4 views from the framed input [4, S, S] -> (RGB on white [4, 3, size, size],
+    alpha [4, 1, size, size]), bilinearly up from its own size."""
+    with torch.no_grad():
+        views = teacher.simulate(framed[None].to(teacher.device), [seed]).views[0].float().cpu()  # [4, 4, s, s]
+    up = F.interpolate(views, size=(size, size), mode="bilinear", align_corners=False).clamp(0, 1)  # [4, 4, S, S]
+    return composite_on(up), up[:, 3:]
+
+
+def canonical_means(entry: dict, canonical_novel) -> dict:
+    """{prediction: mean per metric over the canonical novel views} for every scored prediction of one object."""
+    return {p: mean_over(e["views"], canonical_novel) for p, e in entry.items() if isinstance(e, dict) and "views" in e}
 
 
 def count_wins(objects: dict, model: str = "model", baselines=BASELINES) -> dict:
@@ -237,6 +257,17 @@ def write_markdown(results: dict, path: Path) -> None:
             lines.append(f"| {b} | " + " | ".join(cells) + " |")
         lines += ["", f"The model beats the best trivial prediction at novel views on {w['psnr']} of {w['objects']} "
                   f"objects by PSNR and on {w['lpips']} of {w['objects']} by LPIPS."]
+    if "canonical_mean" in results:
+        views = ", ".join(results["canonical_novel_views"])
+        lines += ["", f"## The teacher `{results['teacher']}` at its own views ({views})", "",
+                  "Every prediction's mean over the canonical novel views only, where the teacher has views "
+                  "(one sample a scan).", "",
+                  "| prediction | PSNR | SSIM | LPIPS | silhouette IoU |", "|---|---|---|---|---|"]
+        for name, c in results["canonical_mean"].items():
+            lines.append(f"| {name} | {c['psnr']:.2f} | {c['ssim']:.3f} | {c['lpips']:.3f} | {c['silhouette_iou']:.3f} |")
+        w = results["teacher_wins"]
+        lines += ["", f"The teacher beats the best trivial prediction there on {w['psnr']} of {w['objects']} objects by "
+                  f"PSNR and on {w['lpips']} of {w['objects']} by LPIPS."]
     lines += ["", "## Per object: novel-view PSNR / LPIPS", "", "| object | " + " | ".join(predictions) + " |",
               "|---|" + "---|" * len(predictions)]
     for name, o in objects.items():
@@ -259,6 +290,14 @@ def main(argv=None) -> dict:
         raise SystemExit(f"eval_real: --ceilings {args.ceilings} must lie between 0 and --size {args.size} (exclusive)")
     pipe = None if args.baselines_only else load_pipeline(args.checkpoint)
     framing = read_framing(args.checkpoint, pipe)
+    teacher = None
+    if args.teacher is not None:
+        from dd3g.teachers import TeacherLoadError, load_teacher
+
+        try:
+            teacher = load_teacher(args.teacher)
+        except (OSError, TeacherLoadError) as error:
+            raise SystemExit(f"eval_real: --teacher {args.teacher}: {error}") from error
     layout = pipe.view_layout if pipe is not None else ViewLayout()
     args.out.mkdir(parents=True, exist_ok=True)
     specs = view_specs(args.turntable, args.turntable_elevation, layout)
@@ -267,6 +306,8 @@ def main(argv=None) -> dict:
     cameras = orbit_cameras(torch.tensor(azimuths), torch.tensor([s[2] for s in specs]),
                             args.size, args.size, layout.radius, layout.fov_deg)  # [V]
     novel = [n for n in names if n not in ("input", "canon_000")]
+    canonical = [n for n in names if n.startswith("canon_")]  # the teacher's 4 views, in its order
+    canonical_novel = canonical[1:]
     predictions = ([] if pipe is None else ["model"]) + list(BASELINES)
     references = [f"truth_{side}px" for side in args.ceilings]
     objects, chart_rows, grid_blocks = {}, [], []
@@ -300,6 +341,11 @@ def main(argv=None) -> dict:
         for side, name in zip(args.ceilings, references):
             preds[name], alphas[name] = through_resolution(gt, side)
         entry = {p: scored_entry(preds[p], gt, names, novel, alphas[p]) for p in predictions + references}
+        if teacher is not None:
+            rgb, alpha = teacher_views(teacher, framed, args.seed, args.size)
+            values = score(rgb, gt[[names.index(n) for n in canonical]], alpha)
+            entry["teacher"] = {"views": {n: {m: values[m][i] for m in METRICS} for i, n in enumerate(canonical)}}
+            entry["canonical"] = canonical_means(entry, canonical_novel)
         entry["transform"] = transform
         entry["seconds"] = round(time.time() - start, 3)
         objects[path.name] = entry
@@ -323,6 +369,13 @@ def main(argv=None) -> dict:
     if pipe is not None and scored:
         results["comparison"] = comparison(summary)
         results["wins"] = count_wins(objects)
+    if teacher is not None and scored:
+        results["teacher"] = str(args.teacher)
+        results["canonical_novel_views"] = canonical_novel
+        results["canonical_mean"] = {p: {m: _nanmean([o["canonical"][p][m] for o in scored]) for m in METRICS}
+                                     for p in ["teacher"] + predictions}
+        results["teacher_wins"] = count_wins({k: {p: {"novel": v} for p, v in o["canonical"].items()} for k, o in objects.items()
+                                              if "canonical" in o}, model="teacher")
     (args.out / "results.json").write_text(json.dumps(_clean(results), indent=2, allow_nan=False))
     write_markdown(results, args.out / "results.md")
     if chart_rows:

@@ -16,7 +16,7 @@ from dd3g.cameras import orbit_cameras
 from dd3g.preprocess import composite_on
 from dd3g.rendering.mesh_renderer import load_scan, render_mesh
 from dd3g.evaluation.metrics import psnr
-from helpers import toy_pipeline
+from helpers import toy_pipeline, toy_teacher_pipeline
 from helpers import checker_quad_glb, two_quads_glb
 
 SIZE = 64
@@ -190,3 +190,40 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
     checker_quad_glb(objects / "a.glb")
     with pytest.raises(SystemExit, match="does not exist"):
         eval_real.main(["--objects", str(objects), "--checkpoint", str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
+
+
+def test_the_teacher_is_scored_at_its_own_views_beside_the_others(tmp_path, monkeypatch):
+    objects = tmp_path / "objects"
+    objects.mkdir()
+    checker_quad_glb(objects / "a_quad.glb", bump=True)
+    two_quads_glb(objects / "b_two.glb")
+    checkpoint, teacher = tmp_path / "ckpt", tmp_path / "teacher"
+    toy_pipeline().save_pretrained(checkpoint)
+    toy_teacher_pipeline(tokenizer_size=64).save_pretrained(teacher)
+    common = ["--objects", str(objects), "--size", "64", "--turntable", "2", "--cache", str(tmp_path / "cache"), "--ceilings",
+              "--checkpoint", str(checkpoint), "--teacher", str(teacher)]
+    results = eval_real.main(common + ["--out", str(tmp_path / "out")])
+    canonical = ["canon_090", "canon_180", "canon_270"]
+    assert results["canonical_novel_views"] == canonical
+    assert list(results["canonical_mean"]) == ["teacher", "model", "copy", "mirror", "card", "revolve"]
+    for entry in results["objects"].values():
+        assert set(entry["teacher"]["views"]) == {"canon_000", *canonical}
+        for prediction in ("teacher", "copy"):  # each prediction's canonical mean is over those 3 views only
+            views = entry[prediction]["views"]
+            assert entry["canonical"][prediction]["lpips"] == pytest.approx(sum(views[v]["lpips"] for v in canonical) / 3)
+    assert "The teacher `" in (tmp_path / "out" / "results.md").read_text()
+
+    # A teacher whose views are the copy of its input scores exactly as the copy does, and never beats it.
+    monkeypatch.setattr(eval_real, "teacher_views", lambda teacher, framed, seed, size: (
+        real_scans.copy_prediction(framed, 4), framed[3:].expand(4, -1, -1, -1)))
+    copied = eval_real.main(common + ["--out", str(tmp_path / "copied")])
+    assert copied["canonical_mean"]["teacher"] == pytest.approx(copied["canonical_mean"]["copy"])
+    assert copied["teacher_wins"] == {"psnr": 0, "lpips": 0, "objects": 2}
+
+
+def test_a_folder_that_is_no_teacher_is_a_clear_error(tmp_path):
+    objects = tmp_path / "objects"
+    objects.mkdir()
+    checker_quad_glb(objects / "a.glb")
+    with pytest.raises(SystemExit, match="--teacher"):
+        eval_real.main(["--objects", str(objects), "--baselines-only", "--teacher", str(tmp_path), "--out", str(tmp_path / "o")])
