@@ -299,6 +299,9 @@ def main(argv=None) -> dict:
         except (OSError, TeacherLoadError) as error:
             raise SystemExit(f"eval_real: --teacher {args.teacher}: {error}") from error
     layout = pipe.view_layout if pipe is not None else ViewLayout()
+    if teacher is not None and teacher.layout != layout:  # its views must be the canonical cameras scored here
+        raise SystemExit(f"eval_real: --teacher {args.teacher}: its views ({teacher.layout}) are not the canonical cameras "
+                         f"scored here ({layout})")
     args.out.mkdir(parents=True, exist_ok=True)
     specs = view_specs(args.turntable, args.turntable_elevation, layout)
     names = [s[0] for s in specs]

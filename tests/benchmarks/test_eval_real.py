@@ -16,6 +16,7 @@ from dd3g.cameras import orbit_cameras
 from dd3g.preprocess import composite_on
 from dd3g.rendering.mesh_renderer import load_scan, render_mesh
 from dd3g.evaluation.metrics import psnr
+from dd3g.teachers.tiny import TinyMVDMPipeline
 from helpers import toy_pipeline, toy_teacher_pipeline
 from helpers import checker_quad_glb, two_quads_glb
 
@@ -227,3 +228,7 @@ def test_a_folder_that_is_no_teacher_is_a_clear_error(tmp_path):
     checker_quad_glb(objects / "a.glb")
     with pytest.raises(SystemExit, match="--teacher"):
         eval_real.main(["--objects", str(objects), "--baselines-only", "--teacher", str(tmp_path), "--out", str(tmp_path / "o")])
+    toy = toy_teacher_pipeline(tokenizer_size=64)  # a teacher whose cameras are not the ones scored: refused, not misread
+    TinyMVDMPipeline(toy.unet, toy.image_encoder, toy.scheduler, radius=2.5).save_pretrained(tmp_path / "far")
+    with pytest.raises(SystemExit, match="not the canonical cameras"):
+        eval_real.main(["--objects", str(objects), "--baselines-only", "--teacher", str(tmp_path / "far"), "--out", str(tmp_path / "o")])
