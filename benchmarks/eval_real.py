@@ -20,7 +20,8 @@ OUT/cache/ (or --cache), keyed by the file's sha256, the render settings and the
 
 Predictions, all scored the same way (PSNR/SSIM/LPIPS on white full frame; PSNR/SSIM masked by true alpha > 0.5;
 the silhouette IoU of alpha > 0.5, prediction against truth, which tells a shape that covers the object from one
-that shows the background through it):
+that shows the background through it; the brightness bias, the mean luminance minus the truth's over the true
+silhouette, which tells a prediction that darkens the sides it does not see):
 - model: the pipeline's Gaussians for the input view's RGBA (skipped with --baselines-only);
 - copy: the framed input view put at every camera;
 - mirror: the copy, mirrored left-right at cameras behind the object (|azimuth| > 90);
@@ -64,7 +65,19 @@ from dd3g.preprocess import composite_on
 FRAME_NOTE = ("the truth is rendered in the model's frame: scaled about the origin and shifted in the input camera's "
               "image plane so that its input view's alpha box is where the pipeline's preprocessing (recentring, "
               "foreground_ratio) puts the input's; every prediction is scored against that")
-METRICS = ("psnr", "ssim", "lpips", "psnr_masked", "ssim_masked", "silhouette_iou")
+METRICS = ("psnr", "ssim", "lpips", "psnr_masked", "ssim_masked", "silhouette_iou", "brightness_bias")
+LUMA = (0.299, 0.587, 0.114)  # Rec. 601 weights of R, G, B
+
+
+def brightness_bias(pred_rgb: torch.Tensor, gt_rgba: torch.Tensor) -> torch.Tensor:
+    """pred_rgb [V, 3, H, W] on white, gt_rgba [V, 4, H, W] -> [V]: the prediction's mean luminance minus the truth's,
+    in 1/255, over the truth's silhouette (alpha > 0.5); NaN where it is empty. Negative: darker than the object is,
+    e.g. a teacher that learned shaded sides from a lit world, scored against unlit albedo."""
+    weights = pred_rgb.new_tensor(LUMA).view(1, 3, 1, 1)
+    mask = (gt_rgba[:, 3:4] > 0.5).float()  # [V, 1, H, W]
+    difference = ((pred_rgb - composite_on(gt_rgba)) * weights).sum(1, keepdim=True) * mask  # [V, 1, H, W]
+    area = mask.flatten(1).sum(1)  # [V]
+    return torch.where(area > 0, 255 * difference.flatten(1).sum(1) / area.clamp_min(1), torch.full_like(area, float("nan")))
 
 
 def parse_args(argv=None):
@@ -122,7 +135,7 @@ def score(pred_rgb: torch.Tensor, gt_rgba: torch.Tensor, pred_alpha: torch.Tenso
         values = dict(
             psnr=psnr(pred_rgb, gt_rgb), ssim=ssim(pred_rgb, gt_rgb), lpips=lpips(pred_rgb, gt_rgb),
             psnr_masked=psnr(pred_rgb, gt_rgb, mask), ssim_masked=ssim(pred_rgb, gt_rgb, mask),
-            silhouette_iou=silhouette_iou(pred_alpha, gt_rgba[:, 3:4]),
+            silhouette_iou=silhouette_iou(pred_alpha, gt_rgba[:, 3:4]), brightness_bias=brightness_bias(pred_rgb, gt_rgba),
         )
     empty = mask.flatten(1).sum(1) == 0  # e.g. a flat object seen edge-on: masked scores are undefined
     for key in ("psnr_masked", "ssim_masked"):
@@ -233,14 +246,15 @@ def write_markdown(results: dict, path: Path) -> None:
              + f", seed {results['seed']}, {results['size']} px, white background, framing {results['framing']}.",
              f"Note: {results['note']}.", "", "## Means", "",
              "| prediction | PSNR in | SSIM in | LPIPS in | PSNR novel | SSIM novel | LPIPS novel | PSNR novel (masked) | "
-             "silhouette IoU in / novel |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "silhouette IoU in / novel | brightness in / novel (/255) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for name in predictions:
         if name in summary:
             i, n = summary[name]["input"], summary[name]["novel"]
             lines.append(f"| {name} | {i['psnr']:.2f} | {i['ssim']:.3f} | {i['lpips']:.3f} | {n['psnr']:.2f} | "
                          f"{n['ssim']:.3f} | {n['lpips']:.3f} | {n['psnr_masked']:.2f} | "
-                         f"{i['silhouette_iou']:.3f} / {n['silhouette_iou']:.3f} |")
+                         f"{i['silhouette_iou']:.3f} / {n['silhouette_iou']:.3f} | "
+                         f"{i['brightness_bias']:+.1f} / {n['brightness_bias']:+.1f} |")
     references = results.get("references", [])
     if references and all(r in summary for r in references):
         lines += ["", "## Ceilings of resolution (the true views through fewer pixels; references, not predictions)", "",
@@ -262,9 +276,10 @@ def write_markdown(results: dict, path: Path) -> None:
         lines += ["", f"## The teacher `{results['teacher']}` at its own views ({views})", "",
                   "Every prediction's mean over the canonical novel views only, where the teacher has views "
                   "(one sample a scan).", "",
-                  "| prediction | PSNR | SSIM | LPIPS | silhouette IoU |", "|---|---|---|---|---|"]
+                  "| prediction | PSNR | SSIM | LPIPS | silhouette IoU | brightness (/255) |", "|---|---|---|---|---|---|"]
         for name, c in results["canonical_mean"].items():
-            lines.append(f"| {name} | {c['psnr']:.2f} | {c['ssim']:.3f} | {c['lpips']:.3f} | {c['silhouette_iou']:.3f} |")
+            lines.append(f"| {name} | {c['psnr']:.2f} | {c['ssim']:.3f} | {c['lpips']:.3f} | {c['silhouette_iou']:.3f} | "
+                         f"{c['brightness_bias']:+.1f} |")
         w = results["teacher_wins"]
         lines += ["", f"The teacher beats the best trivial prediction there on {w['psnr']} of {w['objects']} objects by "
                   f"PSNR and on {w['lpips']} of {w['objects']} by LPIPS."]

@@ -155,7 +155,7 @@ def test_eval_real_end_to_end(tmp_path):
     assert "model's frame" in results["note"]
     markdown = (out / "results.md").read_text()
     assert "c_broken.glb" in markdown and "revolve" in markdown and "beats the best trivial" in markdown
-    assert "silhouette IoU" in markdown
+    assert "silhouette IoU" in markdown and "brightness in / novel" in markdown
     assert (out / "grid.png").exists() and (out / "psnr_per_object.png").exists()
     # Per scan: the input view, the transform, the framed truth (7 views) and the revolved silhouette (7 views).
     assert len(list(cache.rglob("*.png"))) == 2 * (1 + 7 + 7) and len(list(cache.rglob("transform.json"))) == 2
@@ -232,3 +232,21 @@ def test_a_folder_that_is_no_teacher_is_a_clear_error(tmp_path):
     TinyMVDMPipeline(toy.unet, toy.image_encoder, toy.scheduler, radius=2.5).save_pretrained(tmp_path / "far")
     with pytest.raises(SystemExit, match="not the canonical cameras"):
         eval_real.main(["--objects", str(objects), "--baselines-only", "--teacher", str(tmp_path / "far"), "--out", str(tmp_path / "o")])
+
+
+def test_brightness_bias_is_the_mean_luminance_difference_over_the_true_silhouette():
+    truth = torch.ones(2, 4, 8, 8) * 0.6
+    truth[:, 3] = 0
+    truth[:, 3, 2:6, 2:6] = 1  # a grey square on an empty (white) background
+    on_white = composite_on(truth)  # [2, 3, 8, 8]
+    darker = on_white.clone()
+    darker[0, :, 2:6, 2:6] -= 0.2  # view 0 darker inside the silhouette by 51/255
+    darker[1, :, :2] = 0  # view 1 differs only outside it: not counted
+    bias = eval_real.brightness_bias(darker, truth)
+    assert float(bias[0]) == pytest.approx(-51, abs=1e-3) and float(bias[1]) == pytest.approx(0, abs=1e-4)
+    tinted = on_white.clone()
+    tinted[:, 2, 2:6, 2:6] += 0.2  # blue alone weighs 0.114 of luminance
+    assert float(eval_real.brightness_bias(tinted, truth)[0]) == pytest.approx(0.114 * 51, abs=1e-3)
+    empty = truth.clone()
+    empty[:, 3] = 0
+    assert math.isnan(float(eval_real.brightness_bias(on_white, empty)[0]))
