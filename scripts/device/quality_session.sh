@@ -20,9 +20,11 @@
 # TEACHER_BACK=unet: a middle call of a teacher chain brings back only the main UNet it trained (17 MB, a handoff if the
 # machine is lost; the whole 34 MB teacher takes much of the machine's 30 s idle window to come back, and the next call
 # then starts bare); none: nothing of it. NO_CORPORA=1: the teacher stage builds no corpora. STUDENTS_BACK=none: a
-# middle call of a student chain brings back no student (two exported arms are ~55 MB).
+# middle call of a student chain brings back no student (two exported arms are ~55 MB: at most two come back);
+# STUDENTS_BACK="a b": only arms a and b.
 # ARM_A / ARM_B ("name flags...") replace the two arms (none: no such arm); flags given there win over the script's
-# (e.g. "--init-from <pipeline> --lr 1e-4": a warm start). CORPUS_SEEDS=S: S seeds an image in the training quadruples
+# (e.g. "--init-from <pipeline> --lr 1e-4": a warm start). ARMS="name flags... | name flags... | ..." any number of
+# arms instead (an equal-budget ablation: the same ARM_STEPS each; see arm() for the verification and base3d arms). CORPUS_SEEDS=S: S seeds an image in the training quadruples
 # (N_CORPUS x S of them; the evaluation sets keep 4). On a fresh machine the corpora are built on the CPUs while
 # gsplat compiles, and the teacher's quadruples are made while the true renders wait for it. PRINT_FRACTION=P: the
 # share of the teacher's pool objects with printed labels (training/synthetic.py; 0.5 by default, the shipped teacher's
@@ -63,7 +65,9 @@ pack() {  # on every exit, failures included: bring back what exists (8 files, 6
     if [ -z "$teacher_trained" ] && [ "${STUDENTS_BACK:-all}" != none ]; then
         for arm in runs/d-*/pipeline; do
             [ -f $arm/model_index.json ] || continue
-            name=$(basename "$(dirname $arm)"); tar -C runs/$name --exclude image_encoder -cf - pipeline | split -b 15m - "$OUT/$name.tar.part-"
+            name=$(basename "$(dirname $arm)")
+            case " ${STUDENTS_BACK:-all} " in " all "|*" ${name#d-} "*) ;; *) continue ;; esac
+            tar -C runs/$name --exclude image_encoder -cf - pipeline | split -b 15m - "$OUT/$name.tar.part-"
         done
     fi
     if [ -n "$EVAL_SETS_BACK" ] && [ -d runs/gt-heldout ]; then  # the evaluation quadruples, to score on another machine
@@ -300,23 +304,37 @@ sim_report() { for f in runs/q-*.log runs/gt-*.log; do echo "$f: $(tr '\r' '\n' 
 
 # The student: pixel-aligned Gaussians with view 0 anchored to the input's colours (the tiny preset), the seed-deviation
 # term, quadruples on the GPU, no implicit verification (at equal steps it cost 0.24 dB and a third of the speed in
-# an earlier ablation). Arm main adds the input-view term (its render at the input camera against the input itself);
-# arm noiv is the same without it. The N-fit probe (NFIT=1): the recipe on 8 images x 64 seeds, can N be fitted at all.
+# an earlier ablation; an arm whose flags set --verification-weight keeps it). Arm main adds the input-view term (its
+# render at the input camera against the input itself); arm noiv is the same without it. An arm named base3d* is the
+# 3D-only baseline (training/train_3d_baseline.py: the corpus's true renders, fresh N). The N-fit probe (NFIT=1): the
+# recipe on 8 images x 64 seeds, can N be fitted at all.
 arm() {  # name, quadruples, gpu, seconds to keep after, extra distill flags...
-    local name=$1 quadruples=$2 gpu=$3 margin=$4; shift 4
-    on_gpu $gpu python3 training/distill.py --teacher runs/teacher --quadruples runs/$quadruples --output-dir runs/d-$name --resume latest \
+    local name=$1 quadruples=$2 gpu=$3 margin=$4 script=training/distill.py verification=--no-verification; shift 4
+    case $name in base3d*) script=training/train_3d_baseline.py quadruples=gt-corpus; corpus_truth || return 1 ;; esac
+    case " $* " in *" --verification-weight "*) verification= ;; esac
+    on_gpu $gpu python3 $script --teacher runs/teacher --quadruples runs/$quadruples --output-dir runs/d-$name --resume latest \
         --max-steps ${ARM_STEPS:-3000} --batch-size 64 --lr 2e-4 --warmup-steps 200 --checkpoint-every 200 --sample-every 500 \
-        --log-every 25 --time-limit "$(box "$margin")" --export runs/d-$name/pipeline --preload --no-verification \
+        --log-every 25 --time-limit "$(box "$margin")" --export runs/d-$name/pipeline --preload $verification \
         --seed-deviation-weight ${SEED_DEVIATION_WEIGHT:-2} "$@" $DISTILL_EXTRA > runs/d-$name-$stage.log 2>&1 || tail -30 runs/d-$name-$stage.log
     tail -1 runs/d-$name/log.jsonl
 }
-arms() {  # seconds to keep after. ARM_A / ARM_B ("name flags...") replace the two arms; ARM_B=none: one arm; both
-    # none: no arm (a first call that only builds the data, e.g. when the arms start from a student the next call carries)
-    local a=${ARM_A:-main --input-view-weight ${INPUT_VIEW_WEIGHT:-1}} b=${ARM_B:-noiv}
-    [ "$a" != none ] && arm ${a%% *} q-corpus 0 $1 $([ "$a" = "${a%% *}" ] || echo "${a#* }") &
-    if [ -n "$NFIT" ]; then arm nfit q-nfit 1 $1 &
-    elif [ "$b" != none ]; then arm ${b%% *} q-corpus 1 $1 $([ "$b" = "${b%% *}" ] || echo "${b#* }") & fi
+arm_specs() {  # one "name flags..." a line: ARMS ("|" between arms, any number, job k on GPU k mod NGPU), else ARM_A and
+    # ARM_B (none: no such arm; both none: no arm, e.g. a first call that only builds the data)
+    if [ -n "$ARMS" ]; then tr '|' '\n' <<< "$ARMS" | sed 's/^ *//; s/ *$//; /^$/d'
+    else printf '%s\n%s\n' "${ARM_A:-main --input-view-weight ${INPUT_VIEW_WEIGHT:-1}}" "${ARM_B:-noiv}"; fi
+}
+arms() {  # seconds to keep after
+    local k=0 spec
+    while read -r spec; do
+        [ "$spec" = none ] || { [ -n "$NFIT" ] && [ $k = 1 ]; } || arm ${spec%% *} q-corpus $k $1 $([ "$spec" = "${spec%% *}" ] || echo "${spec#* }") &
+        k=$(( k + 1 ))
+    done < <(arm_specs)
+    [ -n "$NFIT" ] && arm nfit q-nfit 1 $1 &
     wait
+}
+corpus_truth() {  # the 3D-only baseline's data: the corpus's true renders (gsplat, seconds), one an image (N is fresh)
+    python3 -c "import sys; from training.data import validate_shards; validate_shards(sys.argv[1])" runs/gt-corpus 2>/dev/null \
+        || python3 $sim --ground-truth --corpus runs/c-corpus --out runs/gt-corpus > runs/gt-corpus.log 2>&1 || { tail -20 runs/gt-corpus.log; return 1; }
 }
 
 if [ "$stage" = student ]; then
