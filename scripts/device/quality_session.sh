@@ -47,7 +47,7 @@ OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" runs
 TEACHER_INIT=${TEACHER_INIT:-hub/mvdm-tiny} INIT_STEP=${INIT_STEP:-25441}  # the shipped main UNet's step
 if [ -n "$SMOKE" ]; then
     N_CORPUS=8 N_TEST=4 N_HELDOUT=4 N_FIT_SEEDS=4 SIZE=32 TEACHER_EXTRA="--tiny-test --pool-size 4 --sample-steps 2 --max-steps 6"
-    SIM_EXTRA="--steps 2" DISTILL_EXTRA="--tiny-test" EVAL_EXTRA="--fit-steps 2 --device cpu --batch 4" PROBE_EXTRA="--tiny-test --device cpu --steps 2 --warmup 1 --batch-size 2"
+    SIM_EXTRA="--steps 2${SIM_EXTRA:+ $SIM_EXTRA}" DISTILL_EXTRA="--tiny-test" EVAL_EXTRA="--fit-steps 2 --device cpu --batch 4" PROBE_EXTRA="--tiny-test --device cpu --steps 2 --warmup 1 --batch-size 2"
     TQ_EXTRA="--objects 2 --batch 2 --fit-steps 2 --steps 2 --num-gaussians 256 --input-size 32 --device cpu"
 fi
 N_CORPUS=${N_CORPUS:-1024} N_TEST=${N_TEST:-48} N_HELDOUT=${N_HELDOUT:-32} SIZE=${SIZE:-128} N_FIT_SEEDS=${N_FIT_SEEDS:-64}
@@ -263,6 +263,17 @@ fi
 
 sim="training/simulate.py --teacher runs/teacher --elevation-from-origin --batch-size ${SIM_BATCH:-256} --shard-size 256 --no-progress --dtype bfloat16 $SIM_EXTRA"
 [ -n "$SMOKE" ] && sim="${sim/bfloat16/float32}"
+# SIM_EXTRA is a trial (e.g. --compile, not yet run on the GPU machine): the training quadruples are the call's biggest
+# job, so a simulation that fails with it goes on without it (from the shards it wrote) rather than losing the call.
+# The retry's time limit is what is left now (a later --time-limit wins), and it starts only with SIM_MIN_SECONDS left,
+# else it says "incomplete" so that the student stage stops and the same command goes on in the next call.
+sim_or_plain() {  # launcher ("launch" or "python3"), then simulate.py's flags after $sim; output to stdout
+    $1 $sim "${@:2}" && return 0
+    [ -n "$SIM_EXTRA" ] || return 1
+    echo "simulate.py failed with SIM_EXTRA=$SIM_EXTRA: going on without it"
+    if [ $(( $(left) - ${SIM_MARGIN:-40} )) -lt ${SIM_MIN_SECONDS:-120} ]; then echo "quadruples incomplete: no retry with $(left) s left"; return 0; fi
+    $1 ${sim% $SIM_EXTRA} "${@:2}" $(sim_limit)
+}
 corpus_seeds="--seeds-per-image ${CORPUS_SEEDS:-4}"  # the training quadruples only: the evaluation sets keep 4 seeds an image
 # Every simulation stops starting shards SIM_MARGIN s (40) before the call's budget ends, so a data stage that does
 # not fit in one call (at 128 px on a fresh H200: 3,072 training quadruples took 438 s after ~100 s of set-up) ends
@@ -278,7 +289,7 @@ sim_eval() {  # the set's folder, simulate.py flags...
     fi
     local t=$(( $(left) - ${SIM_MARGIN:-40} ))
     if [ "$t" -lt ${SIM_MIN_SECONDS:-120} ]; then echo "quadruples incomplete: not started with $(left) s left"; return 0; fi
-    python3 $sim --time-limit "$t" --out "$out" "$@"
+    sim_or_plain python3 --time-limit "$t" --out "$out" "$@"
 }
 simulate_teacher() {  # the teacher's quadruples (no rendering: runs while gsplat compiles), spread over the GPUs
     if [ "${SIM_PROCESSES:-1}" -gt 1 ]; then  # K independent processes, one per GPU (not several on one)
@@ -286,7 +297,7 @@ simulate_teacher() {  # the teacher's quadruples (no rendering: runs while gspla
             on_gpu $k python3 $sim $(sim_limit) --corpus runs/c-corpus --out runs/q-corpus $corpus_seeds --process-index $k --num-processes $SIM_PROCESSES > runs/q-corpus-$k.log 2>&1 &
         done
         wait
-    else launch $sim $(sim_limit) --corpus runs/c-corpus --out runs/q-corpus $corpus_seeds > runs/q-corpus.log 2>&1; fi
+    else sim_or_plain launch $(sim_limit) --corpus runs/c-corpus --out runs/q-corpus $corpus_seeds > runs/q-corpus.log 2>&1; fi
     if [ -n "$NFIT" ]; then
         on_gpu 0 python3 $sim --corpus runs/c-nfit --seeds-per-image $N_FIT_SEEDS --out runs/q-nfit > runs/q-nfit.log 2>&1 &
         on_gpu 1 python3 $sim --corpus runs/c-nfit --seeds-per-image 8 --seed 1 --out runs/q-nfit-new > runs/q-nfit-new.log 2>&1 &
