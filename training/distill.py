@@ -103,6 +103,9 @@ def parse_args(argv=None):
     p.add_argument("--allow-incomplete", action="store_true",
                    help="train on the finished shards of a quadruple build that is still under way (a warning says how many)")
     p.add_argument("--profile-steps", type=int, default=0, help="profile N steps (torch.profiler) and print where time goes")
+    p.add_argument("--compile", nargs="?", const="default", default=None, metavar="MODE",
+                   help="torch.compile the student's forward (mode: default, or e.g. max-autotune-no-cudagraphs); the losses, "
+                        "renders and optimizer stay eager, checkpoints and the export are the same weights")
     p.add_argument("--export", default=None, help="write the EMA student as a DD3GPipeline folder here at the end")
     args = p.parse_args(argv)
     if args.tiny_test:
@@ -481,6 +484,9 @@ def main(argv=None):
                                   fused=accelerator.device.type == "cuda")  # one kernel for all parameters
     lr_schedule = warmup_cosine(optimizer, args.warmup_steps, args.max_steps)
     student, optimizer, lr_schedule = accelerator.prepare(student, optimizer, lr_schedule)
+    if args.compile:  # in place on the module (a DDP wrapper calls it too): state-dict names stay those of the eager model
+        module = accelerator.unwrap_model(student)
+        module.forward = torch.compile(module.forward, mode=args.compile)
     ema.to(device)
     step = restore_checkpoint(accelerator, resolve_resume(output_dir, args.resume), ema)
 

@@ -352,3 +352,23 @@ def test_a_student_continues_under_a_teacher_of_another_resolution(world, tmp_pa
         pipe.register_to_config(photo_surface_size=0)  # the student's own Gaussians, without the photo's surfels
         counts.append(pipe(rgba_image(), seeds=[0]).gaussians.num_gaussians)
     assert counts[1] == 4 * counts[0]
+
+
+def test_a_compiled_student_trains_as_the_eager_one(world, tmp_path, monkeypatch):
+    # torch.compile as distill.py calls it, with dynamo's aot_eager backend (no C++ build on the CPU machine): the
+    # student's forward is traced for real; the losses, the weights and the export's names must be the eager run's
+    modes, real_compile = [], torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, mode=None, **_: (modes.append(mode), real_compile(fn, backend="aot_eager"))[1])
+    runs = {}
+    for name, extra in (("eager", []), ("compiled", ["--compile", "max-autotune-no-cudagraphs"])):
+        out = tmp_path / name
+        assert _run(world, out, "--max-steps", "3", "--no-verification", "--export", str(out / "pipeline"), *extra) == 3
+        runs[name] = out
+    assert modes == ["max-autotune-no-cudagraphs"]  # the student's forward, once; nothing else was compiled
+    eager, compiled = (_losses(runs[n]) for n in ("eager", "compiled"))
+    for key in ("total", "rgb", "alpha", "lpips"):
+        assert [r[key] for r in compiled] == pytest.approx([r[key] for r in eager], rel=1e-4, abs=1e-6), key
+    weights = [load_file(next((runs[n] / "pipeline" / "student").glob("*.safetensors"))) for n in ("eager", "compiled")]
+    assert set(weights[0]) == set(weights[1]) and not any("_orig_mod" in k for k in weights[1])
+    for key in weights[0]:
+        assert torch.allclose(weights[0][key].float(), weights[1][key].float(), atol=1e-3), key
