@@ -20,8 +20,8 @@ OUT/cache/ (or --cache), keyed by the file's sha256, the render settings and the
 
 Predictions, all scored the same way (PSNR/SSIM/LPIPS on white full frame; PSNR/SSIM masked by true alpha > 0.5;
 the silhouette IoU of alpha > 0.5, prediction against truth, which tells a shape that covers the object from one
-that shows the background through it; the brightness bias, the mean luminance minus the truth's over the true
-silhouette, which tells a prediction that darkens the sides it does not see):
+that shows the background through it; the brightness bias, the mean luminance minus the truth's where both
+silhouettes cover the pixel, which tells a prediction that darkens the sides it does not see):
 - model: the pipeline's Gaussians for the input view's RGBA (skipped with --baselines-only);
 - copy: the framed input view put at every camera;
 - mirror: the copy, mirrored left-right at cameras behind the object (|azimuth| > 90);
@@ -69,12 +69,13 @@ METRICS = ("psnr", "ssim", "lpips", "psnr_masked", "ssim_masked", "silhouette_io
 LUMA = (0.299, 0.587, 0.114)  # Rec. 601 weights of R, G, B
 
 
-def brightness_bias(pred_rgb: torch.Tensor, gt_rgba: torch.Tensor) -> torch.Tensor:
-    """pred_rgb [V, 3, H, W] on white, gt_rgba [V, 4, H, W] -> [V]: the prediction's mean luminance minus the truth's,
-    in 1/255, over the truth's silhouette (alpha > 0.5); NaN where it is empty. Negative: darker than the object is,
-    e.g. a teacher that learned shaded sides from a lit world, scored against unlit albedo."""
+def brightness_bias(pred_rgb: torch.Tensor, gt_rgba: torch.Tensor, pred_alpha: torch.Tensor) -> torch.Tensor:
+    """pred_rgb [V, 3, H, W] on white, gt_rgba [V, 4, H, W], pred_alpha [V, 1, H, W] -> [V]: the prediction's mean
+    luminance minus the truth's, in 1/255, where both cover the pixel (alpha > 0.5: a silhouette that misses the
+    object shows white, which is a shape error, not a colour one); NaN where they share no pixel. Negative: darker
+    than the object, e.g. a teacher that learned shaded sides from a lit world, scored against unlit albedo."""
     weights = pred_rgb.new_tensor(LUMA).view(1, 3, 1, 1)
-    mask = (gt_rgba[:, 3:4] > 0.5).float()  # [V, 1, H, W]
+    mask = ((gt_rgba[:, 3:4] > 0.5) & (pred_alpha > 0.5)).float()  # [V, 1, H, W]
     difference = ((pred_rgb - composite_on(gt_rgba)) * weights).sum(1, keepdim=True) * mask  # [V, 1, H, W]
     area = mask.flatten(1).sum(1)  # [V]
     return torch.where(area > 0, 255 * difference.flatten(1).sum(1) / area.clamp_min(1), torch.full_like(area, float("nan")))
@@ -135,7 +136,7 @@ def score(pred_rgb: torch.Tensor, gt_rgba: torch.Tensor, pred_alpha: torch.Tenso
         values = dict(
             psnr=psnr(pred_rgb, gt_rgb), ssim=ssim(pred_rgb, gt_rgb), lpips=lpips(pred_rgb, gt_rgb),
             psnr_masked=psnr(pred_rgb, gt_rgb, mask), ssim_masked=ssim(pred_rgb, gt_rgb, mask),
-            silhouette_iou=silhouette_iou(pred_alpha, gt_rgba[:, 3:4]), brightness_bias=brightness_bias(pred_rgb, gt_rgba),
+            silhouette_iou=silhouette_iou(pred_alpha, gt_rgba[:, 3:4]), brightness_bias=brightness_bias(pred_rgb, gt_rgba, pred_alpha),
         )
     empty = mask.flatten(1).sum(1) == 0  # e.g. a flat object seen edge-on: masked scores are undefined
     for key in ("psnr_masked", "ssim_masked"):
