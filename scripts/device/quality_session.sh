@@ -21,7 +21,7 @@
 # machine is lost; the whole 34 MB teacher takes much of the machine's 30 s idle window to come back, and the next call
 # then starts bare); none: nothing of it. NO_CORPORA=1: the teacher stage builds no corpora. STUDENTS_BACK=none: a
 # middle call of a student chain brings back no student (two exported arms are ~55 MB: at most two come back);
-# STUDENTS_BACK="a b": only arms a and b.
+# STUDENTS_BACK="a b": only arms a and b (never more than two: the others stay on the machine).
 # ARM_A / ARM_B ("name flags...") replace the two arms (none: no such arm); flags given there win over the script's
 # (e.g. "--init-from <pipeline> --lr 1e-4": a warm start). ARMS="name flags... | name flags... | ..." any number of
 # arms instead (an equal-budget ablation: the same ARM_STEPS each; see arm() for the verification and base3d arms). CORPUS_SEEDS=S: S seeds an image in the training quadruples
@@ -63,11 +63,15 @@ pack() {  # on every exit, failures included: bring back what exists (8 files, 6
         esac
     fi
     if [ -z "$teacher_trained" ] && [ "${STUDENTS_BACK:-all}" != none ]; then
+        local packed=0
         for arm in runs/d-*/pipeline; do
             [ -f $arm/model_index.json ] || continue
             name=$(basename "$(dirname $arm)")
             case " ${STUDENTS_BACK:-all} " in " all "|*" ${name#d-} "*) ;; *) continue ;; esac
+            # two students (~27 MB each) fill what a call can bring back beside the results: the rest stay here
+            [ $packed -lt 2 ] || { echo "not brought back: $name (two students already; STUDENTS_BACK names them)"; continue; }
             tar -C runs/$name --exclude image_encoder -cf - pipeline | split -b 15m - "$OUT/$name.tar.part-"
+            packed=$(( packed + 1 ))
         done
     fi
     if [ -n "$EVAL_SETS_BACK" ] && [ -d runs/gt-heldout ]; then  # the evaluation quadruples, to score on another machine
