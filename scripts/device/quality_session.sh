@@ -338,11 +338,17 @@ arm_specs() {  # one "name flags..." a line: ARMS ("|" between arms, any number,
     if [ -n "$ARMS" ]; then tr '|' '\n' <<< "$ARMS" | sed 's/^ *//; s/ *$//; /^$/d'
     else printf '%s\n%s\n' "${ARM_A:-main --input-view-weight ${INPUT_VIEW_WEIGHT:-1}}" "${ARM_B:-noiv}"; fi
 }
-arms() {  # seconds to keep after
-    local k=0 spec
+arms() {  # seconds to keep after. At most ARMS_AT_ONCE arms train at once (2 a GPU: at 128 px an arm peaks at ~63 GiB
+    # of an H200's 139); the next starts when one ends, with the time then left. Arm k runs on GPU k mod NGPU.
+    local k=0 spec pids=() at_once=${ARMS_AT_ONCE:-$(( 2 * NGPU ))}
     while read -r spec; do
-        [ "$spec" = none ] || { [ -n "$NFIT" ] && [ $k = 1 ]; } || arm ${spec%% *} q-corpus $k $1 $([ "$spec" = "${spec%% *}" ] || echo "${spec#* }") &
-        k=$(( k + 1 ))
+        if [ "$spec" = none ] || { [ -n "$NFIT" ] && [ $k = 1 ]; }; then k=$(( k + 1 )); continue; fi
+        local running
+        while running=$(jobs -pr | grep -xF -f <(printf '%s\n' "${pids[@]}")) && [ $(wc -l <<< "$running") -ge "$at_once" ]; do
+            wait -n $running || true
+        done
+        arm ${spec%% *} q-corpus $k $1 $([ "$spec" = "${spec%% *}" ] || echo "${spec#* }") &
+        pids+=($!); k=$(( k + 1 ))
     done < <(arm_specs)
     [ -n "$NFIT" ] && arm nfit q-nfit 1 $1 &
     wait
