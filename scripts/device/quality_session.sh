@@ -282,13 +282,14 @@ corpus_seeds="--seeds-per-image ${CORPUS_SEEDS:-4}"  # the training quadruples o
 # Every simulation stops starting shards SIM_MARGIN s (40) before the call's budget ends, so a data stage that does
 # not fit in one call (at 128 px on a fresh H200: 3,072 training quadruples took 438 s after ~100 s of set-up) ends
 # cleanly and the same command goes on from its shards in the next call (session 18 lost a call's output to that).
+shards_complete() { python3 -c "import sys; from training.data import validate_shards; validate_shards(sys.argv[1])" "$1" 2>/dev/null; }  # a finished quadruple build in folder $1
 sim_limit() { echo --time-limit "$(box ${SIM_MARGIN:-40})"; }
 # An evaluation set is one shard, which --time-limit cannot cut: start it only with SIM_MIN_SECONDS (120) left before
 # the margin, else write "incomplete" to its log so that the student stage stops and the next call makes it (session
 # 19's first call started one with ~40 s left and ran past the 600-s call limit).
 sim_eval() {  # the set's folder, simulate.py flags...
     local out=$1; shift
-    if python3 -c "import sys; from training.data import validate_shards; validate_shards(sys.argv[1])" "$out" 2>/dev/null; then
+    if shards_complete "$out"; then
         echo "quadruples complete: $out (made by an earlier call)"; return 0
     fi
     local t=$(( $(left) - ${SIM_MARGIN:-40} ))
@@ -354,7 +355,7 @@ arms() {  # seconds to keep after. At most ARMS_AT_ONCE arms train at once (2 a 
     wait
 }
 corpus_truth() {  # the 3D-only baseline's data: the corpus's true renders (gsplat, seconds), one an image (N is fresh)
-    python3 -c "import sys; from training.data import validate_shards; validate_shards(sys.argv[1])" runs/gt-corpus 2>/dev/null \
+    shards_complete runs/gt-corpus \
         || python3 $sim --ground-truth --corpus runs/c-corpus --out runs/gt-corpus > runs/gt-corpus.log 2>&1 || { tail -20 runs/gt-corpus.log; return 1; }
 }
 
