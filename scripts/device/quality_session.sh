@@ -35,7 +35,11 @@
 # Every call brings back what exists through $OUT (see pack): the teacher (when trained in the call), else the
 # students, logs, grids, scores (EVAL_SETS_BACK=1: the evaluation quadruples too). SIM_PROCESSES=K: K simulation
 # processes over the GPUs (two on one H200 made 18 quadruples/s together against 30/s for one: keep 1 per GPU).
-# SIM_EXTRA adds simulate.py flags to every simulation, e.g. SIM_EXTRA=--compile (the teacher's UNets compiled).
+# SIM_EXTRA adds simulate.py flags to every simulation: --compile by default on a GPU (the teacher's UNets compiled:
+# 3,072 quadruples at 128 px in 299 s, 10.3/s, against 412 s eager; session 22); SIM_EXTRA= turns it off.
+# ARM_COMPILE: distill.py's --compile for every distillation arm, on by default on a GPU (the student's step 391 ms
+# against 525 ms eager at 128 px, batch 64: student_step.py, session 22); ARM_COMPILE= turns it off. Both fall back
+# to eager, from where they stopped, if the compiled run fails.
 # Needs .wheels carried, and the model folders of hub/ that device-slim moved away (mvdm-tiny, efficientnet-lite0,
 # lpips-alex) present. SMOKE=1 TEACHER_INIT=<toy teacher with an expert> rehearses it all on a CPU.
 set -eo pipefail
@@ -45,6 +49,7 @@ budget=${CHUNK_SECONDS:-560}
 export PYTHONPATH=$PWD TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 PYTHONUNBUFFERED=1 TQDM_MININTERVAL=60
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" runs
 TEACHER_INIT=${TEACHER_INIT:-hub/mvdm-tiny} INIT_STEP=${INIT_STEP:-25441}  # the shipped main UNet's step
+if [ -z "$SMOKE" ]; then SIM_EXTRA=${SIM_EXTRA---compile} ARM_COMPILE=${ARM_COMPILE---compile}; fi  # compiling on a CPU takes minutes
 if [ -n "$SMOKE" ]; then
     N_CORPUS=8 N_TEST=4 N_HELDOUT=4 N_FIT_SEEDS=4 SIZE=32 TEACHER_EXTRA="--tiny-test --pool-size 4 --sample-steps 2 --max-steps 6"
     SIM_EXTRA="--steps 2${SIM_EXTRA:+ $SIM_EXTRA}" DISTILL_EXTRA="--tiny-test" EVAL_EXTRA="--fit-steps 2 --device cpu --batch 4" PROBE_EXTRA="--tiny-test --device cpu --steps 2 --warmup 1 --batch-size 2"
@@ -267,8 +272,8 @@ fi
 
 sim="training/simulate.py --teacher runs/teacher --elevation-from-origin --batch-size ${SIM_BATCH:-256} --shard-size 256 --no-progress --dtype bfloat16 $SIM_EXTRA"
 [ -n "$SMOKE" ] && sim="${sim/bfloat16/float32}"
-# SIM_EXTRA is a trial (e.g. --compile, not yet run on the GPU machine): the training quadruples are the call's biggest
-# job, so a simulation that fails with it goes on without it (from the shards it wrote) rather than losing the call.
+# SIM_EXTRA (e.g. --compile) must not lose the call: the training quadruples are its biggest job, so a simulation
+# that fails with it goes on without it (from the shards it wrote).
 # The retry's time limit is what is left now (a later --time-limit wins), and it starts only with SIM_MIN_SECONDS left,
 # else it says "incomplete" so that the student stage stops and the same command goes on in the next call.
 sim_or_plain() {  # launcher ("launch" or "python3"), then simulate.py's flags after $sim; output to stdout
@@ -325,13 +330,17 @@ sim_report() { for f in runs/q-*.log runs/gt-*.log; do echo "$f: $(tr '\r' '\n' 
 # 3D-only baseline (training/train_3d_baseline.py: the corpus's true renders, fresh N). The N-fit probe (NFIT=1): the
 # recipe on 8 images x 64 seeds, can N be fitted at all.
 arm() {  # name, quadruples, gpu, seconds to keep after, extra distill flags...
-    local name=$1 quadruples=$2 gpu=$3 margin=$4 script=training/distill.py verification=--no-verification; shift 4
-    case $name in base3d*) script=training/train_3d_baseline.py quadruples=gt-corpus; corpus_truth || return 1 ;; esac
+    local name=$1 quadruples=$2 gpu=$3 margin=$4 script=training/distill.py verification=--no-verification compile=$ARM_COMPILE; shift 4
+    case $name in base3d*) script=training/train_3d_baseline.py quadruples=gt-corpus compile=; corpus_truth || return 1 ;; esac
     case " $* " in *" --verification-weight "*) verification= ;; esac
-    on_gpu $gpu python3 $script --teacher runs/teacher --quadruples runs/$quadruples --output-dir runs/d-$name --resume latest \
-        --max-steps ${ARM_STEPS:-3000} --batch-size 64 --lr 2e-4 --warmup-steps 200 --checkpoint-every 200 --sample-every 500 \
-        --log-every 25 --time-limit "$(box "$margin")" --export runs/d-$name/pipeline --preload $verification \
-        --seed-deviation-weight ${SEED_DEVIATION_WEIGHT:-2} "$@" $DISTILL_EXTRA > runs/d-$name-$stage.log 2>&1 || tail -30 runs/d-$name-$stage.log
+    arm_run() {  # the same run, with or without $compile: a compiled run that fails goes on eager from its last checkpoint
+        on_gpu $gpu python3 $script --teacher runs/teacher --quadruples runs/$quadruples --output-dir runs/d-$name --resume latest \
+            --max-steps ${ARM_STEPS:-3000} --batch-size 64 --lr 2e-4 --warmup-steps 200 --checkpoint-every 200 --sample-every 500 \
+            --log-every 25 --time-limit "$(box "$margin")" --export runs/d-$name/pipeline --preload $verification \
+            --seed-deviation-weight ${SEED_DEVIATION_WEIGHT:-2} "$@" $DISTILL_EXTRA >> runs/d-$name-$stage.log 2>&1
+    }
+    arm_run $compile "$@" || { [ -n "$compile" ] && echo "arm $name failed with $compile: going on eager" >> runs/d-$name-$stage.log && arm_run "$@"; } \
+        || tail -30 runs/d-$name-$stage.log
     tail -1 runs/d-$name/log.jsonl
 }
 arm_specs() {  # one "name flags..." a line: ARMS ("|" between arms, any number, job k on GPU k mod NGPU), else ARM_A and
@@ -355,8 +364,9 @@ arms() {  # seconds to keep after. At most ARMS_AT_ONCE arms train at once (2 a 
     wait
 }
 corpus_truth() {  # the 3D-only baseline's data: the corpus's true renders (gsplat, seconds), one an image (N is fresh)
-    shards_complete runs/gt-corpus \
-        || python3 $sim --ground-truth --corpus runs/c-corpus --out runs/gt-corpus > runs/gt-corpus.log 2>&1 || { tail -20 runs/gt-corpus.log; return 1; }
+    shards_complete runs/gt-corpus && return 0
+    { sim_or_plain python3 --ground-truth --corpus runs/c-corpus --out runs/gt-corpus && shards_complete runs/gt-corpus; } > runs/gt-corpus.log 2>&1 \
+        || { tail -20 runs/gt-corpus.log; return 1; }
 }
 
 if [ "$stage" = student ]; then
