@@ -19,6 +19,11 @@ teacher receives it, copied to the same 4 cameras". No recentring: the teacher g
 --colour-check: flat coloured disks and rings (RGBA, no shading); the input's mean RGB against the copied
 view's (and the imagined views') mean RGB over the input's foreground, alpha-weighted, in 0-255.
 
+Every procedural split also reports the copy baseline (`copy`: the input view copied to the 4 cameras, scored by the
+same protocol) and on how many objects the teacher's imagined views beat it by PSNR; --copy-only reports that copy
+alone (no sampling: seconds on a CPU), to tell whether a teacher that loses to the copy on real scans beats it on its
+own procedural world, i.e. whether the domain is what limits it.
+
 --score-size N: the PSNR/SSIM figures are taken on the views and the truth area-reduced to N px, so a 128-px teacher
 compares with a 64-px one (`--score-size 64`) where the smaller one is scored; the consistency fit and the camera
 sensitivity stay at the teacher's own size.
@@ -86,6 +91,7 @@ def evaluate_split(teacher, split: str, count: int, args, device, out_dir: Path)
     seeds = [synthetic.split_seed(split, i) for i in range(count)]
     results = {"psnr": [], "ssim": [], "psnr_masked": [], "ssim_masked": [], "consistency_psnr": [],
                "imagined_psnr_mean_of_seeds": [], "truth_consistency_psnr": []}
+    copy_results = {"psnr": [], "ssim": [], "psnr_masked": [], "ssim_masked": []}  # the copy baseline, same protocol
     for start in range(0, count, args.batch):
         chunk = seeds[start : start + args.batch]
         objects = synthetic.batch_objects(chunk, args.num_gaussians, family=family).to(device)
@@ -93,6 +99,10 @@ def evaluate_split(teacher, split: str, count: int, args, device, out_dir: Path)
         cams = layout.cameras(size, size, elevation_deg=elevation, include_input=True).to(device)
         truth = render(objects, cams[:, : layout.num_views], background=None).rgba()
         inputs = render(objects, layout.input_camera(args.input_size, args.input_size, elevation).to(device), background=None).rgba()[:, 0]
+        for key, value in scores(copy_baseline(teacher, inputs).to(device), truth, args.score_size).items():
+            copy_results[key].append(value.cpu())
+        if args.copy_only:
+            continue
         results.setdefault("camera_sensitivity", []).append(camera_sensitivity(teacher, inputs, truth, elevation))
         sim = teacher.simulate(inputs, seeds=list(range(start, start + len(chunk))), num_steps=args.steps)
         views = sim.views.to(device)
@@ -111,10 +121,15 @@ def evaluate_split(teacher, split: str, count: int, args, device, out_dir: Path)
         if start == 0:
             rows = [torch.cat([torch.nn.functional.interpolate(inputs[i : i + 1], size=(size, size), mode="bilinear", antialias=True), views[i], truth[i]]) for i in range(min(4, len(chunk)))]
             image_grid(rows, out_dir / f"grid-{split}.png")
+    copy = {k: torch.cat(v) for k, v in copy_results.items()}  # {metric: [count, V]}
+    if args.copy_only:
+        return {"copy": {k: summarise(v) for k, v in copy.items()}, "objects": count}
     sensitivity = results.pop("camera_sensitivity")
     merged = {k: torch.cat(v) for k, v in results.items() if v}
     ceilings = ("consistency_psnr", "imagined_psnr_mean_of_seeds", "truth_consistency_psnr")
     report = {k: summarise(v) for k, v in merged.items() if k not in ceilings}
+    report["copy"] = {k: summarise(v) for k, v in copy.items()}
+    report["imagined_ahead_of_copy_psnr"] = int((merged["psnr"][:, 1:].mean(1) > copy["psnr"][:, 1:].mean(1)).sum())
     report["camera_sensitivity"] = sum(sensitivity) / len(sensitivity)
     if "consistency_psnr" in merged:
         report["consistency_psnr_leave_one_out"] = float(merged["consistency_psnr"].mean())
@@ -232,9 +247,14 @@ def main(argv=None):
     p.add_argument("--score-size", type=int, default=None,
                    help="score the views (and the truth) area-reduced to this many px, e.g. 64 to compare a 128-px "
                         "teacher with a 64-px one (default: the teacher's own size); the consistency fit and camera sensitivity are not")
+    p.add_argument("--copy-only", action="store_true",
+                   help="only the copy baseline on the procedural splits (no sampling: seconds on a CPU)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1... (default: cuda if available)")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
+    if args.copy_only and (args.real is not None or args.colour_check):
+        p.error("--copy-only scores the procedural splits' copy baseline alone: drop --real and --colour-check "
+                "(the real-scan report has the copy beside the teacher already)")
     if args.score_size is not None and args.score_size <= 0:
         p.error(f"--score-size {args.score_size}: expected a side in px > 0")
     device = torch.device(choose_device(args.device))
@@ -243,7 +263,8 @@ def main(argv=None):
     teacher = load_teacher(args.teacher, device=device)
     report = {"teacher": args.teacher, "device": str(device), "steps": args.steps, "guidance_scale": teacher.default_guidance_scale,
               "size": teacher.image_size, "score_size": min(args.score_size or teacher.image_size, teacher.image_size)}
-    report["determinism"] = determinism(teacher, device, min(args.steps, 10))
+    if not args.copy_only:
+        report["determinism"] = determinism(teacher, device, min(args.steps, 10))
     for split in [s for s in args.splits.split(",") if s]:
         report[split] = evaluate_split(teacher, split, args.objects, args, device, out_dir)
         print(split, json.dumps(report[split]), flush=True)

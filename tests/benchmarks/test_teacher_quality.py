@@ -101,3 +101,20 @@ def test_score_size_area_reduces_views_and_truth_alike():
     assert float(reduced["psnr"].mean()) == pytest.approx(float(full["psnr"].mean()) + 10 * math.log10(4), abs=1e-3)
     with pytest.raises(SystemExit):
         teacher_quality.main(["--teacher", "x", "--score-size", "0", "--out", "y"])
+
+
+def test_procedural_splits_report_the_copy_baseline_and_copy_only_skips_the_teacher(tmp_path, teacher_dir):
+    """Each split has the copy of the input view beside the teacher; --copy-only gives that copy alone, unchanged."""
+    common = ["--teacher", str(teacher_dir), "--splits", "val", "--objects", "2", "--batch", "2", "--steps", "2",
+              "--num-gaussians", "256", "--input-size", "16", "--fit-steps", "0", "--device", "cpu"]
+    val = teacher_quality.main(common + ["--out", str(tmp_path / "a")])["val"]
+    copy = val["copy"]
+    assert set(copy) == {"psnr", "ssim", "psnr_masked", "ssim_masked"}
+    # At the input camera the copy is the truth (the input is rendered at the teacher's size); elsewhere it is not.
+    assert copy["psnr"]["copied_view"] > 60 and copy["psnr"]["imagined_views"] < 30
+    assert 0 <= val["imagined_ahead_of_copy_psnr"] <= 2
+    alone = teacher_quality.main(common + ["--copy-only", "--out", str(tmp_path / "b")])
+    assert alone["val"] == {"copy": copy, "objects": 2}
+    assert "determinism" not in alone and not (tmp_path / "b" / "grid-val.png").exists()
+    with pytest.raises(SystemExit):
+        teacher_quality.main(common + ["--copy-only", "--colour-check", "--out", str(tmp_path / "c")])
