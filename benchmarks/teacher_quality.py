@@ -22,7 +22,9 @@ view's (and the imagined views') mean RGB over the input's foreground, alpha-wei
 Every procedural split also reports the copy baseline (`copy`: the input view copied to the 4 cameras, scored by the
 same protocol) and on how many objects the teacher's imagined views beat it by PSNR; --copy-only reports that copy
 alone (no sampling: seconds on a CPU), to tell whether a teacher that loses to the copy on real scans beats it on its
-own procedural world, i.e. whether the domain is what limits it.
+own procedural world, i.e. whether the domain is what limits it. --family F makes every split's objects of family F
+(e.g. one cylinder, the shape of many real goods) and --lighting L lights them by L (default: one hard light, as
+every earlier figure; 'unlit' as the real-scan renders).
 
 --score-size N: the PSNR/SSIM figures are taken on the views and the truth area-reduced to N px, so a 128-px teacher
 compares with a 64-px one (`--score-size 64`) where the smaller one is scored; the consistency fit and the camera
@@ -87,14 +89,14 @@ def summarise(values: torch.Tensor) -> dict:
 def evaluate_split(teacher, split: str, count: int, args, device, out_dir: Path) -> dict:
     size = teacher.image_size
     layout = teacher.layout
-    family = "heldout" if split == "heldout" else None
+    family = args.family or ("heldout" if split == "heldout" else None)
     seeds = [synthetic.split_seed(split, i) for i in range(count)]
     results = {"psnr": [], "ssim": [], "psnr_masked": [], "ssim_masked": [], "consistency_psnr": [],
                "imagined_psnr_mean_of_seeds": [], "truth_consistency_psnr": []}
     copy_results = {"psnr": [], "ssim": [], "psnr_masked": [], "ssim_masked": []}  # the copy baseline, same protocol
     for start in range(0, count, args.batch):
         chunk = seeds[start : start + args.batch]
-        objects = synthetic.batch_objects(chunk, args.num_gaussians, family=family).to(device)
+        objects = synthetic.batch_objects(chunk, args.num_gaussians, family=family, lighting=args.lighting).to(device)
         elevation = torch.zeros(len(chunk))
         cams = layout.cameras(size, size, elevation_deg=elevation, include_input=True).to(device)
         truth = render(objects, cams[:, : layout.num_views], background=None).rgba()
@@ -247,6 +249,10 @@ def main(argv=None):
     p.add_argument("--score-size", type=int, default=None,
                    help="score the views (and the truth) area-reduced to this many px, e.g. 64 to compare a 128-px "
                         "teacher with a 64-px one (default: the teacher's own size); the consistency fit and camera sensitivity are not")
+    p.add_argument("--family", default=None, choices=synthetic.FAMILIES,
+                   help="make every split's objects of this family, e.g. 'cylinder' (one primitive; default: the split's own)")
+    p.add_argument("--lighting", default="baked", choices=synthetic.LIGHTINGS,
+                   help="the light baked into the objects (default 'baked', the protocol of every earlier figure; 'unlit' as the real scans)")
     p.add_argument("--copy-only", action="store_true",
                    help="only the copy baseline on the procedural splits (no sampling: seconds on a CPU)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1... (default: cuda if available)")
