@@ -15,6 +15,7 @@
 #                                                    # same GPUs (the expert's training never runs the main UNet), then
 #                                                    # joined into runs/teacher and scored (PAIR_SCORE=1)
 #   bash scripts/device/quality_session.sh score     # the teacher's scores alone (TQ_OBJECTS a split; REAL=<scans>: those too)
+#   bash scripts/device/quality_session.sh step      # the student's step against its model alone, eager and compiled
 #   bash scripts/device/quality_session.sh shapes    # UNet shapes (SHAPES, MultiViewUNet.PRESETS) each trained from
 #                                                    # scratch for SHAPE_SECONDS, timed and scored: quality per GPU-minute
 # TEACHER_BACK=unet: a middle call of a teacher chain brings back only the main UNet it trained (17 MB, a handoff if the
@@ -43,12 +44,17 @@
 # Needs .wheels carried, and the model folders of hub/ that device-slim moved away (mvdm-tiny, efficientnet-lite0,
 # lpips-alex) present. SMOKE=1 TEACHER_INIT=<toy teacher with an expert> rehearses it all on a CPU.
 set -eo pipefail
-stage=${1:?teacher, student, finish, expert, pair, score or shapes}
+stage=${1:?teacher, student, finish, expert, pair, score, step or shapes}
 start=$(date +%s)
 budget=${CHUNK_SECONDS:-560}
 export PYTHONPATH=$PWD TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 PYTHONUNBUFFERED=1 TQDM_MININTERVAL=60
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" runs
 TEACHER_INIT=${TEACHER_INIT:-hub/mvdm-tiny} INIT_STEP=${INIT_STEP:-25441}  # the shipped main UNet's step
+# A teacher carried without its tokenizer (hub folders link image_encoder to hub/efficientnet-lite0, which a copy made
+# for the trip lacks) gets the link here: session 22 lost a call to a copy without it.
+if [ -d "$TEACHER_INIT" ] && [ ! -e "$TEACHER_INIT/image_encoder" ] && [ -d hub/efficientnet-lite0 ]; then
+    ln -sfn "$PWD/hub/efficientnet-lite0" "$TEACHER_INIT/image_encoder"
+fi
 if [ -z "$SMOKE" ]; then SIM_EXTRA=${SIM_EXTRA---compile} ARM_COMPILE=${ARM_COMPILE---compile}; fi  # compiling on a CPU takes minutes
 if [ -n "$SMOKE" ]; then
     N_CORPUS=8 N_TEST=4 N_HELDOUT=4 N_FIT_SEEDS=4 SIZE=32 TEACHER_EXTRA="--tiny-test --pool-size 4 --sample-steps 2 --max-steps 6"
@@ -242,6 +248,21 @@ if [ "$stage" = score ]; then
     score_teacher "$teacher" "$(basename "$teacher")" 0
     wait
     tail -n 4 runs/tq-*.log
+    exit 0
+fi
+
+if [ "$stage" = step ]; then
+    # The student's distillation step against its model alone (benchmarks/student_step.py), eager then compiled, one
+    # after the other on GPU 0, after gsplat is built (session 22 lost a pair of runs whose time limit the build ate).
+    gsplat_ready
+    mkdir -p runs/eval
+    teacher=runs/teacher; [ -f $teacher/model_index.json ] || teacher=$TEACHER_INIT
+    for compiled in "" $([ -z "$SMOKE" ] && echo --compile); do  # compiling on a CPU takes minutes: the rehearsal skips it
+        name=student_step${compiled:+_compiled}
+        on_gpu 0 timeout $(box 10) python3 benchmarks/student_step.py --device cuda --teacher "$teacher" --steps 40 $compiled \
+            --json runs/eval/$name.json $PROBE_EXTRA > runs/eval/$name.log 2>&1 || tail -20 runs/eval/$name.log
+    done
+    cat runs/eval/student_step*.json 2>/dev/null || true
     exit 0
 fi
 
