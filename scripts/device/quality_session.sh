@@ -191,6 +191,8 @@ train_expert() {  # $1: the main UNet's teacher to sample beside (grids, export)
     grep camera_sensitivity runs/t-expert/log.jsonl | tail -3; tail -1 runs/t-expert/log.jsonl
 }
 
+teacher_here() { [ -f runs/teacher/model_index.json ] && echo runs/teacher || echo "$TEACHER_INIT"; }  # this machine's teacher, else the carried one
+
 score_teacher() {  # $1: a teacher folder, $2: results in runs/tq-$2, $3: the GPU, then flags that win over these:
     # TQ_OBJECTS objects a split with TQ_FIT consistency-fit steps, in what time is left; SCORE_SIZE=N: scored at N px
     local folder=$1 name=$2 gpu=$3; shift 3
@@ -243,7 +245,7 @@ if [ "$stage" = score ]; then
     # took more than 170 s on one H200: give it the call (CHUNK_SECONDS). The 30 scans (12 MB) do not travel beside
     # .wheels and a 34-MB teacher within 64 MiB: carry them in a later call on the warm machine, without .wheels.
     gsplat_ready
-    teacher=runs/teacher; [ -f $teacher/model_index.json ] || teacher=$TEACHER_INIT
+    teacher=$(teacher_here)
     [ -n "$REAL" ] && { score_teacher "$teacher" real 1 --real "$REAL" --splits '' --fit-steps 0 & }
     score_teacher "$teacher" "$(basename "$teacher")" 0
     wait
@@ -256,7 +258,7 @@ if [ "$stage" = step ]; then
     # after the other on GPU 0, after gsplat is built (session 22 lost a pair of runs whose time limit the build ate).
     gsplat_ready
     mkdir -p runs/eval
-    teacher=runs/teacher; [ -f $teacher/model_index.json ] || teacher=$TEACHER_INIT
+    teacher=$(teacher_here)
     for compiled in "" $([ -z "$SMOKE" ] && echo --compile); do  # compiling on a CPU takes minutes: the rehearsal skips it
         name=student_step${compiled:+_compiled}
         on_gpu 0 timeout $(box 10) python3 benchmarks/student_step.py --device cuda --teacher "$teacher" --steps 40 $compiled \

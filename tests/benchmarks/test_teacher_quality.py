@@ -120,8 +120,8 @@ def test_procedural_splits_report_the_copy_baseline_and_copy_only_skips_the_teac
         teacher_quality.main(common + ["--copy-only", "--colour-check", "--out", str(tmp_path / "c")])
 
 
-def test_family_and_lighting_change_the_objects_and_nothing_else(tmp_path, teacher_dir):
-    """--family cylinder makes one-cylinder objects; unlit ones are brighter than the default hard light's."""
+def test_family_and_lighting_each_change_the_objects_scored(tmp_path, teacher_dir):
+    """--family cylinder and --lighting unlit each reach the objects: the copy's score moves with either."""
     common = ["--teacher", str(teacher_dir), "--splits", "val", "--objects", "2", "--batch", "2", "--num-gaussians", "256",
               "--input-size", "16", "--copy-only", "--device", "cpu"]
     runs = {name: teacher_quality.main(common + flags + ["--out", str(tmp_path / name)])["val"]["copy"]["psnr"]["imagined_views"]
