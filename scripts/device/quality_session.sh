@@ -10,7 +10,8 @@
 #                                                    # input-view term) and noiv (without); NFIT=1 adds the N-fit probe
 #   bash scripts/device/quality_session.sh finish    # the arms train on; evaluation (NO_EVAL=1: train on only)
 #   bash scripts/device/quality_session.sh expert    # the high-noise expert retrained beside the main UNet this machine
-#                                                    # trained (runs/teacher), then the teacher's scores on the GPU
+#                                                    # trained (runs/teacher; else a copy of $TEACHER_INIT's), then the
+#                                                    # teacher's scores on the GPU
 #   bash scripts/device/quality_session.sh pair      # the main UNet and its expert trained at once, side by side on the
 #                                                    # same GPUs (the expert's training never runs the main UNet), then
 #                                                    # joined into runs/teacher and scored (PAIR_SCORE=1)
@@ -204,13 +205,15 @@ score_teacher() {  # $1: a teacher folder, $2: results in runs/tq-$2, $3: the GP
 if [ "$stage" = expert ]; then
     # The expert retrained beside the main UNet of runs/teacher (see train_expert).
     gsplat_ready
-    [ -f runs/teacher/model_index.json ] || export_newest_teacher
+    if [ ! -f runs/teacher/model_index.json ] && [ -d runs/t-main/checkpoints ]; then export_newest_teacher
+    elif [ ! -f runs/teacher/model_index.json ]; then cp -rL "$TEACHER_INIT" runs/teacher; fi  # the expert alone trains on
     teacher_trained=1
     echo "[$(left) s left] expert training"
     train_expert runs/teacher ${TQ_SECONDS:-110} || exit 1
     rm -rf runs/teacher-main && mv runs/teacher runs/teacher-main && mv runs/teacher-expert runs/teacher
     echo "[$(left) s left] teacher scores"
-    for which in teacher teacher-main; do  # with the new expert, and with the main UNet's kept one
+    # EXPERT_SCORES=teacher: the new expert's scores alone (the kept one's are in the card, from the same command)
+    for which in ${EXPERT_SCORES:-teacher teacher-main}; do  # with the new expert, and with the main UNet's kept one
         [ $which = teacher-main ] && [ -n "$SMOKE" ] && continue
         score_teacher runs/$which $which 0
     done
