@@ -192,6 +192,11 @@ train_expert() {  # $1: the main UNet's teacher to sample beside (grids, export)
     grep camera_sensitivity runs/t-expert/log.jsonl | tail -3; tail -1 runs/t-expert/log.jsonl
 }
 
+ensure_teacher() {  # runs/teacher: kept if there, else this machine's newest main-UNet checkpoint, else $TEACHER_INIT as it is
+    if [ ! -f runs/teacher/model_index.json ] && [ -d runs/t-main/checkpoints ]; then export_newest_teacher
+    elif [ ! -f runs/teacher/model_index.json ]; then cp -rL "$TEACHER_INIT" runs/teacher; fi
+}
+
 teacher_here() { [ -f runs/teacher/model_index.json ] && echo runs/teacher || echo "$TEACHER_INIT"; }  # this machine's teacher, else the carried one
 
 score_teacher() {  # $1: a teacher folder, $2: results in runs/tq-$2, $3: the GPU, then flags that win over these:
@@ -205,8 +210,7 @@ score_teacher() {  # $1: a teacher folder, $2: results in runs/tq-$2, $3: the GP
 if [ "$stage" = expert ]; then
     # The expert retrained beside the main UNet of runs/teacher (see train_expert).
     gsplat_ready
-    if [ ! -f runs/teacher/model_index.json ] && [ -d runs/t-main/checkpoints ]; then export_newest_teacher
-    elif [ ! -f runs/teacher/model_index.json ]; then cp -rL "$TEACHER_INIT" runs/teacher; fi  # the expert alone trains on
+    ensure_teacher  # on a fresh machine, the expert alone trains on beside $TEACHER_INIT's main UNet
     teacher_trained=1
     echo "[$(left) s left] expert training"
     train_expert runs/teacher ${TQ_SECONDS:-110} || exit 1
@@ -399,11 +403,7 @@ if [ "$stage" = student ]; then
     if [ "${TEACHER_SECONDS:-0}" -gt 0 ]; then
         echo "[$(left) s left] teacher training, continued"
         train_teacher $(( budget - TEACHER_SECONDS ))
-    elif [ ! -f runs/teacher/model_index.json ] && [ -d runs/t-main/checkpoints ]; then
-        export_newest_teacher
-    elif [ ! -f runs/teacher/model_index.json ]; then  # nothing trained here: distil from $TEACHER_INIT as it is
-        cp -rL "$TEACHER_INIT" runs/teacher
-    fi
+    else ensure_teacher; fi  # nothing trained here: distil from $TEACHER_INIT as it is
     score_beside() {  # the teacher's scores (GPU 1) beside the simulation. Only once gsplat is compiled: a scorer that
         # imported it during the compile broke the build (session 17 lost a call to that)
         [ -n "$SKIP_TQ" ] && return
