@@ -30,6 +30,9 @@ every earlier figure; 'unlit' as the real-scan renders).
 compares with a 64-px one (`--score-size 64`) where the smaller one is scored; the consistency fit and the camera
 sensitivity stay at the teacher's own size.
 
+--steps and --guidance-scale set the sampler of every figure (DDIM steps; classifier-free guidance, by default
+the scale the teacher stores), e.g. to sweep it: the camera sensitivity, one unguided step, does not depend on them.
+
 Two ceilings of the split figures (per split, beside them): --seed-mean K scores the mean of K samples of other
 seeds (on white) at the imagined views, which a single sample cannot beat by much where the unseen sides are
 ambiguous; --truth-consistency scores the true views by the leave-one-out protocol of the consistency figure,
@@ -106,7 +109,8 @@ def evaluate_split(teacher, split: str, count: int, args, device, out_dir: Path)
         if args.copy_only:
             continue
         results.setdefault("camera_sensitivity", []).append(camera_sensitivity(teacher, inputs, truth, elevation))
-        sim = teacher.simulate(inputs, seeds=list(range(start, start + len(chunk))), num_steps=args.steps)
+        sim = teacher.simulate(inputs, seeds=list(range(start, start + len(chunk))), num_steps=args.steps,
+                               guidance_scale=args.guidance_scale)
         views = sim.views.to(device)
         for key, value in scores(views, truth, args.score_size).items():
             results[key].append(value.cpu())
@@ -115,8 +119,10 @@ def evaluate_split(teacher, split: str, count: int, args, device, out_dir: Path)
             cams_out = cams[:, : layout.num_views]
             results["consistency_psnr"].append(leave_one_out_psnr(views, cams_out, args.fit_steps, args.fit_gaussians).cpu())
         if args.seed_mean > 1:  # the mean of K samples, the first being the one scored above
-            samples = [composite_on(views)] + [composite_on(teacher.simulate(inputs, seeds=[1_000_003 * k + start + i for i in range(len(chunk))],
-                                                                             num_steps=args.steps).views.to(device)) for k in range(1, args.seed_mean)]
+            other_seeds = [[1_000_003 * k + start + i for i in range(len(chunk))] for k in range(1, args.seed_mean)]
+            samples = [composite_on(views)] + [composite_on(teacher.simulate(inputs, seeds=seeds, num_steps=args.steps,
+                                                                             guidance_scale=args.guidance_scale).views.to(device))
+                                               for seeds in other_seeds]
             results["imagined_psnr_mean_of_seeds"].append(psnr(torch.stack(samples).mean(0)[:, 1:], composite_on(truth)[:, 1:]).cpu())
         if args.truth_consistency and args.fit_steps > 0:
             results["truth_consistency_psnr"].append(leave_one_out_psnr(truth, cams[:, : layout.num_views], args.fit_steps, args.fit_gaussians).cpu())
@@ -181,7 +187,8 @@ def evaluate_real(teacher, folder: Path, args, device, out_dir: Path) -> dict:
     views = []
     for start in range(0, len(inputs), args.batch):
         chunk = inputs[start : start + args.batch]
-        sim = teacher.simulate(chunk.to(device), seeds=list(range(start, start + len(chunk))), num_steps=args.steps)
+        sim = teacher.simulate(chunk.to(device), seeds=list(range(start, start + len(chunk))), num_steps=args.steps,
+                               guidance_scale=args.guidance_scale)
         views.append(sim.views.cpu())  # [b, V, 4, S, S]
     views = torch.cat(views)  # [N, V, 4, S, S]
     copy = copy_baseline(teacher, inputs)  # [N, V, 4, S, S]
@@ -207,7 +214,8 @@ def colour_check(teacher, args, device) -> dict:
     """Mean colour of flat coloured inputs against the teacher's copied and imagined views (0-255)."""
     shapes = coloured_shapes(args.input_size)
     images = torch.stack([rgba for _, rgba in shapes.values()])  # [K, 4, s, s]
-    views = teacher.simulate(images.to(device), seeds=list(range(len(images))), num_steps=args.steps).views.cpu()
+    views = teacher.simulate(images.to(device), seeds=list(range(len(images))), num_steps=args.steps,
+                             guidance_scale=args.guidance_scale).views.cpu()
     frames = teacher.decode(teacher.encode(images.to(device))).cpu()  # [K, 4, S, S] what the teacher sees
     report = {}
     for k, (name, (rgb, _)) in enumerate(shapes.items()):
@@ -234,6 +242,8 @@ def main(argv=None):
     p.add_argument("--objects", type=int, default=100, help="per split")
     p.add_argument("--splits", default="val,heldout", help="procedural splits; empty for none")
     p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--guidance-scale", type=float, default=None,
+                   help="classifier-free guidance of every sample (default: the scale the teacher stores)")
     p.add_argument("--batch", type=int, default=50)
     p.add_argument("--num-gaussians", type=int, default=8192)
     p.add_argument("--input-size", type=int, default=128)
@@ -261,13 +271,16 @@ def main(argv=None):
     if args.copy_only and (args.real is not None or args.colour_check):
         p.error("--copy-only scores the procedural splits' copy baseline alone: drop --real and --colour-check "
                 "(the real-scan report has the copy beside the teacher already)")
+    if args.guidance_scale is not None and args.guidance_scale < 0:
+        p.error(f"--guidance-scale {args.guidance_scale}: expected >= 0 (0: unconditional, 1: conditional alone)")
     if args.score_size is not None and args.score_size <= 0:
         p.error(f"--score-size {args.score_size}: expected a side in px > 0")
     device = torch.device(choose_device(args.device))
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     teacher = load_teacher(args.teacher, device=device)
-    report = {"teacher": args.teacher, "device": str(device), "steps": args.steps, "guidance_scale": teacher.default_guidance_scale,
+    report = {"teacher": args.teacher, "device": str(device), "steps": args.steps,
+              "guidance_scale": teacher.default_guidance_scale if args.guidance_scale is None else args.guidance_scale,
               "size": teacher.image_size, "score_size": min(args.score_size or teacher.image_size, teacher.image_size)}
     if not args.copy_only:
         report["determinism"] = determinism(teacher, device, min(args.steps, 10))

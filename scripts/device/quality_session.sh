@@ -16,6 +16,7 @@
 #                                                    # same GPUs (the expert's training never runs the main UNet), then
 #                                                    # joined into runs/teacher and scored (PAIR_SCORE=1)
 #   bash scripts/device/quality_session.sh score     # the teacher's scores alone (TQ_OBJECTS a split; REAL=<scans>: those too)
+#   bash scripts/device/quality_session.sh sampler   # the teacher's sampler swept (SAMPLER="CFG:steps ..."), scored
 #   bash scripts/device/quality_session.sh step      # the student's step against its model alone, eager and compiled
 #   bash scripts/device/quality_session.sh shapes    # UNet shapes (SHAPES, MultiViewUNet.PRESETS) each trained from
 #                                                    # scratch for SHAPE_SECONDS, timed and scored: quality per GPU-minute
@@ -45,7 +46,7 @@
 # Needs .wheels carried, and the model folders of hub/ that device-slim moved away (mvdm-tiny, efficientnet-lite0,
 # lpips-alex) present. SMOKE=1 TEACHER_INIT=<toy teacher with an expert> rehearses it all on a CPU.
 set -eo pipefail
-stage=${1:?teacher, student, finish, expert, pair, score, step or shapes}
+stage=${1:?teacher, student, finish, expert, pair, score, sampler, step or shapes}
 start=$(date +%s)
 budget=${CHUNK_SECONDS:-560}
 export PYTHONPATH=$PWD TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 PYTHONUNBUFFERED=1 TQDM_MININTERVAL=60
@@ -257,6 +258,47 @@ if [ "$stage" = score ]; then
     score_teacher "$teacher" "$(basename "$teacher")" 0
     wait
     tail -n 4 runs/tq-*.log
+    exit 0
+fi
+
+if [ "$stage" = sampler ]; then
+    # Issue 14: the teacher's sampler swept. SAMPLER lists "CFG:steps" settings, in the order they run (the call's time
+    # ends the list: put the most wanted first). Each is scored on TQ_OBJECTS procedural objects a split at the teacher's
+    # size (no consistency fit) and, with REAL=<a carried folder of .glb scans>, beside it on those scans at
+    # REAL_SCORE_SIZE px (64: the teacher figures' size there), their truth renders cached once for every setting. No
+    # gsplat is needed (the torch splatter renders), so a call may leave its wheel out of .wheels to carry the scans.
+    teacher=$(teacher_here)
+    for setting in ${SAMPLER:-3:30 2:30 4.5:30}; do
+        g=${setting%%:*} s=${setting##*:}
+        if [ "$(left)" -lt "${SAMPLER_MIN_SECONDS:-70}" ]; then echo "[$(left) s left] not run: $setting"; break; fi
+        echo "[$(left) s left] CFG $g, $s DDIM steps"
+        [ -n "$REAL" ] && { TQ_FIT=0 score_teacher "$teacher" real-cfg$g-s$s 0 --guidance-scale $g --steps $s --real "$REAL" \
+            --real-cache runs/real-cache --splits '' --score-size ${REAL_SCORE_SIZE:-64} & }
+        TQ_FIT=0 score_teacher "$teacher" cfg$g-s$s 0 --guidance-scale $g --steps $s
+        wait
+    done
+    python3 - <<'PY' | tee runs/tq-sampler.md
+import json, pathlib
+print("| CFG:steps | val copied / imagined / ahead of copy | torus copied / imagined / ahead | real copied / imagined (copy) / ahead | colour, worst |")
+print("|---|---|---|---|---|")
+def row(report, split):  # "copied / imagined [(the copy's imagined)] / ahead of the copy"
+    r = report.get(split)
+    if not r:
+        return "-"
+    psnr = r["teacher"]["psnr"] if split == "real" else r["psnr"]
+    copy = f" ({r['copy']['psnr']['imagined_views']:.2f})" if split == "real" else ""
+    return f"{psnr['copied_view']:.2f} / {psnr['imagined_views']:.2f}{copy} / {r['imagined_ahead_of_copy_psnr']} of {r['objects']}"
+for folder in sorted(pathlib.Path("runs").glob("tq-cfg*")):
+    path = folder / "teacher_quality.json"
+    if not path.is_file():
+        continue
+    report = json.loads(path.read_text())
+    real_path = pathlib.Path("runs") / f"tq-real-{folder.name[3:]}" / "teacher_quality.json"
+    if real_path.is_file():
+        report["real"] = json.loads(real_path.read_text()).get("real")
+    colour = max((c["copied_max_abs_diff"] for c in report.get("colour_check", {}).values()), default=float("nan"))
+    print(f"| {folder.name[6:].replace('-s', ':')} | {row(report, 'val')} | {row(report, 'heldout')} | {row(report, 'real')} | {colour} |")
+PY
     exit 0
 fi
 
