@@ -129,3 +129,21 @@ def test_family_and_lighting_each_change_the_objects_scored(tmp_path, teacher_di
     assert len(set(runs.values())) == 3  # each option changes what is scored
     with pytest.raises(SystemExit):
         teacher_quality.main(common + ["--family", "blob", "--out", str(tmp_path / "x")])
+
+
+def test_guidance_scale_reaches_every_sample_and_defaults_to_the_stored_one(tmp_path, teacher_dir):
+    """--guidance-scale S samples with S: the stored scale given explicitly reproduces the default run to the bit,
+    another scale moves the teacher's views and leaves the copy baseline as it was."""
+    common = ["--teacher", str(teacher_dir), "--splits", "val", "--objects", "2", "--batch", "2", "--steps", "2",
+              "--num-gaussians", "256", "--input-size", "16", "--fit-steps", "0", "--colour-check", "--device", "cpu"]
+    default = teacher_quality.main(common + ["--out", str(tmp_path / "default")])
+    stored = default["guidance_scale"]
+    same = teacher_quality.main(common + ["--guidance-scale", str(stored), "--out", str(tmp_path / "same")])
+    other = teacher_quality.main(common + ["--guidance-scale", str(stored + 4), "--out", str(tmp_path / "other")])
+    assert same["val"] == default["val"] and same["colour_check"] == default["colour_check"]
+    assert other["guidance_scale"] == stored + 4
+    assert other["val"]["psnr"] != default["val"]["psnr"]
+    assert other["colour_check"]["yellow_disk"]["copied_view"] != default["colour_check"]["yellow_disk"]["copied_view"]
+    assert other["val"]["copy"] == default["val"]["copy"]
+    with pytest.raises(SystemExit):
+        teacher_quality.main(common + ["--guidance-scale", "-1", "--out", str(tmp_path / "x")])
