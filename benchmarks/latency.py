@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from dd3g.cameras import ViewLayout
 from dd3g.models.image_tokenizer import EfficientNetLite0Tokenizer
 from dd3g.models.pepd import PEPD
-from dd3g.evaluation.timing import time_samples
+from dd3g.evaluation.timing import SDPA_BACKENDS, attention_backend, time_samples
 from dd3g.testing import example_rgba, imagedream_parts, random_pipeline
 
 
@@ -139,14 +139,20 @@ def main(argv=None):
     parser.add_argument("--phase1", choices=("mv-unet", "imagedream"), default="mv-unet",
                         help="imagedream: the student distilled from ImageDream, with its CLIP and VAE encoders (module docstring)")
     parser.add_argument("--channels-last", action="store_true", help="convolution weights in NHWC (cuDNN's native layout)")
+    parser.add_argument("--sdpa-backend", choices=SDPA_BACKENDS, default="auto",
+                        help="the attention kernel of every run (auto: torch's choice; cudnn: cuDNN's fused attention)")
     parser.add_argument("--json", help="write results here")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    if device.type == "cuda":
-        rows = gpu_latency(args.scale, device, [int(b) for b in args.batches.split(",")], args.repeats, args.modes.split(","), args.profile,
-                           args.channels_last, args.phase1)
-    else:
-        rows = [cpu_pipeline_latency(args.scale, args.repeats, args.phase1)]
+    with attention_backend(args.sdpa_backend):
+        if device.type == "cuda":
+            rows = gpu_latency(args.scale, device, [int(b) for b in args.batches.split(",")], args.repeats, args.modes.split(","),
+                               args.profile, args.channels_last, args.phase1)
+        else:
+            rows = [cpu_pipeline_latency(args.scale, args.repeats, args.phase1)]
+    for row in rows:
+        if "median_ms" in row:
+            row["sdpa_backend"] = args.sdpa_backend
     print("| scale | device | case | batch | mode | median ms | ms / image |\n|---|---|---|---|---|---|---|")
     for r in rows:
         if "median_ms" in r:

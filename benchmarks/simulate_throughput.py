@@ -12,7 +12,8 @@ Goal for the ImageDream-size UNet on an H100: >= 8 quadruples/s.
 
 `--channels-last` puts the UNet's and the VAE's convolution weights in NHWC (cuDNN's native layout, no transposes
 around each conv; the outputs are the same) and `--cudnn-benchmark` lets cuDNN time its convolution algorithms
-once per shape: the "after" rows of issue 16, beside the plain eager and compiled rows.
+once per shape: the "after" rows of issue 16, beside the plain eager and compiled rows. `--sdpa-backend cudnn` runs
+every attention through cuDNN's fused kernel instead of torch's default choice (flash attention on an H100/H200).
 
 `--count-flops` counts the floating-point operations of one quadruple's ODE (torch.utils.flop_counter, one
 sample run on the device: the UNet steps with CFG, conditioning and decoding) and reports each row's achieved
@@ -30,6 +31,7 @@ from pathlib import Path
 import torch
 
 
+from dd3g.evaluation.timing import SDPA_BACKENDS, attention_backend
 from dd3g.models.image_tokenizer import EfficientNetLite0Tokenizer
 from dd3g.models.mv_unet import MultiViewUNet
 from dd3g.teachers.tiny import TinyMVDMPipeline, TinyTeacher, training_scheduler
@@ -107,6 +109,8 @@ def main(argv=None):
                    help="torch.compile the UNet (mode: default, or e.g. max-autotune-no-cudagraphs, which tunes for minutes)")
     p.add_argument("--channels-last", action="store_true", help="convolution weights in NHWC (see the docstring)")
     p.add_argument("--cudnn-benchmark", action="store_true", help="cuDNN picks its fastest convolution algorithms per shape")
+    p.add_argument("--sdpa-backend", choices=SDPA_BACKENDS, default="auto",
+                   help="the attention kernel (auto: torch's choice; cudnn: cuDNN's fused attention; compiled in with --compile)")
     p.add_argument("--count-flops", action="store_true", help="also count one quadruple's FLOPs and report TFLOP/s")
     p.add_argument("--workdir", type=Path, default=None,
                    help="keep the random checkpoint here and reuse it (default: a temporary folder, removed after)")
@@ -125,10 +129,10 @@ def main(argv=None):
             teacher.compile(args.compile)
         rows = []
         for batch in (int(b) for b in args.batches.split(",")):
-            with torch.inference_mode():
+            with torch.inference_mode(), attention_backend(args.sdpa_backend):
                 row = measure(teacher, batch, args.steps, guidance, args.repeats, device)
             row.update(teacher=args.teacher, dtype=args.dtype, compiled=args.compile or False, channels_last=args.channels_last,
-                       cudnn_benchmark=args.cudnn_benchmark, device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu")
+                       cudnn_benchmark=args.cudnn_benchmark, sdpa_backend=args.sdpa_backend, device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu")
             if flops is not None:
                 row.update(tflop_per_quadruple=flops / 1e12, achieved_tflop_per_s=flops * row["quadruples_per_s"] / 1e12)
             rows.append(row)

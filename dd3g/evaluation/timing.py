@@ -2,11 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
 
 import torch
+
+SDPA_BACKENDS = ("auto", "cudnn", "flash", "efficient", "math")
+
+
+def attention_backend(name: str = "auto"):
+    """A context in which torch's scaled_dot_product_attention runs only `name`'s kernel ("auto": torch's own choice).
+    A benchmark that compiles inside it bakes that kernel into the graph. Outputs agree to float tolerance."""
+    if name not in SDPA_BACKENDS:
+        raise ValueError(f"unknown attention backend {name!r}: expected one of {', '.join(SDPA_BACKENDS)}")
+    if name == "auto":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel({"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
+                        "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}[name])
 
 
 def time_samples(fn, repeats: int, device: torch.device, warmup: int = 3) -> list[float]:
