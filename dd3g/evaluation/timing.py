@@ -13,16 +13,19 @@ SDPA_BACKENDS = ("auto", "cudnn", "flash", "efficient", "math")
 
 
 def attention_backend(name: str = "auto"):
-    """A context in which torch's scaled_dot_product_attention runs only `name`'s kernel ("auto": torch's own choice).
-    A benchmark that compiles inside it bakes that kernel into the graph. Outputs agree to float tolerance."""
+    """A context in which torch's scaled_dot_product_attention tries `name`'s kernel first and falls back to torch's
+    usual order where that kernel cannot run (e.g. cuDNN's on a head size it lacks: the ImageDream VAE's attention);
+    "auto": torch's own choice. A benchmark that compiles inside it bakes that choice into the graph."""
     if name not in SDPA_BACKENDS:
         raise ValueError(f"unknown attention backend {name!r}: expected one of {', '.join(SDPA_BACKENDS)}")
     if name == "auto":
         return contextlib.nullcontext()
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    return sdpa_kernel({"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
-                        "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}[name])
+    order = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
+             "cudnn": SDPBackend.CUDNN_ATTENTION, "math": SDPBackend.MATH}
+    first = order.pop(name)
+    return sdpa_kernel([first, *order.values()], set_priority=True)
 
 
 def time_samples(fn, repeats: int, device: torch.device, warmup: int = 3) -> list[float]:
