@@ -140,7 +140,7 @@ def main(argv=None):
                         help="imagedream: the student distilled from ImageDream, with its CLIP and VAE encoders (module docstring)")
     parser.add_argument("--channels-last", action="store_true", help="convolution weights in NHWC (cuDNN's native layout)")
     parser.add_argument("--sdpa-backend", choices=SDPA_BACKENDS, default="auto",
-                        help="the attention kernel of every run (auto: torch's choice; cudnn: cuDNN's fused attention)")
+                        help="the attention kernel tried first in every run (auto: torch's choice; cudnn: cuDNN's fused attention)")
     parser.add_argument("--json", help="write results here")
     args = parser.parse_args(argv)
     device = torch.device(args.device)

@@ -12,8 +12,9 @@ Goal for the ImageDream-size UNet on an H100: >= 8 quadruples/s.
 
 `--channels-last` puts the UNet's and the VAE's convolution weights in NHWC (cuDNN's native layout, no transposes
 around each conv; the outputs are the same) and `--cudnn-benchmark` lets cuDNN time its convolution algorithms
-once per shape: the "after" rows of issue 16, beside the plain eager and compiled rows. `--sdpa-backend cudnn` runs
-every attention through cuDNN's fused kernel instead of torch's default choice (flash attention on an H100/H200).
+once per shape: the "after" rows of issue 16, beside the plain eager and compiled rows. `--sdpa-backend cudnn` tries
+cuDNN's fused attention first for every attention, before torch's default choice (flash attention on an H100/H200),
+which still runs where cuDNN has no kernel (the VAE's attention).
 
 `--count-flops` counts the floating-point operations of one quadruple's ODE (torch.utils.flop_counter, one
 sample run on the device: the UNet steps with CFG, conditioning and decoding) and reports each row's achieved
@@ -110,7 +111,7 @@ def main(argv=None):
     p.add_argument("--channels-last", action="store_true", help="convolution weights in NHWC (see the docstring)")
     p.add_argument("--cudnn-benchmark", action="store_true", help="cuDNN picks its fastest convolution algorithms per shape")
     p.add_argument("--sdpa-backend", choices=SDPA_BACKENDS, default="auto",
-                   help="the attention kernel (auto: torch's choice; cudnn: cuDNN's fused attention; compiled in with --compile)")
+                   help="the attention kernel tried first (auto: torch's choice; cudnn: cuDNN's fused attention; compiled in with --compile)")
     p.add_argument("--count-flops", action="store_true", help="also count one quadruple's FLOPs and report TFLOP/s")
     p.add_argument("--workdir", type=Path, default=None,
                    help="keep the random checkpoint here and reuse it (default: a temporary folder, removed after)")
