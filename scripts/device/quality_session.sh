@@ -288,16 +288,16 @@ def row(report, split):  # "copied / imagined [(the copy's imagined)] / ahead of
     psnr = r["teacher"]["psnr"] if split == "real" else r["psnr"]
     copy = f" ({r['copy']['psnr']['imagined_views']:.2f})" if split == "real" else ""
     return f"{psnr['copied_view']:.2f} / {psnr['imagined_views']:.2f}{copy} / {r['imagined_ahead_of_copy_psnr']} of {r['objects']}"
-for folder in sorted(pathlib.Path("runs").glob("tq-cfg*")):
-    path = folder / "teacher_quality.json"
-    if not path.is_file():
-        continue
-    report = json.loads(path.read_text())
-    real_path = pathlib.Path("runs") / f"tq-real-{folder.name[3:]}" / "teacher_quality.json"
-    if real_path.is_file():
-        report["real"] = json.loads(real_path.read_text()).get("real")
+runs = pathlib.Path("runs")
+# every setting with a result, procedural or real (a setting the call's time cut may have only one of them)
+settings = sorted({p.parent.name.split("cfg", 1)[1] for p in runs.glob("tq-*cfg*/teacher_quality.json")})
+for setting in settings:
+    procedural, real = runs / f"tq-cfg{setting}" / "teacher_quality.json", runs / f"tq-real-cfg{setting}" / "teacher_quality.json"
+    report = json.loads(procedural.read_text()) if procedural.is_file() else {}
+    if real.is_file():
+        report["real"] = json.loads(real.read_text()).get("real")
     colour = max((c["copied_max_abs_diff"] for c in report.get("colour_check", {}).values()), default=float("nan"))
-    print(f"| {folder.name[6:].replace('-s', ':')} | {row(report, 'val')} | {row(report, 'heldout')} | {row(report, 'real')} | {colour} |")
+    print(f"| {setting.replace('-s', ':')} | {row(report, 'val')} | {row(report, 'heldout')} | {row(report, 'real')} | {colour} |")
 PY
     exit 0
 fi
