@@ -8,7 +8,7 @@
 #   bash scripts/device/quality_session.sh student   # (TEACHER_SECONDS > 0: the teacher trains on first) the teacher is
 #                                                    # scored; quadruples; two student arms, one per GPU: main (with the
 #                                                    # input-view term) and noiv (without); NFIT=1 adds the N-fit probe
-#   bash scripts/device/quality_session.sh finish    # the arms train on; evaluation (NO_EVAL=1: train on only)
+#   bash scripts/device/quality_session.sh finish    # the arms train on; evaluation (NO_EVAL=1: train on only; NO_STEP=1: no student-step benchmark after it)
 #   bash scripts/device/quality_session.sh expert    # the high-noise expert retrained beside the main UNet this machine
 #                                                    # trained (runs/teacher; else a copy of $TEACHER_INIT's), then the
 #                                                    # teacher's scores on the GPU
@@ -494,7 +494,7 @@ on_gpu 0 timeout $(box 25) python3 benchmarks/distill_quality.py --quadruples ru
 on_gpu 1 timeout $(box 25) python3 benchmarks/distill_quality.py --quadruples runs/q-heldout --truth runs/gt-heldout "${pipelines[@]}" \
     --count 128 --diversity-images 16 --fit-steps 0 --out runs/eval/heldout $EVAL_EXTRA > runs/eval/heldout.log 2>&1 &
 wait
-if [ -f benchmarks/student_step.py ] && [ -z "$SMOKE" ]; then  # the student's step against its model alone
+if [ -f benchmarks/student_step.py ] && [ -z "$SMOKE" ] && [ -z "$NO_STEP" ]; then  # the student's step against its model alone (NO_STEP=1: not)
     on_gpu 0 timeout $(box 10) python3 benchmarks/student_step.py --teacher runs/teacher --steps 40 --json runs/eval/student_step.json > runs/eval/student_step.log 2>&1 &
     [ -n "$STEP_COMPILED" ] && on_gpu 1 timeout $(box 10) python3 benchmarks/student_step.py --teacher runs/teacher --steps 40 --compile \
         --json runs/eval/student_step_compiled.json > runs/eval/student_step_compiled.log 2>&1 &
