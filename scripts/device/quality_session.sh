@@ -421,16 +421,21 @@ arm_specs() {  # one "name flags..." a line: ARMS ("|" between arms, any number,
     else printf '%s\n%s\n' "${ARM_A:-main --input-view-weight ${INPUT_VIEW_WEIGHT:-1}}" "${ARM_B:-noiv}"; fi
 }
 arms() {  # seconds to keep after. At most ARMS_AT_ONCE arms train at once (2 a GPU: at 128 px an arm peaks at ~63 GiB
-    # of an H200's 139); the next starts when one ends, with the time then left. Arm k runs on GPU k mod NGPU.
+    # of an H200's 139, ~50 GiB eager); the next starts when one ends, with the time then left. Arm k runs on GPU k mod
+    # NGPU. An arm with implicit verification (--verification-weight) trains with no other arm beside it: eager at 128 px,
+    # batch 64, it held ~90 GiB, and both arms started beside it died of CUDA OOM (session 26).
     local k=0 spec pids=() at_once=${ARMS_AT_ONCE:-$(( 2 * NGPU ))}
     while read -r spec; do
         if [ "$spec" = none ] || { [ -n "$NFIT" ] && [ $k = 1 ]; }; then k=$(( k + 1 )); continue; fi
-        local running
-        while running=$(jobs -pr | grep -xF -f <(printf '%s\n' "${pids[@]}")) && [ $(wc -l <<< "$running") -ge "$at_once" ]; do
+        local running alone=
+        case " $spec " in *" --verification-weight "*) alone=1 ;; esac
+        while running=$(jobs -pr | grep -xF -f <(printf '%s\n' "${pids[@]}")) \
+            && { [ -n "$alone" ] || [ $(wc -l <<< "$running") -ge "$at_once" ]; }; do
             wait -n $running || true
         done
         arm ${spec%% *} q-corpus $k $1 $([ "$spec" = "${spec%% *}" ] || echo "${spec#* }") &
         pids+=($!); k=$(( k + 1 ))
+        if [ -n "$alone" ]; then wait $! || true; fi
     done < <(arm_specs)
     [ -n "$NFIT" ] && arm nfit q-nfit 1 $1 &
     wait
