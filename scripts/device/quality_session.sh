@@ -8,7 +8,8 @@
 #   bash scripts/device/quality_session.sh student   # (TEACHER_SECONDS > 0: the teacher trains on first) the teacher is
 #                                                    # scored; quadruples; two student arms, one per GPU: main (with the
 #                                                    # input-view term) and noiv (without); NFIT=1 adds the N-fit probe
-#   bash scripts/device/quality_session.sh finish    # the arms train on; evaluation (NO_EVAL=1: train on only; NO_STEP=1: no student-step benchmark after it)
+#   bash scripts/device/quality_session.sh finish    # the arms train on; evaluation (NO_EVAL=1: train on only; NO_STEP=1:
+#                                                    # no student-step benchmark after it)
 #   bash scripts/device/quality_session.sh expert    # the high-noise expert retrained beside the main UNet this machine
 #                                                    # trained (runs/teacher; else a copy of $TEACHER_INIT's), then the
 #                                                    # teacher's scores on the GPU
@@ -421,7 +422,7 @@ arm_specs() {  # one "name flags..." a line: ARMS ("|" between arms, any number,
     else printf '%s\n%s\n' "${ARM_A:-main --input-view-weight ${INPUT_VIEW_WEIGHT:-1}}" "${ARM_B:-noiv}"; fi
 }
 arms() {  # seconds to keep after. At most ARMS_AT_ONCE arms train at once (2 a GPU: at 128 px an arm peaks at ~63 GiB
-    # of an H200's 139, ~50 GiB eager); the next starts when one ends, with the time then left. Arm k runs on GPU k mod
+    # of an H200's 139, over 50 GiB eager); the next starts when one ends, with the time then left. Arm k runs on GPU k mod
     # NGPU. An arm with implicit verification (--verification-weight) trains with no other arm beside it: eager at 128 px,
     # batch 64, it held ~90 GiB, and both arms started beside it died of CUDA OOM (session 26).
     local k=0 spec pids=() at_once=${ARMS_AT_ONCE:-$(( 2 * NGPU ))}
