@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from dd3g.cameras import ViewLayout
 from dd3g.models.image_tokenizer import EfficientNetLite0Tokenizer
 from dd3g.models.pepd import PEPD
-from dd3g.evaluation.timing import SDPA_BACKENDS, attention_backend, time_samples
+from dd3g.evaluation.timing import SDPA_BACKENDS, attention_backend, inductor_options, profile_kernels, time_samples
 from dd3g.testing import example_rgba, imagedream_parts, random_pipeline
 
 
@@ -100,13 +100,17 @@ def gpu_latency(scale: str, device: torch.device, batches, repeats: int, compile
                 torch.cuda.synchronize()
                 warmup_s = time.perf_counter() - t0
                 samples = time_samples(lambda: fn(images, noise, frame, cameras), repeats, device, warmup=5)
-            rows.append({
+            row = {
                 "scale": scale, "phase1": phase1, "device": torch.cuda.get_device_name(device), "dtype": "bf16", "batch": batch,
                 "mode": mode + (" channels_last" if channels_last else ""),
                 "median_ms": statistics.median(samples), "ms_per_image": statistics.median(samples) / batch,
                 "first_call_s": warmup_s, "params_M": params / 1e6, "gaussians": student.num_gaussians,
-            })
-            print(json.dumps(rows[-1]), flush=True)
+            }
+            if profile and device.type == "cuda":  # where this mode's time goes on the GPU (kernels by kind)
+                with torch.inference_mode():
+                    row["profile"] = profile_kernels(lambda: fn(images, noise, frame, cameras), repeats=10)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
         if profile and batch == batches[0]:
             rows.append({"profile": profile_table(run, (images, noise, frame, cameras))})
     return rows
@@ -141,10 +145,18 @@ def main(argv=None):
     parser.add_argument("--channels-last", action="store_true", help="convolution weights in NHWC (cuDNN's native layout)")
     parser.add_argument("--sdpa-backend", choices=SDPA_BACKENDS, default="auto",
                         help="the attention kernel tried first in every run (auto: torch's choice; cudnn: cuDNN's fused attention)")
+    parser.add_argument("--cudnn-benchmark", action="store_true", help="cuDNN times its convolution algorithms once per shape")
+    parser.add_argument("--inductor", action="append", default=[], metavar="KEY=VALUE",
+                        help="a torch._inductor.config option for the compiled modes, e.g. coordinate_descent_tuning=True (repeatable)")
     parser.add_argument("--json", help="write results here")
     args = parser.parse_args(argv)
+    try:
+        inductor_options(args.inductor)  # refuse an unknown option before loading anything
+    except ValueError as error:
+        parser.error(str(error))
     device = torch.device(args.device)
-    with attention_backend(args.sdpa_backend):
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
+    with attention_backend(args.sdpa_backend), inductor_options(args.inductor):
         if device.type == "cuda":
             rows = gpu_latency(args.scale, device, [int(b) for b in args.batches.split(",")], args.repeats, args.modes.split(","),
                                args.profile, args.channels_last, args.phase1)
@@ -152,7 +164,7 @@ def main(argv=None):
             rows = [cpu_pipeline_latency(args.scale, args.repeats, args.phase1)]
     for row in rows:
         if "median_ms" in row:
-            row["sdpa_backend"] = args.sdpa_backend
+            row.update(sdpa_backend=args.sdpa_backend, cudnn_benchmark=args.cudnn_benchmark, inductor=args.inductor)
     print("| scale | device | case | batch | mode | median ms | ms / image |\n|---|---|---|---|---|---|---|")
     for r in rows:
         if "median_ms" in r:

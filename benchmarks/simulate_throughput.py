@@ -19,6 +19,10 @@ which still runs where cuDNN has no kernel (the VAE's attention).
 `--count-flops` counts the floating-point operations of one quadruple's ODE (torch.utils.flop_counter, one
 sample run on the device: the UNet steps with CFG, conditioning and decoding) and reports each row's achieved
 TFLOP/s, to tell a slow implementation from a goal beyond what the hardware can do.
+
+`--profile-steps K` (CUDA) then runs one K-step ODE of the last batch under torch.profiler and says where the GPU's
+time goes: the kernels' time by kind (convolution, matmul, attention, torch.compile's fused kernels, ...) and the
+top kernels, in the JSON's last row and on stdout.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from pathlib import Path
 import torch
 
 
-from dd3g.evaluation.timing import SDPA_BACKENDS, attention_backend
+from dd3g.evaluation.timing import SDPA_BACKENDS, attention_backend, inductor_options, profile_kernels
 from dd3g.models.image_tokenizer import EfficientNetLite0Tokenizer
 from dd3g.models.mv_unet import MultiViewUNet
 from dd3g.teachers.tiny import TinyMVDMPipeline, TinyTeacher, training_scheduler
@@ -112,11 +116,19 @@ def main(argv=None):
     p.add_argument("--cudnn-benchmark", action="store_true", help="cuDNN picks its fastest convolution algorithms per shape")
     p.add_argument("--sdpa-backend", choices=SDPA_BACKENDS, default="auto",
                    help="the attention kernel tried first (auto: torch's choice; cudnn: cuDNN's fused attention; compiled in with --compile)")
+    p.add_argument("--profile-steps", type=int, default=0, metavar="K",
+                   help="CUDA: profile one K-step ODE of the last batch (kernel time by kind, top kernels)")
+    p.add_argument("--inductor", action="append", default=[], metavar="KEY=VALUE",
+                   help="a torch._inductor.config option for --compile, e.g. coordinate_descent_tuning=True (repeatable)")
     p.add_argument("--count-flops", action="store_true", help="also count one quadruple's FLOPs and report TFLOP/s")
     p.add_argument("--workdir", type=Path, default=None,
                    help="keep the random checkpoint here and reuse it (default: a temporary folder, removed after)")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
+    try:
+        inductor_options(args.inductor)  # refuse an unknown option before loading anything
+    except ValueError as error:
+        p.error(str(error))
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
@@ -130,14 +142,21 @@ def main(argv=None):
             teacher.compile(args.compile)
         rows = []
         for batch in (int(b) for b in args.batches.split(",")):
-            with torch.inference_mode(), attention_backend(args.sdpa_backend):
+            with torch.inference_mode(), attention_backend(args.sdpa_backend), inductor_options(args.inductor):
                 row = measure(teacher, batch, args.steps, guidance, args.repeats, device)
             row.update(teacher=args.teacher, dtype=args.dtype, compiled=args.compile or False, channels_last=args.channels_last,
-                       cudnn_benchmark=args.cudnn_benchmark, sdpa_backend=args.sdpa_backend, device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu")
+                       cudnn_benchmark=args.cudnn_benchmark, sdpa_backend=args.sdpa_backend, inductor=args.inductor, device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu")
             if flops is not None:
                 row.update(tflop_per_quadruple=flops / 1e12, achieved_tflop_per_s=flops * row["quadruples_per_s"] / 1e12)
             rows.append(row)
             print(json.dumps(row), flush=True)
+        if args.profile_steps and device.type == "cuda":
+            images = torch.rand(batch, 4, 256, 256, generator=torch.Generator().manual_seed(0))
+            with torch.inference_mode(), attention_backend(args.sdpa_backend):
+                profile = profile_kernels(lambda: teacher.simulate(images, list(range(batch)), num_steps=args.profile_steps,
+                                                                   guidance_scale=guidance))
+            rows.append({"profile": profile, "batch": batch, "steps": args.profile_steps, "compiled": args.compile or False})
+            print(json.dumps(rows[-1], indent=1), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
 

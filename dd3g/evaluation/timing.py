@@ -28,6 +28,81 @@ def attention_backend(name: str = "auto"):
     return sdpa_kernel([first, *order.values()], set_priority=True)
 
 
+#: Kernel kinds of a CUDA profile, each with the name fragments that mark it, tried in this order (first match wins).
+#: cuDNN's convolutions are "..._fprop_implicit_gemm..." / "...conv..."; cuBLAS's GEMMs "..._gemm_..." or "nvjet_..." (the
+#: Hopper kernels of CUDA 12.x+); torch.compile's own kernels "triton_..." ("triton_tem_..." are its GEMM templates).
+KERNEL_KINDS = (
+    ("layout", ("nchwtonhwc", "nhwctonchw", "transpose")),
+    ("attention", ("flash", "fmha", "sdpa", "attention")),
+    ("convolution", ("fprop", "dgrad", "wgrad", "conv")),
+    ("matmul", ("gemm", "nvjet", "cutlass", "cublas", "triton_tem", "splitk")),
+    ("fused (triton)", ("triton_",)),
+)
+
+
+def kernel_kind(name: str) -> str:
+    """The kind of work a CUDA kernel does, from its name (KERNEL_KINDS); "other" for the rest (ATen's elementwise,
+    reductions, copies)."""
+    lowered = name.lower()
+    for kind, fragments in KERNEL_KINDS:
+        if any(fragment in lowered for fragment in fragments):
+            return kind
+    return "other"
+
+
+def kernel_time_by_kind(kernels) -> dict:
+    """kernels: (name, device microseconds) pairs -> {kind: {"ms", "share"}} over their summed time, largest first."""
+    totals: dict = {}
+    for name, microseconds in kernels:
+        kind = kernel_kind(name)
+        totals[kind] = totals.get(kind, 0.0) + microseconds
+    whole = sum(totals.values()) or 1.0
+    return {kind: {"ms": us / 1e3, "share": us / whole} for kind, us in sorted(totals.items(), key=lambda kv: -kv[1])}
+
+
+def profile_kernels(fn, repeats: int = 1, top: int = 25) -> dict:
+    """Run fn() `repeats` times under torch.profiler (after one untimed call) and say where the GPU's time went: wall ms,
+    the summed kernel ms (below the wall when the GPU idles), the time by kernel kind, and the `top` kernels. Needs CUDA."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(repeats):
+            fn()
+        torch.cuda.synchronize()
+    wall_ms = (time.perf_counter() - start) * 1e3 / repeats  # the profiler's own overhead included
+    kernels = [(e.key, e.self_device_time_total / repeats) for e in prof.key_averages()
+               if e.device_type == torch.autograd.DeviceType.CUDA and e.self_device_time_total > 0]
+    kernel_ms = sum(us for _, us in kernels) / 1e3
+    ranked = sorted(kernels, key=lambda kv: -kv[1])[:top]
+    return {"wall_ms_profiled": wall_ms, "kernel_ms": kernel_ms, "by_kind": kernel_time_by_kind(kernels),
+            "top_kernels": [{"name": name[:120], "kind": kernel_kind(name), "ms": us / 1e3} for name, us in ranked]}
+
+
+def inductor_options(pairs) -> contextlib.AbstractContextManager:
+    """A context that sets torch.compile's inductor options from "KEY=VALUE" strings (VALUE a Python literal, else a
+    string), e.g. "coordinate_descent_tuning=True" or "freezing=True"; an unknown KEY is refused before anything runs.
+    Compilation happens at a compiled function's first call, so that call must run inside the context."""
+    import ast
+
+    import torch._inductor.config as inductor_config
+
+    options = {}
+    for pair in pairs or ():
+        key, sep, text = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"inductor option {pair!r}: expected KEY=VALUE")
+        if not hasattr(inductor_config, key):
+            raise ValueError(f"unknown inductor option {key!r} (see torch._inductor.config)")
+        try:
+            options[key] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            options[key] = text
+    return inductor_config.patch(options) if options else contextlib.nullcontext()
+
+
 def time_samples(fn, repeats: int, device: torch.device, warmup: int = 3) -> list[float]:
     """Milliseconds of each of `repeats` calls of fn(), after `warmup` untimed calls."""
     for _ in range(warmup):

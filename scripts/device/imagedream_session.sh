@@ -15,12 +15,18 @@
 #                                                       # shape took 36 s to tune in session 19, so it takes several calls;
 #                                                       # the tuning results stay in runs/inductor-cache on a warm machine,
 #                                                       # and the same command goes on from them
+#   bash scripts/device/imagedream_session.sh ode-pair      # the ODE at batch 32, before (compiled, default mode, with
+#                                                           # a profile of 2 steps: kernel time by kind) and after (CUDA
+#                                                           # graphs over each UNet call; batch 64), in one call
+#   bash scripts/device/imagedream_session.sh latency-pair  # `base` at batch 1, before (channels_last + CUDA graphs, with
+#                                                           # a profile) and after (+ cuDNN benchmark; max-autotune), in
+#                                                           # one call; max-autotune's tuning stays in runs/inductor-cache
 # Session 19 ran chain and speed as two calls: reduce-overhead's first call of the `base` student took 71 s, so the
 # 80-120 s each latency step had were too few (and 154 s were too few for the ODE's max-autotune); hence four calls.
 # Everything lands in $OUT (JSON and logs). Needs .wheels carried; no hub/ weights. SMOKE=1 rehearses it on a CPU at
 # toy sizes (imagedream-tiny, base-small).
 set -eo pipefail
-stage=${1:?chain, latency, speed or autotune}
+stage=${1:?chain, latency, speed, autotune, ode-pair or latency-pair}
 start=$(date +%s)
 budget=${CHUNK_SECONDS:-570}
 export PYTHONPATH=$PWD TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 PYTHONUNBUFFERED=1 TORCHINDUCTOR_CACHE_DIR=$PWD/runs/inductor-cache
@@ -58,7 +64,17 @@ elif [ "$stage" = speed ]; then
 elif [ "$stage" = autotune ]; then
     [ -n "$SMOKE" ] && { echo "autotune: skipped in the rehearsal (minutes of compiling on a CPU)"; exit 0; }
     step ode-autotune 550 python3 $ode --compile max-autotune-no-cudagraphs --cudnn-benchmark --json "$OUT/ode-autotune.json"
+elif [ "$stage" = ode-pair ]; then
+    profile_steps=$([ -n "$SMOKE" ] && echo 0 || echo 2)
+    step ode-before 200 python3 $ode --compile --profile-steps $profile_steps --json "$OUT/ode-before.json"
+    step ode-graphs 170 python3 $ode --compile reduce-overhead --json "$OUT/ode-graphs.json"
+    step ode-batch64 170 python3 ${ode/--batches $batches/--batches $(( batches * 2 ))} --compile --json "$OUT/ode-batch64.json"
+elif [ "$stage" = latency-pair ]; then
+    lat="benchmarks/latency.py --repeats $repeats --scale $scale --device $device --batches 1 --channels-last"
+    step latency-before 130 python3 $lat --modes ${modes_after%%,*} --profile --json "$OUT/latency-before.json"
+    step latency-cudnn 110 python3 $lat --modes ${modes_after%%,*} --cudnn-benchmark --json "$OUT/latency-cudnn.json"
+    step latency-autotune 400 python3 $lat --modes ${modes_after##*,} --cudnn-benchmark --profile --json "$OUT/latency-autotune.json"
 else
-    echo "unknown stage $stage: chain, latency, speed or autotune" >&2; exit 2
+    echo "unknown stage $stage: chain, latency, speed, autotune, ode-pair or latency-pair" >&2; exit 2
 fi
 ls -la "$OUT"; echo "$stage took $(( $(date +%s) - start )) s"

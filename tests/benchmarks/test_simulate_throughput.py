@@ -23,7 +23,18 @@ def test_channels_last_teacher_samples_the_same_views(tmp_path):
 def test_rows_say_how_they_were_measured(tmp_path, capsys):
     simulate_throughput.main(["--teacher", "imagedream-tiny", "--device", "cpu", "--dtype", "fp32", "--batches", "1",
                               "--steps", "2", "--repeats", "1", "--channels-last", "--sdpa-backend", "math",
+                              "--inductor", "coordinate_descent_tuning=True",
                               "--json", str(tmp_path / "rows.json")])
     (row,) = json.loads((tmp_path / "rows.json").read_text())
     assert row["channels_last"] is True and row["cudnn_benchmark"] is False and row["quadruples_per_s"] > 0
-    assert row["sdpa_backend"] == "math"
+    assert row["sdpa_backend"] == "math" and row["inductor"] == ["coordinate_descent_tuning=True"]
+
+
+def test_an_unknown_inductor_option_is_refused_before_the_teacher_loads(tmp_path, capsys):
+    import pytest
+
+    with pytest.raises(SystemExit):
+        simulate_throughput.main(["--teacher", "imagedream-tiny", "--device", "cpu", "--workdir", str(tmp_path),
+                                  "--inductor", "no_such_option=1"])
+    assert "unknown inductor option 'no_such_option'" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # no checkpoint was written

@@ -23,3 +23,40 @@ def test_attention_backend_prefers_a_kernel_falls_back_where_it_cannot_run_and_k
         F.scaled_dot_product_attention(q, k, v)
     with pytest.raises(ValueError, match="unknown attention backend 'fast'"):
         attention_backend("fast")
+
+
+def test_kernel_kinds_follow_the_names_cuda_libraries_and_inductor_give_their_kernels():
+    from dd3g.evaluation.timing import kernel_kind, kernel_time_by_kind
+
+    names = {  # as torch.profiler lists them on an H200 (cuDNN, cuBLAS, flash attention, inductor, ATen)
+        "sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc_tilesize128x128x64": "convolution",
+        "nvjet_hsh_128x256_64x4_1x2_h_bz_coopA_NTN": "matmul",
+        "sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x256x64_warpgroupsize2x1x1": "matmul",
+        "void pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits<64, 128, 128, 4>>": "attention",
+        "cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_3_64x64x64": "attention",
+        "triton_tem_fused_addmm_3": "matmul",
+        "triton_red_fused_native_group_norm_silu_7": "fused (triton)",
+        "void cudnn::engines_precompiled::nchwToNhwcKernel<__nv_bfloat16>": "layout",
+        "void at::native::vectorized_elementwise_kernel<4, at::native::CUDAFunctor_add<float>>": "other",
+    }
+    assert {name: kernel_kind(name) for name in names} == names
+    by_kind = kernel_time_by_kind([(name, 100.0 * (i + 1)) for i, name in enumerate(names)])
+    assert list(by_kind)[0] == "matmul"  # 200 + 300 + 600 us, the most
+    assert by_kind["matmul"]["ms"] == pytest.approx(1.1)
+    assert sum(kind["share"] for kind in by_kind.values()) == pytest.approx(1.0)
+
+
+def test_inductor_options_apply_inside_the_context_only_and_refuse_unknown_keys():
+    import torch._inductor.config as inductor_config
+
+    from dd3g.evaluation.timing import inductor_options
+
+    before = inductor_config.coordinate_descent_tuning
+    with inductor_options([f"coordinate_descent_tuning={not before}", "max_autotune_gemm_backends=ATEN,TRITON"]):
+        assert inductor_config.coordinate_descent_tuning is (not before)
+        assert inductor_config.max_autotune_gemm_backends == "ATEN,TRITON"  # not a literal: kept as text
+    assert inductor_config.coordinate_descent_tuning is before
+    with pytest.raises(ValueError, match="unknown inductor option 'no_such_option'"):
+        inductor_options(["no_such_option=1"])
+    with pytest.raises(ValueError, match="expected KEY=VALUE"):
+        inductor_options(["freezing"])
