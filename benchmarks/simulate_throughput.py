@@ -18,7 +18,9 @@ which still runs where cuDNN has no kernel (the VAE's attention).
 
 `--count-flops` counts the floating-point operations of one quadruple's ODE (torch.utils.flop_counter, one
 sample run on the device: the UNet steps with CFG, conditioning and decoding) and reports each row's achieved
-TFLOP/s, to tell a slow implementation from a goal beyond what the hardware can do.
+TFLOP/s, to tell a slow implementation from a goal beyond what the hardware can do. Each row also splits its time into
+the sampler's steps (`step_ms`: one CFG-batched UNet call and its DDIM update) and what runs once per batch
+(`outside_steps_ms`: conditioning and decoding), from the full run and a 2-step run.
 
 `--profile-steps K` (CUDA) then runs one K-step ODE of the last batch under torch.profiler and says where the GPU's
 time goes: the kernels' time by kind (convolution, matmul, attention, torch.compile's fused kernels, ...) and the
@@ -73,15 +75,22 @@ def measure(teacher, batch: int, steps: int, guidance: float, repeats: int, devi
     teacher.simulate(images, seeds, num_steps=2, guidance_scale=guidance)  # warm-up (and compilation)
     if device.type == "cuda":
         torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        teacher.simulate(images, seeds, num_steps=steps, guidance_scale=guidance)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    best = min(times)
-    return {"batch": batch, "steps": steps, "guidance_scale": guidance, "seconds": best, "quadruples_per_s": batch / best}
+    def best_seconds(num_steps: int) -> float:
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            teacher.simulate(images, seeds, num_steps=num_steps, guidance_scale=guidance)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    best, short = best_seconds(steps), best_seconds(2)
+    # seconds = outside + steps * step: the sampler steps (CFG-batched UNet call + DDIM update) apart from what runs
+    # once (conditioning: CLIP + VAE encoder; decoding: VAE decoder), from the full and a 2-step run.
+    step = (best - short) / (steps - 2) if steps > 2 else float("nan")
+    return {"batch": batch, "steps": steps, "guidance_scale": guidance, "seconds": best, "quadruples_per_s": batch / best,
+            "step_ms": step * 1e3, "outside_steps_ms": (short - 2 * step) * 1e3}
 
 
 def ode_flops(teacher, steps: int, guidance: float) -> int:

@@ -21,12 +21,15 @@
 #   bash scripts/device/imagedream_session.sh latency-pair  # `base` at batch 1, before (channels_last + CUDA graphs, with
 #                                                           # a profile) and after (+ cuDNN benchmark; max-autotune), in
 #                                                           # one call; max-autotune's tuning stays in runs/inductor-cache
+#   bash scripts/device/imagedream_session.sh latency-autotune  # max-autotune alone, going on from runs/inductor-cache
+#                                                           # (session 27: 56 of the forward's 89 GEMM/conv shapes tuned in
+#                                                           # 960 s over two calls), then the "before" row in the same call
 # Session 19 ran chain and speed as two calls: reduce-overhead's first call of the `base` student took 71 s, so the
 # 80-120 s each latency step had were too few (and 154 s were too few for the ODE's max-autotune); hence four calls.
 # Everything lands in $OUT (JSON and logs). Needs .wheels carried; no hub/ weights. SMOKE=1 rehearses it on a CPU at
 # toy sizes (imagedream-tiny, base-small).
 set -eo pipefail
-stage=${1:?chain, latency, speed, autotune, ode-pair or latency-pair}
+stage=${1:?chain, latency, speed, autotune, ode-pair, latency-pair or latency-autotune}
 start=$(date +%s)
 budget=${CHUNK_SECONDS:-570}
 export PYTHONPATH=$PWD TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 PYTHONUNBUFFERED=1 TORCHINDUCTOR_CACHE_DIR=$PWD/runs/inductor-cache
@@ -74,7 +77,13 @@ elif [ "$stage" = latency-pair ]; then
     step latency-before 130 python3 $lat --modes ${modes_after%%,*} --profile --json "$OUT/latency-before.json"
     step latency-cudnn 110 python3 $lat --modes ${modes_after%%,*} --cudnn-benchmark --json "$OUT/latency-cudnn.json"
     step latency-autotune 400 python3 $lat --modes ${modes_after##*,} --cudnn-benchmark --profile --json "$OUT/latency-autotune.json"
+elif [ "$stage" = latency-autotune ]; then
+    lat="benchmarks/latency.py --repeats $repeats --scale $scale --device $device --batches 1 --channels-last"
+    budget=$(( budget - 120 ))  # kept for the "before" row after the tuning
+    step latency-autotune 560 python3 $lat --modes ${modes_after##*,} --cudnn-benchmark --profile --json "$OUT/latency-autotune.json"
+    budget=$(( budget + 120 ))
+    step latency-before 120 python3 $lat --modes ${modes_after%%,*} --cudnn-benchmark --json "$OUT/latency-before.json"
 else
-    echo "unknown stage $stage: chain, latency, speed, autotune, ode-pair or latency-pair" >&2; exit 2
+    echo "unknown stage $stage: chain, latency, speed, autotune, ode-pair, latency-pair or latency-autotune" >&2; exit 2
 fi
 ls -la "$OUT"; echo "$stage took $(( $(date +%s) - start )) s"

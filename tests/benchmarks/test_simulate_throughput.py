@@ -22,11 +22,12 @@ def test_channels_last_teacher_samples_the_same_views(tmp_path):
 
 def test_rows_say_how_they_were_measured(tmp_path, capsys):
     simulate_throughput.main(["--teacher", "imagedream-tiny", "--device", "cpu", "--dtype", "fp32", "--batches", "1",
-                              "--steps", "2", "--repeats", "1", "--channels-last", "--sdpa-backend", "math",
+                              "--steps", "6", "--repeats", "2", "--channels-last", "--sdpa-backend", "math",
                               "--inductor", "coordinate_descent_tuning=True",
                               "--json", str(tmp_path / "rows.json")])
     (row,) = json.loads((tmp_path / "rows.json").read_text())
     assert row["channels_last"] is True and row["cudnn_benchmark"] is False and row["quadruples_per_s"] > 0
+    assert row["step_ms"] > 0  # a 6-step ODE costs more than a 2-step one
     assert row["sdpa_backend"] == "math" and row["inductor"] == ["coordinate_descent_tuning=True"]
 
 
