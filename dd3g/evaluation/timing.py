@@ -28,22 +28,28 @@ def attention_backend(name: str = "auto"):
     return sdpa_kernel([first, *order.values()], set_priority=True)
 
 
-#: Kernel kinds of a CUDA profile, each with the name fragments that mark it, tried in this order (first match wins).
-#: cuDNN's convolutions are "..._fprop_implicit_gemm..." / "...conv..."; cuBLAS's GEMMs "..._gemm_..." or "nvjet_..." (the
-#: Hopper kernels of CUDA 12.x+); torch.compile's own kernels "triton_..." ("triton_tem_..." are its GEMM templates).
+#: Kernel kinds of a CUDA profile for the kernels of the CUDA libraries, each with the name fragments that mark it, tried
+#: in this order (first match wins): cuDNN's layout transposes, fused attention ("flash", cuDNN's "..._sdpa_..."), its
+#: convolutions ("..._fprop_implicit_gemm..."), cuBLAS's GEMMs ("..._gemm_..." or "nvjet_...", CUDA 12.x+ on Hopper).
 KERNEL_KINDS = (
-    ("layout", ("nchwtonhwc", "nhwctonchw", "transpose")),
+    ("layout", ("nchwtonhwc", "nhwctonchw")),
     ("attention", ("flash", "fmha", "sdpa", "attention")),
     ("convolution", ("fprop", "dgrad", "wgrad", "conv")),
-    ("matmul", ("gemm", "nvjet", "cutlass", "cublas", "triton_tem", "splitk")),
-    ("fused (triton)", ("triton_",)),
+    ("matmul", ("gemm", "nvjet", "cutlass", "cublas", "splitk")),
 )
 
 
 def kernel_kind(name: str) -> str:
-    """The kind of work a CUDA kernel does, from its name (KERNEL_KINDS); "other" for the rest (ATen's elementwise,
-    reductions, copies)."""
+    """The kind of work a CUDA kernel does, from its name; "other" for the rest (ATen's elementwise, reductions, copies).
+
+    torch.compile's kernels are named after the ops they fuse ("triton_poi_fused_convolution_silu_3" is a convolution's
+    bias and activation, not the convolution), so they are told apart first: its templates ("triton_tem_...", from
+    max-autotune) are matmuls or convolutions, every other "triton_..." kernel is "fused (triton)"."""
     lowered = name.lower()
+    if lowered.startswith("triton_"):
+        if lowered.startswith("triton_tem"):
+            return "convolution" if "convolution" in lowered else "matmul"
+        return "fused (triton)"
     for kind, fragments in KERNEL_KINDS:
         if any(fragment in lowered for fragment in fragments):
             return kind

@@ -34,15 +34,18 @@ def test_kernel_kinds_follow_the_names_cuda_libraries_and_inductor_give_their_ke
         "sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x256x64_warpgroupsize2x1x1": "matmul",
         "void pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits<64, 128, 128, 4>>": "attention",
         "cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_3_64x64x64": "attention",
-        "triton_tem_fused_addmm_3": "matmul",
+        "triton_tem_fused_addmm_3": "matmul",  # max-autotune's templates
+        "triton_tem_fused_convolution_5": "convolution",
         "triton_red_fused_native_group_norm_silu_7": "fused (triton)",
+        "triton_poi_fused_convolution_silu_3": "fused (triton)",  # a convolution's bias + SiLU, named after the conv
+        "triton_poi_fused_clone_transpose_2": "fused (triton)",
         "void cudnn::engines_precompiled::nchwToNhwcKernel<__nv_bfloat16>": "layout",
         "void at::native::vectorized_elementwise_kernel<4, at::native::CUDAFunctor_add<float>>": "other",
     }
     assert {name: kernel_kind(name) for name in names} == names
     by_kind = kernel_time_by_kind([(name, 100.0 * (i + 1)) for i, name in enumerate(names)])
-    assert list(by_kind)[0] == "matmul"  # 200 + 300 + 600 us, the most
-    assert by_kind["matmul"]["ms"] == pytest.approx(1.1)
+    assert list(by_kind)[0] == "fused (triton)"  # 800 + 900 + 1000 us, the most
+    assert by_kind["matmul"]["ms"] == pytest.approx(1.1)  # 200 + 300 + 600 us
     assert sum(kind["share"] for kind in by_kind.values()) == pytest.approx(1.0)
 
 
