@@ -80,7 +80,10 @@ elif [ "$stage" = latency-pair ]; then
 elif [ "$stage" = latency-autotune ]; then
     lat="benchmarks/latency.py --repeats $repeats --scale $scale --device $device --batches 1 --channels-last"
     budget=$(( budget - 120 ))  # kept for the "before" row after the tuning
-    step latency-autotune 560 python3 $lat --modes ${modes_after##*,} --cudnn-benchmark --profile --json "$OUT/latency-autotune.json"
+    # Session 27's tuning took ~10 s a shape at inductor's default 25 ms warm-up + 100 ms of repeats per choice (~20
+    # choices): shorter timing runs (the kernels take 5-70 us, so 25 ms is still hundreds of runs) cut that part.
+    TORCHINDUCTOR_DEFAULT_AUTOTUNE_WARMUP=${AUTOTUNE_WARMUP_MS:-5} TORCHINDUCTOR_DEFAULT_AUTOTUNE_REP=${AUTOTUNE_REP_MS:-25} \
+        step latency-autotune 560 python3 $lat --modes ${modes_after##*,} --cudnn-benchmark --profile --json "$OUT/latency-autotune.json"
     budget=$(( budget + 120 ))
     step latency-before 120 python3 $lat --modes ${modes_after%%,*} --cudnn-benchmark --json "$OUT/latency-before.json"
 else
