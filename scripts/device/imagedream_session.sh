@@ -22,8 +22,9 @@
 #                                                           # a profile) and after (+ cuDNN benchmark; max-autotune), in
 #                                                           # one call; max-autotune's tuning stays in runs/inductor-cache
 #   bash scripts/device/imagedream_session.sh latency-autotune  # max-autotune alone, going on from runs/inductor-cache
-#                                                           # (session 27: 56 of the forward's 89 GEMM/conv shapes tuned in
-#                                                           # 960 s over two calls), then the "before" row in the same call
+#                                                           # (session 27: 56 distinct GEMM/conv shapes tuned in 960 s over
+#                                                           # two calls, roughly two thirds of the forward's), then the
+#                                                           # "before" row in the same call
 # Session 19 ran chain and speed as two calls: reduce-overhead's first call of the `base` student took 71 s, so the
 # 80-120 s each latency step had were too few (and 154 s were too few for the ODE's max-autotune); hence four calls.
 # Everything lands in $OUT (JSON and logs). Needs .wheels carried; no hub/ weights. SMOKE=1 rehearses it on a CPU at
