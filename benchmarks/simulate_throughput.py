@@ -69,12 +69,17 @@ def to_channels_last(teacher) -> None:
             module.to(memory_format=torch.channels_last)
 
 
+def ode_inputs(batch: int) -> tuple:
+    """The timed ODE's inputs: random RGBA images [B, 4, 256, 256] (the same every call) and one seed per image."""
+    return torch.rand(batch, 4, 256, 256, generator=torch.Generator().manual_seed(0)), list(range(batch))
+
+
 def measure(teacher, batch: int, steps: int, guidance: float, repeats: int, device: torch.device) -> dict:
-    images = torch.rand(batch, 4, 256, 256, generator=torch.Generator().manual_seed(0))
-    seeds = list(range(batch))
+    images, seeds = ode_inputs(batch)
     teacher.simulate(images, seeds, num_steps=2, guidance_scale=guidance)  # warm-up (and compilation)
     if device.type == "cuda":
         torch.cuda.synchronize()
+
     def best_seconds(num_steps: int) -> float:
         times = []
         for _ in range(repeats):
@@ -160,9 +165,9 @@ def main(argv=None):
             rows.append(row)
             print(json.dumps(row), flush=True)
         if args.profile_steps and device.type == "cuda":
-            images = torch.rand(batch, 4, 256, 256, generator=torch.Generator().manual_seed(0))
+            images, seeds = ode_inputs(batch)
             with torch.inference_mode(), attention_backend(args.sdpa_backend):
-                profile = profile_kernels(lambda: teacher.simulate(images, list(range(batch)), num_steps=args.profile_steps,
+                profile = profile_kernels(lambda: teacher.simulate(images, seeds, num_steps=args.profile_steps,
                                                                    guidance_scale=guidance))
             rows.append({"profile": profile, "batch": batch, "steps": args.profile_steps, "compiled": args.compile or False})
             print(json.dumps(rows[-1], indent=1), flush=True)
