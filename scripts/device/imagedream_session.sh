@@ -23,8 +23,8 @@
 #                                                           # one call; max-autotune's tuning stays in runs/inductor-cache
 #   bash scripts/device/imagedream_session.sh latency-autotune  # max-autotune alone, going on from runs/inductor-cache
 #                                                           # (session 27: 56 distinct GEMM/conv shapes tuned in 960 s over
-#                                                           # two calls, roughly two thirds of the forward's), then the
-#                                                           # "before" row in the same call
+#                                                           # two calls, roughly two thirds of the forward's); once tuned,
+#                                                           # the "before" row and flash attention in the same call
 # Session 19 ran chain and speed as two calls: reduce-overhead's first call of the `base` student took 71 s, so the
 # 80-120 s each latency step had were too few (and 154 s were too few for the ODE's max-autotune); hence four calls.
 # Everything lands in $OUT (JSON and logs). Needs .wheels carried; no hub/ weights. SMOKE=1 rehearses it on a CPU at
@@ -80,13 +80,24 @@ elif [ "$stage" = latency-pair ]; then
     step latency-autotune 400 python3 $lat --modes ${modes_after##*,} --cudnn-benchmark --profile --json "$OUT/latency-autotune.json"
 elif [ "$stage" = latency-autotune ]; then
     lat="benchmarks/latency.py --repeats $repeats --scale $scale --device $device --batches 1 --channels-last"
-    budget=$(( budget - 120 ))  # kept for the "before" row after the tuning
+    # The autotuner's timings (runs/inductor-cache/cache/) and pointwise picks (*.best_config) are small: they come back
+    # in $OUT after every call, and AUTOTUNE_CACHE=<that .tgz> (carried) seeds a cold machine's cache with them, so
+    # tuning goes on across machines, not only across warm calls. The compiled kernels themselves are rebuilt.
+    if [ -n "$AUTOTUNE_CACHE" ] && [ -f "$AUTOTUNE_CACHE" ]; then
+        mkdir -p runs/inductor-cache && tar -xzf "$AUTOTUNE_CACHE" -C runs/inductor-cache && echo "seeded the cache from $AUTOTUNE_CACHE"
+    fi
     # Session 27's tuning took ~10 s a shape at inductor's default 25 ms warm-up + 100 ms of repeats per choice (~20
-    # choices): shorter timing runs (the kernels take 5-70 us, so 25 ms is still hundreds of runs) cut that part.
+    # choices): shorter timing runs (the kernels take 5-70 us, so 25 ms is still hundreds of runs) cut that part. The
+    # tuning gets all but the last 15 s; once it is done (a later call finds every timing cached and compiles in about a
+    # minute), the same call times the before row and cuDNN's attention swapped for flash attention.
     TORCHINDUCTOR_DEFAULT_AUTOTUNE_WARMUP=${AUTOTUNE_WARMUP_MS:-5} TORCHINDUCTOR_DEFAULT_AUTOTUNE_REP=${AUTOTUNE_REP_MS:-25} \
-        step latency-autotune 560 python3 $lat --modes ${modes_after##*,} --cudnn-benchmark --profile --json "$OUT/latency-autotune.json"
-    budget=$(( budget + 120 ))
-    step latency-before 120 python3 $lat --modes ${modes_after%%,*} --cudnn-benchmark --json "$OUT/latency-before.json"
+        step latency-autotune $(( $(left) - 15 )) python3 $lat --modes ${modes_after##*,} --cudnn-benchmark --profile --json "$OUT/latency-autotune.json"
+    (cd runs/inductor-cache 2>/dev/null && find . -path ./cache -prune -o -name '*.best_config' -print | tar -czf "$OUT/autotune-cache.tgz" cache -T -) \
+        && echo "autotune cache: $(du -h "$OUT/autotune-cache.tgz" | cut -f1)" || { rm -f "$OUT/autotune-cache.tgz"; echo "no autotune cache to bring back"; }
+    if [ -f "$OUT/latency-autotune.json" ]; then
+        step latency-before 120 python3 $lat --modes ${modes_after%%,*} --cudnn-benchmark --json "$OUT/latency-before.json"
+        step latency-flash 110 python3 $lat --modes ${modes_after%%,*} --cudnn-benchmark --sdpa-backend flash --json "$OUT/latency-flash.json"
+    fi
 else
     echo "unknown stage $stage: chain, latency, speed, autotune, ode-pair, latency-pair or latency-autotune" >&2; exit 2
 fi
