@@ -22,9 +22,10 @@
 #                                                           # a profile) and after (+ cuDNN benchmark; max-autotune), in
 #                                                           # one call; max-autotune's tuning stays in runs/inductor-cache
 #   bash scripts/device/imagedream_session.sh latency-autotune  # max-autotune alone, going on from runs/inductor-cache
-#                                                           # (session 27: 56 distinct GEMM/conv shapes tuned in 960 s over
-#                                                           # two calls, roughly two thirds of the forward's); once tuned,
-#                                                           # the "before" row and flash attention in the same call
+#                                                           # or, on a cold machine, from .gpu/autotune-cache.tgz (the
+#                                                           # timings a previous call brought back; session 28: 66 shapes
+#                                                           # of the forward's ~90); once tuned, the "before" row and
+#                                                           # flash attention in the same call
 # Session 19 ran chain and speed as two calls: reduce-overhead's first call of the `base` student took 71 s, so the
 # 80-120 s each latency step had were too few (and 154 s were too few for the ODE's max-autotune); hence four calls.
 # Everything lands in $OUT (JSON and logs). Needs .wheels carried; no hub/ weights. SMOKE=1 rehearses it on a CPU at
@@ -44,6 +45,30 @@ step() {  # name, seconds it may take at most (cut to what is left), command...:
     echo "[$(left) s left] $name (at most $t s)"
     timeout "$t" "$@" > "$OUT/$name.log" 2>&1 || echo "[$name] ended with $? (log: $name.log)"
     tail -3 "$OUT/$name.log"
+}
+# max-autotune's timings (runs/inductor-cache/cache/) and pointwise picks (*.best_config) are small (64 KB for 66
+# shapes): while a tuning step runs, a snapshot comes back in $OUT every minute and at its end, so a call cut short by
+# its limit or by the session's device budget still returns what it tuned. A cold machine starts from AUTOTUNE_CACHE
+# (default .gpu/autotune-cache.tgz, carried), so tuning goes on across machines and sessions; a warm one keeps its own,
+# newer cache. Only the timings travel: the chosen kernels are compiled again (about a minute).
+seed_tuning_cache() {
+    local seed=${AUTOTUNE_CACHE:-.gpu/autotune-cache.tgz}
+    if [ ! -d runs/inductor-cache/cache ] && [ -f "$seed" ]; then
+        mkdir -p runs/inductor-cache && tar -xzf "$seed" -C runs/inductor-cache && echo "seeded the tuning cache from $seed"
+    fi
+}
+snapshot_tuning_cache() {  # written aside, then moved, so $OUT never holds half an archive
+    (cd runs/inductor-cache 2>/dev/null && [ -d cache ] \
+        && find . -path ./cache -prune -o -name '*.best_config' -print | tar -czf /tmp/autotune-cache.tgz cache -T - \
+        && mv /tmp/autotune-cache.tgz "$OUT/autotune-cache.tgz")
+}
+tuning_step() {  # like step, for a max-autotune run: seeded, with the snapshots above
+    seed_tuning_cache
+    (while sleep 60; do snapshot_tuning_cache; done) & local snapshots=$!
+    step "$@"
+    kill $snapshots 2>/dev/null || true
+    snapshot_tuning_cache && echo "tuning cache: $(du -h "$OUT/autotune-cache.tgz" | cut -f1) in autotune-cache.tgz" \
+        || echo "no tuning cache to bring back"
 }
 if [ -n "$SMOKE" ]; then
     size=tiny teacher=imagedream-tiny scale=base-small device=cpu dtype=fp32 batches=1 steps=2 modes_before=eager modes_after=eager
@@ -67,7 +92,7 @@ elif [ "$stage" = speed ]; then
     step ode-channels-last 150 python3 $ode --compile --channels-last --cudnn-benchmark --json "$OUT/ode-channels-last.json"
 elif [ "$stage" = autotune ]; then
     [ -n "$SMOKE" ] && { echo "autotune: skipped in the rehearsal (minutes of compiling on a CPU)"; exit 0; }
-    step ode-autotune 550 python3 $ode --compile max-autotune-no-cudagraphs --cudnn-benchmark --json "$OUT/ode-autotune.json"
+    tuning_step ode-autotune 550 python3 $ode --compile max-autotune-no-cudagraphs --cudnn-benchmark --json "$OUT/ode-autotune.json"
 elif [ "$stage" = ode-pair ]; then
     profile_steps=$([ -n "$SMOKE" ] && echo 0 || echo 2)
     step ode-before 200 python3 $ode --compile --profile-steps $profile_steps --json "$OUT/ode-before.json"
@@ -77,23 +102,15 @@ elif [ "$stage" = latency-pair ]; then
     lat="benchmarks/latency.py --repeats $repeats --scale $scale --device $device --batches 1 --channels-last"
     step latency-before 130 python3 $lat --modes ${modes_after%%,*} --profile --json "$OUT/latency-before.json"
     step latency-cudnn 110 python3 $lat --modes ${modes_after%%,*} --cudnn-benchmark --json "$OUT/latency-cudnn.json"
-    step latency-autotune 400 python3 $lat --modes ${modes_after##*,} --cudnn-benchmark --profile --json "$OUT/latency-autotune.json"
+    tuning_step latency-autotune 400 python3 $lat --modes ${modes_after##*,} --cudnn-benchmark --profile --json "$OUT/latency-autotune.json"
 elif [ "$stage" = latency-autotune ]; then
     lat="benchmarks/latency.py --repeats $repeats --scale $scale --device $device --batches 1 --channels-last"
-    # The autotuner's timings (runs/inductor-cache/cache/) and pointwise picks (*.best_config) are small: they come back
-    # in $OUT after every call, and AUTOTUNE_CACHE=<that .tgz> (carried) seeds a cold machine's cache with them, so
-    # tuning goes on across machines, not only across warm calls. The compiled kernels themselves are rebuilt.
-    if [ -n "$AUTOTUNE_CACHE" ] && [ -f "$AUTOTUNE_CACHE" ]; then
-        mkdir -p runs/inductor-cache && tar -xzf "$AUTOTUNE_CACHE" -C runs/inductor-cache && echo "seeded the cache from $AUTOTUNE_CACHE"
-    fi
-    # Session 27's tuning took ~10 s a shape at inductor's default 25 ms warm-up + 100 ms of repeats per choice (~20
-    # choices): shorter timing runs (the kernels take 5-70 us, so 25 ms is still hundreds of runs) cut that part. The
-    # tuning gets all but the last 15 s; once it is done (a later call finds every timing cached and compiles in about a
-    # minute), the same call times the before row and cuDNN's attention swapped for flash attention.
+    # Shorter timing runs than inductor's default 25 ms warm-up + 100 ms of repeats per choice (the kernels take 5-70 us,
+    # so 25 ms is still hundreds of runs). Session 28 still took 8-20 s a shape with them: compiling the ~20 choices, not
+    # timing them, is most of it. The tuning gets all but the last 15 s; once every timing is cached (a later call),
+    # it compiles in about a minute and the same call times the before row and flash attention in cuDNN's place.
     TORCHINDUCTOR_DEFAULT_AUTOTUNE_WARMUP=${AUTOTUNE_WARMUP_MS:-5} TORCHINDUCTOR_DEFAULT_AUTOTUNE_REP=${AUTOTUNE_REP_MS:-25} \
-        step latency-autotune $(( $(left) - 15 )) python3 $lat --modes ${modes_after##*,} --cudnn-benchmark --profile --json "$OUT/latency-autotune.json"
-    (cd runs/inductor-cache 2>/dev/null && find . -path ./cache -prune -o -name '*.best_config' -print | tar -czf "$OUT/autotune-cache.tgz" cache -T -) \
-        && echo "autotune cache: $(du -h "$OUT/autotune-cache.tgz" | cut -f1)" || { rm -f "$OUT/autotune-cache.tgz"; echo "no autotune cache to bring back"; }
+        tuning_step latency-autotune $(( $(left) - 15 )) python3 $lat --modes ${modes_after##*,} --cudnn-benchmark --profile --json "$OUT/latency-autotune.json"
     if [ -f "$OUT/latency-autotune.json" ]; then
         step latency-before 120 python3 $lat --modes ${modes_after%%,*} --cudnn-benchmark --json "$OUT/latency-before.json"
         step latency-flash 110 python3 $lat --modes ${modes_after%%,*} --cudnn-benchmark --sdpa-backend flash --json "$OUT/latency-flash.json"
