@@ -80,18 +80,26 @@ def gpu_student(scale: str, device: torch.device, dtype: torch.dtype, channels_l
     return student, run, size
 
 
+def student_inputs(student, batch: int, device: torch.device, dtype: torch.dtype):
+    """The timed call's inputs at `batch`: images [B, 3, 256, 256] in [0, 1], noise [B, *noise_shape], the input
+    frame [B, C, S, S], cameras of the 4 views + the input frame."""
+    gen = torch.Generator().manual_seed(0)
+    size = student.sample_size
+    images = torch.rand(batch, 3, 256, 256, generator=gen).to(device, dtype)
+    noise = torch.randn((batch,) + student.noise_shape, generator=gen).to(device, dtype)
+    frame = torch.randn(batch, student.unet.config.in_channels, size, size, generator=gen).to(device, dtype)
+    cameras = ViewLayout().cameras(size, size, elevation_deg=torch.zeros(batch), include_input=True).to(device)
+    return images, noise, frame, cameras
+
+
 def gpu_latency(scale: str, device: torch.device, batches, repeats: int, compile_modes, profile: bool, channels_last: bool = False,
                 phase1: str = "mv-unet") -> list:
     dtype = torch.bfloat16
-    student, run, size = gpu_student(scale, device, dtype, channels_last, phase1)
+    student, run, _ = gpu_student(scale, device, dtype, channels_last, phase1)
     params = sum(p.numel() for p in student.parameters())
     rows = []
     for batch in batches:
-        gen = torch.Generator().manual_seed(0)
-        images = torch.rand(batch, 3, 256, 256, generator=gen).to(device, dtype)
-        noise = torch.randn((batch,) + student.noise_shape, generator=gen).to(device, dtype)
-        frame = torch.randn(batch, student.unet.config.in_channels, size, size, generator=gen).to(device, dtype)
-        cameras = ViewLayout().cameras(size, size, elevation_deg=torch.zeros(batch), include_input=True).to(device)
+        images, noise, frame, cameras = student_inputs(student, batch, device, dtype)
         for mode in compile_modes:
             fn = run if mode == "eager" else torch.compile(run, mode=mode, fullgraph=False)
             t0 = time.perf_counter()
