@@ -23,13 +23,15 @@
 #                                                           # one call; max-autotune's tuning stays in runs/inductor-cache
 #   bash scripts/device/imagedream_session.sh latency-autotune  # max-autotune alone, going on from runs/inductor-cache
 #                                                           # or, on a cold machine, from .gpu/autotune-cache.tgz (the
-#                                                           # timings a previous call brought back; session 28: 66 shapes
-#                                                           # of the forward's ~90); once tuned, the "before" row and
+#                                                           # timings a previous call brought back; session 28: 63 shapes,
+#                                                           # 28 left: benchmarks/autotune_report.py); once tuned, the "before" row and
 #                                                           # flash attention in the same call
 # Session 19 ran chain and speed as two calls: reduce-overhead's first call of the `base` student took 71 s, so the
 # 80-120 s each latency step had were too few (and 154 s were too few for the ODE's max-autotune); hence four calls.
-# Everything lands in $OUT (JSON and logs). Needs .wheels carried; no hub/ weights. SMOKE=1 rehearses it on a CPU at
-# toy sizes (imagedream-tiny, base-small).
+# Everything lands in $OUT (JSON and logs). Needs .wheels carried; no hub/ weights. The tuning stages also want the
+# last autotune-cache.tgz they brought back, copied to .gpu/autotune-cache.tgz and carried. After a call, make the
+# next one at once: a machine left idle ~30 s is given back, and the next call starts cold. SMOKE=1 rehearses it on a
+# CPU at toy sizes (imagedream-tiny, base-small).
 set -eo pipefail
 stage=${1:?chain, latency, speed, autotune, ode-pair, latency-pair or latency-autotune}
 start=$(date +%s)
