@@ -24,8 +24,8 @@
 #   bash scripts/device/imagedream_session.sh latency-autotune  # max-autotune alone, going on from runs/inductor-cache
 #                                                           # or, on a cold machine, from .gpu/autotune-cache.tgz (the
 #                                                           # timings a previous call brought back; session 28: 63 shapes,
-#                                                           # 28 left: benchmarks/autotune_report.py); once tuned, the "before" row and
-#                                                           # flash attention in the same call
+#                                                           # 28 left: benchmarks/autotune_report.py); once tuned, the
+#                                                           # "before" row and flash attention in the same call
 # Session 19 ran chain and speed as two calls: reduce-overhead's first call of the `base` student took 71 s, so the
 # 80-120 s each latency step had were too few (and 154 s were too few for the ODE's max-autotune); hence four calls.
 # Everything lands in $OUT (JSON and logs). Needs .wheels carried; no hub/ weights. The tuning stages also want the
