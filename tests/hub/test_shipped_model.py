@@ -25,6 +25,12 @@ def pipe():
     return DD3GPipeline.from_pretrained()  # no argument: the shipped model
 
 
+@pytest.fixture(scope="module")
+def objects(pipe):
+    """{example: what the shipped pipeline makes of it with seed 0}, made once for the tests that read them."""
+    return {path: pipe(str(path), seeds=[0]).gaussians for path in EXAMPLES}
+
+
 def test_the_default_is_the_shipped_model_in_float32_on_cpu(pipe):
     assert DEFAULT_CHECKPOINT.name == "dd3g-tiny" and (DEFAULT_CHECKPOINT / "model_index.json").is_file()
     assert pipe.student.dtype == torch.float32  # stored fp16, computed in fp32 on a CPU
@@ -33,13 +39,13 @@ def test_the_default_is_the_shipped_model_in_float32_on_cpu(pipe):
 
 
 @torch.no_grad()
-def test_front_view_reproduces_the_input(pipe):
+def test_front_view_reproduces_the_input(pipe, objects):
     """Rendered from the input camera, the object must look like the input: colour (PSNR on white, against an
     all-white render as the floor) and silhouette (alpha IoU)."""
     gains, ious = [], []
     for path in EXAMPLES:
         source = preprocess(path, pipe.preprocess_config).rgba[None]  # [1, 4, S, S]
-        gaussians = pipe(str(path), seeds=[0]).gaussians
+        gaussians = objects[path]
         cams = pipe.view_layout.cameras(64, 64, elevation_deg=torch.zeros(1))
         front = render(gaussians.to(dtype=torch.float32), cams, background=None).rgba()[:, 0]  # [1, 4, 64, 64]
         truth = F.interpolate(source, size=(64, 64), mode="bilinear", antialias=True)
@@ -53,14 +59,14 @@ def test_front_view_reproduces_the_input(pipe):
     assert sum(ious) / len(ious) > 0.6, ious  # measured ~0.78
 
 
-def test_cli_without_checkpoint_uses_it(tmp_path, pipe):
+def test_cli_without_checkpoint_uses_it(tmp_path, pipe, objects):
     out = tmp_path / "out"
     assert main([str(EXAMPLES[0]), "--out", str(out), "--format", "ply"]) == 0
     written = Gaussians.load_ply(next(out.glob("*.ply")))
     # The model makes the student's Gaussians, then the photo surface's: one per opaque pixel of the photo at 256 px.
     assert pipe.config.photo_surface_size == 256
     surface = int((pipe.prepare_image(EXAMPLES[0]).detail_rgba[3] > 1 / 255).sum())
-    served = pipe(str(EXAMPLES[0]), seeds=[0]).gaussians[0]
+    served = objects[EXAMPLES[0]][0]  # the library's object for that image and seed
     assert served.num_gaussians == pipe.student.num_gaussians + surface
     # The file holds those a renderer draws: every surfel (opaque photo pixels) and the student's visible ones, not
     # the student's background pixels.
