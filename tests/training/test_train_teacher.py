@@ -23,6 +23,24 @@ def _weights(output_dir, step):
     return load_file(output_dir / "checkpoints" / f"step-{step:07d}" / "model.safetensors")
 
 
+@pytest.fixture(scope="module")
+def base_teacher(tmp_path_factory):
+    """A 2-step run exported as a teacher, made once for the tests that start from it (they read it, none writes
+    into it): the teacher's folder."""
+    root = tmp_path_factory.mktemp("base")
+    _run(root / "run", "--max-steps", "2", "--export", str(root / "teacher"))
+    return root / "teacher"
+
+
+@pytest.fixture(scope="module")
+def expert_teacher(base_teacher, tmp_path_factory):
+    """base_teacher with a high-noise expert (t >= 990) trained for one step beside it: the teacher's folder."""
+    root = tmp_path_factory.mktemp("expert")
+    _run(root / "run", "--max-steps", "1", "--expert-for", str(base_teacher), "--high-noise-start", "990",
+         "--export", str(root / "teacher"))
+    return root / "teacher"
+
+
 def test_killed_run_resumes_exactly(tmp_path):
     straight, chunked = tmp_path / "straight", tmp_path / "chunked"
     assert _run(straight, "--max-steps", "4") == 4
@@ -43,11 +61,10 @@ def test_killed_run_resumes_exactly(tmp_path):
     assert grid.size == (9 * 16, 4 * 16)
 
 
-def test_export_is_a_loadable_teacher(tmp_path):
-    _run(tmp_path / "run", "--max-steps", "2", "--export", str(tmp_path / "teacher"))
-    teacher = TinyTeacher.from_pretrained(tmp_path / "teacher")
+def test_export_is_a_loadable_teacher(base_teacher):
+    teacher = TinyTeacher.from_pretrained(base_teacher)  # the export of a 2-step run
     assert teacher.pipe.unet.dtype == torch.float32  # loaded as float32 from fp16 files
-    assert all(f.stat().st_size <= 15 * 2**20 for f in (tmp_path / "teacher").rglob("*.safetensors"))
+    assert all(f.stat().st_size <= 15 * 2**20 for f in base_teacher.rglob("*.safetensors"))
     views = teacher.simulate(torch.rand(1, 4, 32, 32), seeds=[0], num_steps=2).views
     assert views.shape == (1, 4, 4, 16, 16) and torch.isfinite(views).all()
 
@@ -134,14 +151,11 @@ def test_k_processes_draw_the_slices_of_the_one_process_batch_and_steps_differ()
     assert not torch.equal(other["noise"], whole["noise"]) and not torch.equal(other["views"], whole["views"])
 
 
-def test_a_kept_expert_is_exported_beside_the_trained_main_unet(tmp_path):
+def test_a_kept_expert_is_exported_beside_the_trained_main_unet(expert_teacher, tmp_path):
     """--keep-expert-from: the main UNet trains, the export carries the given teacher's expert unchanged."""
-    _run(tmp_path / "base", "--max-steps", "2", "--export", str(tmp_path / "base-teacher"))
-    _run(tmp_path / "expert", "--max-steps", "1", "--expert-for", str(tmp_path / "base-teacher"), "--high-noise-start", "990",
-         "--export", str(tmp_path / "with-expert"))
-    _run(tmp_path / "main", "--max-steps", "2", "--keep-expert-from", str(tmp_path / "with-expert"),
-         "--init-from", str(tmp_path / "with-expert"), "--init-step", "2", "--max-steps", "4", "--export", str(tmp_path / "out"))
-    kept, out = TinyTeacher.from_pretrained(tmp_path / "with-expert"), TinyTeacher.from_pretrained(tmp_path / "out")
+    _run(tmp_path / "main", "--max-steps", "2", "--keep-expert-from", str(expert_teacher),
+         "--init-from", str(expert_teacher), "--init-step", "2", "--max-steps", "4", "--export", str(tmp_path / "out"))
+    kept, out = TinyTeacher.from_pretrained(expert_teacher), TinyTeacher.from_pretrained(tmp_path / "out")
     assert out.pipe.config.high_noise_start == 990
     assert all(torch.equal(a, b) for a, b in zip(kept.pipe.high_noise_unet.state_dict().values(), out.pipe.high_noise_unet.state_dict().values()))
     assert any(not torch.equal(a, b) for a, b in zip(kept.unet.state_dict().values(), out.unet.state_dict().values()))
@@ -150,15 +164,12 @@ def test_a_kept_expert_is_exported_beside_the_trained_main_unet(tmp_path):
         assert "_name_or_path" not in json.loads((tmp_path / "out" / folder / "config.json").read_text())
 
 
-def test_a_teacher_continues_at_another_resolution_from_its_weights(tmp_path):
+def test_a_teacher_continues_at_another_resolution_from_its_weights(expert_teacher, tmp_path):
     """--sample-size: the 16-px toy teacher (with its expert) warm-starts a 32-px one: its weights continue the 16-px
     ones (not a fresh UNet's), both UNets are exported at 32 px, and the new teacher samples 32-px views."""
-    _run(tmp_path / "base", "--max-steps", "2", "--export", str(tmp_path / "base-teacher"))
-    _run(tmp_path / "expert", "--max-steps", "1", "--expert-for", str(tmp_path / "base-teacher"), "--high-noise-start", "990",
-         "--export", str(tmp_path / "small"))
-    _run(tmp_path / "big", "--sample-size", "32", "--keep-expert-from", str(tmp_path / "small"), "--init-from",
-         str(tmp_path / "small"), "--init-step", "2", "--max-steps", "3", "--export", str(tmp_path / "big-teacher"))
-    small, big = TinyTeacher.from_pretrained(tmp_path / "small"), TinyTeacher.from_pretrained(tmp_path / "big-teacher")
+    _run(tmp_path / "big", "--sample-size", "32", "--keep-expert-from", str(expert_teacher), "--init-from",
+         str(expert_teacher), "--init-step", "2", "--max-steps", "3", "--export", str(tmp_path / "big-teacher"))
+    small, big = TinyTeacher.from_pretrained(expert_teacher), TinyTeacher.from_pretrained(tmp_path / "big-teacher")
     assert small.image_size == 16 and big.image_size == 32
     assert big.pipe.high_noise_unet.config.sample_size == 32 and big.pipe.config.high_noise_start == 990
     start = load_file(tmp_path / "big" / "checkpoints" / "step-0000003" / "model.safetensors")  # one step from the 16-px weights
@@ -178,14 +189,13 @@ def test_a_teacher_continues_at_another_resolution_from_its_weights(tmp_path):
         train_teacher.parse_args(["--tiny-test", "--output-dir", "x", "--sample-size", "0"])
 
 
-def test_expert_run_trains_only_the_top_timesteps_and_exports_beside_its_base(tmp_path):
+def test_expert_run_trains_only_the_top_timesteps_and_exports_beside_its_base(base_teacher, tmp_path):
     """--expert-for: the export keeps the base teacher's UNet as is and adds the trained high-noise expert."""
-    _run(tmp_path / "base", "--max-steps", "2", "--export", str(tmp_path / "base-teacher"))
     args = train_teacher.parse_args(["--tiny-test", "--output-dir", "x", "--expert-for", "b", "--high-noise-start", "995"])
     assert args.high_noise_fraction == 1.0
-    _run(tmp_path / "expert", "--max-steps", "2", "--expert-for", str(tmp_path / "base-teacher"), "--high-noise-start", "995",
+    _run(tmp_path / "expert", "--max-steps", "2", "--expert-for", str(base_teacher), "--high-noise-start", "995",
          "--sample-every", "2", "--export", str(tmp_path / "both"))
-    base, both = TinyTeacher.from_pretrained(tmp_path / "base-teacher"), TinyTeacher.from_pretrained(tmp_path / "both")
+    base, both = TinyTeacher.from_pretrained(base_teacher), TinyTeacher.from_pretrained(tmp_path / "both")
     assert both.pipe.config.high_noise_start == 995
     assert all(torch.equal(a, b) for a, b in zip(base.unet.state_dict().values(), both.unet.state_dict().values()))
     assert "_name_or_path" not in json.loads((tmp_path / "both" / "unet" / "config.json").read_text())
@@ -199,7 +209,7 @@ def test_expert_run_trains_only_the_top_timesteps_and_exports_beside_its_base(tm
     for i, param in enumerate(both.pipe.high_noise_unet.parameters()):
         assert torch.allclose(param, trained[f"shadow.{i}"].float(), atol=1e-3, rtol=1e-3)
     # A later expert run continues from that expert, not from the main UNet.
-    again = _run(tmp_path / "again", "--max-steps", "5", "--stop-after", "3", "--expert-for", str(tmp_path / "base-teacher"),
+    again = _run(tmp_path / "again", "--max-steps", "5", "--stop-after", "3", "--expert-for", str(base_teacher),
                  "--init-from", str(tmp_path / "both"), "--init-step", "2")
     assert again == 3  # one step on from the init step
     first = load_file(tmp_path / "again" / "checkpoints" / "step-0000003" / "model.safetensors")
