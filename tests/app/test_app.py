@@ -1,4 +1,4 @@
-"""app.py served on 127.0.0.1 (tests/conftest.py: running_app) and driven through gradio_client."""
+"""app.py served on 127.0.0.1 (tests/app/conftest.py: running_app) and driven through gradio_client."""
 
 from __future__ import annotations
 
@@ -39,7 +39,9 @@ PLY_PROPERTIES = {"x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity", "scale
 @pytest.fixture(scope="module")
 def client(running_app):
     url, _, _ = running_app
-    return Client(url, verbose=False)
+    client = Client(url, verbose=False)
+    yield client
+    client.close()
 
 
 @pytest.fixture(scope="module")
