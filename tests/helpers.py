@@ -41,6 +41,17 @@ def imagedream_camera(elevation_deg: float, azimuth_deg: float) -> np.ndarray:
     return (flip_yz @ c2w).reshape(16)
 
 
+def app_client(url: str, **kwargs):
+    """gradio_client.Client (quiet) for an app these tests serve on plain http://127.0.0.1.
+
+    No TLS is involved, so ssl_verify=False changes nothing but this: httpx otherwise builds an SSL context (parsing
+    the CA bundle, ~50 ms on the 2-core machine) for every request, ~15 of them in one generation with its files."""
+    from gradio_client import Client
+
+    assert url.startswith("http://127.0.0.1:"), url
+    return Client(url, verbose=False, ssl_verify=False, **kwargs)
+
+
 @contextlib.contextmanager
 def serve(pipe, **settings):
     """app.py's demo around `pipe` on its own port (for settings the shared test server must not have): (url, demo)."""

@@ -23,14 +23,14 @@ import imageio.v2 as imageio
 import numpy as np
 import pytest
 import torch
-from gradio_client import Client, handle_file
+from gradio_client import handle_file
 from PIL import Image
 from plyfile import PlyData
 
 import app
 from dd3g.gaussians import Gaussians
 from dd3g.preprocess import PreprocessConfig, preprocess
-from helpers import rgba_image, serve, toy_pipeline
+from helpers import app_client, rgba_image, serve, toy_pipeline
 
 PLY_PROPERTIES = {"x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity", "scale_0", "scale_1", "scale_2",
                   "rot_0", "rot_1", "rot_2", "rot_3"}
@@ -39,7 +39,7 @@ PLY_PROPERTIES = {"x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity", "scale
 @pytest.fixture(scope="module")
 def client(running_app):
     url, _, _ = running_app
-    client = Client(url, verbose=False)
+    client = app_client(url)
     yield client
     client.close()
 
@@ -190,7 +190,7 @@ def test_eight_concurrent_clients_all_get_their_object(running_app, image_file):
     def one_client(seed):
         job = None
         try:
-            job = Client(url, verbose=False).submit(handle_file(image_file), 0.85, seed, 1, api_name="/generate")
+            job = app_client(url).submit(handle_file(image_file), 0.85, seed, 1, api_name="/generate")
             viewer, *_ = job.result(timeout=max(1.0, deadline - time.monotonic()))
             results[seed] = Gaussians.load_ply(viewer).means
         except Exception as error:  # noqa: BLE001 - reported below, with where the job was when it failed
@@ -294,7 +294,7 @@ def test_one_concurrency_limit_across_generate_interpolate_and_preprocess(runnin
             path = tmp_path / f"{kind}-{k}.png"  # one file each: no job reuses another's preprocessing
             rgba_image(64, seed=k).save(path)
             try:
-                client = Client(url, verbose=False)
+                client = app_client(url)
                 if kind == "generate":
                     client.predict(handle_file(path), 0.85, k, 1, api_name="/generate")
                 elif kind == "interpolate":
@@ -320,7 +320,7 @@ def test_the_queue_is_bounded(running_app, image_file):
     _, pipe, _ = running_app
     counting = CountingPipe(pipe, hold_s=2.0)
     with serve(counting, concurrency_limit=1, max_queue_size=2) as (url, _):
-        client = Client(url, verbose=False)
+        client = app_client(url)
         jobs = [client.submit(handle_file(image_file), 0.85, k, 1, api_name="/generate") for k in range(6)]
         outcomes = []
         for job in jobs:
@@ -422,7 +422,7 @@ def test_the_app_pixel_limit_is_below_the_librarys(client, tmp_path):
 
 def test_results_are_stored_once(running_app, image_file):
     url, _, _ = running_app
-    client = Client(url, verbose=False, download_files=False)  # the server's files only, no client-side copies
+    client = app_client(url, download_files=False)  # the server's files only, no client-side copies
     before = _files_under(app.gradio_cache_dir())
     viewer, video, _, downloads, _ = client.predict(handle_file(image_file), 0.85, 41, 1, api_name="/generate")
     new = _files_under(app.gradio_cache_dir()) - before
@@ -435,7 +435,7 @@ def test_results_are_stored_once(running_app, image_file):
 
 def test_old_results_are_removed(running_app, image_file):
     url, _, settings = running_app
-    client = Client(url, verbose=False, download_files=False)  # answers name the server's files
+    client = app_client(url, download_files=False)  # answers name the server's files
     first = Path(client.predict(handle_file(image_file), 0.85, 42, 1, api_name="/generate")[0]["path"]).parent
     stale = time.time() - settings.max_output_age_s - 60
     os.utime(first, (stale, stale))
@@ -470,7 +470,7 @@ def test_results_are_removed_at_shutdown(tmp_path):
         results = Path(log.read_text().split("results in ", 1)[1].splitlines()[0].strip())
         image = tmp_path / "blob.png"
         rgba_image(64).save(image)
-        Client(url, verbose=False, download_files=False).predict(handle_file(image), 0.85, 0, 1, api_name="/generate")
+        app_client(url, download_files=False).predict(handle_file(image), 0.85, 0, 1, api_name="/generate")
         assert any(results.rglob("dd3g_seed0.ply"))
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0, log.read_text()

@@ -16,7 +16,7 @@ from PIL import Image
 from plyfile import PlyData
 
 from dd3g.pipeline import CheckpointError, DD3GPipeline
-from helpers import REPO, rgba_image, serve
+from helpers import REPO, app_client, rgba_image, serve
 from dd3g.testing.imagedream_fixture import write_tiny_imagedream
 from training import build_corpus, distill, simulate
 
@@ -108,7 +108,7 @@ def test_checkpoint_that_loads_but_cannot_run_is_one_line(chain, tmp_path):
 
 
 def test_app_serves_the_latent_student(chain, tmp_path, capsys):
-    from gradio_client import Client, handle_file
+    from gradio_client import handle_file
 
     import app
     from dd3g.gaussians import Gaussians
@@ -118,7 +118,7 @@ def test_app_serves_the_latent_student(chain, tmp_path, capsys):
     image = tmp_path / "object.png"
     rgba_image(64).save(image)
     with serve(pipe) as (url, _):
-        viewer, *_ = Client(url, verbose=False).predict(handle_file(image), pipe.config.foreground_ratio, 3, 1, api_name="/generate")
+        viewer, *_ = app_client(url).predict(handle_file(image), pipe.config.foreground_ratio, 3, 1, api_name="/generate")
     shown = Gaussians.load_ply(viewer)
     expected = pipe(str(image), seeds=[3]).gaussians[0]
     assert shown.num_gaussians == expected.num_gaussians > pipe.student.num_gaussians  # + the photo surface
