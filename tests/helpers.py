@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import math
 import socket
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +69,31 @@ def serve(pipe, **settings):
     finally:
         demo.close()
         demo.dd3g_app.close()
+
+
+@contextlib.contextmanager
+def started(command, **popen_kwargs):
+    """A process started now and waited for later, so that the test can do its own work meanwhile: yields
+    wait(timeout=300) -> CompletedProcess (text stdout and stderr; the same one on every call). Killed if it still
+    runs when the block ends.
+
+    A `python -m dd3g`, `python app.py` or torchrun spends most of its time importing torch and diffusers on one core;
+    on a 2-core machine the other core can do the test's own part of the work (or another such process)."""
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen_kwargs)
+    done = []
+
+    def wait(timeout: float = 300) -> subprocess.CompletedProcess:
+        if not done:
+            out, err = proc.communicate(timeout=timeout)
+            done.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
+        return done[0]
+
+    try:
+        yield wait
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
 
 
 def checker_quad_glb(path, bump: bool = False, offset=(0.0, 0.0, 0.0)):

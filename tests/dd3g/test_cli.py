@@ -1,5 +1,5 @@
+import contextlib
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -9,7 +9,7 @@ import torch
 from dd3g.__main__ import main
 from dd3g.gaussians import Gaussians
 from dd3g.testing import rgba_image, toy_pipeline
-from helpers import REPO
+from helpers import REPO, started
 
 
 @pytest.fixture(scope="session")
@@ -134,16 +134,32 @@ def test_dd3g_hub_names_where_the_shipped_weights_are(tmp_path, monkeypatch):
         EfficientNetLite0Tokenizer.from_imagenet()
 
 
-def test_real_subprocess(checkpoint, image, tmp_path):
-    out = tmp_path / "sub"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    result = subprocess.run(
-        [sys.executable, "-m", "dd3g", str(image), "--out", str(out), "--checkpoint", str(checkpoint), "--format", "splat"],
-        capture_output=True, text=True, timeout=300, env=env,
-    )
-    assert result.returncode == 0, result.stderr
-    assert (out / "blob_seed0.splat").stat().st_size == 32 * 256
-    missing = subprocess.run([sys.executable, "-m", "dd3g", str(tmp_path / "none.png"), "--out", str(out), "--checkpoint", str(checkpoint)], capture_output=True, text=True, timeout=300, env=env)
+@pytest.fixture(scope="module")
+def real_runs(checkpoint, tmp_path_factory):
+    """This module's real processes, each with its own --out: `python -m dd3g` on an image ("good", --format splat)
+    and on a missing file ("missing"), and the CLI with a SIGTERM arriving while it writes its PLY ("sigterm").
+    Each spends most of its time importing torch and diffusers on one core, so they run side by side, started
+    together by the first test that asks for them. -> (folder, {name: wait() -> CompletedProcess})"""
+    work = tmp_path_factory.mktemp("real-cli")
+    image = work / "blob.png"
+    rgba_image().save(image)
+    cli = [sys.executable, "-m", "dd3g"]
+    commands = {
+        "good": [*cli, str(image), "--out", str(work / "sub"), "--checkpoint", str(checkpoint), "--format", "splat"],
+        "missing": [*cli, str(work / "none.png"), "--out", str(work / "sub-missing"), "--checkpoint", str(checkpoint)],
+        "sigterm": [sys.executable, "-c", SIGTERM_MID_WRITE, str(REPO), str(image), "--out", str(work / "sigterm-out"),
+                    "--checkpoint", str(checkpoint)],
+    }
+    with contextlib.ExitStack() as stack:
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        yield work, {name: stack.enter_context(started(command, env=env)) for name, command in commands.items()}
+
+
+def test_real_subprocess(real_runs):
+    work, runs = real_runs
+    good, missing = runs["good"](), runs["missing"]()
+    assert good.returncode == 0, good.stderr
+    assert (work / "sub" / "blob_seed0.splat").stat().st_size == 32 * 256
     assert missing.returncode == 1 and "Traceback" not in missing.stderr and "none.png" in missing.stderr
 
 
@@ -255,14 +271,12 @@ sys.exit(main(sys.argv[2:]))
 """
 
 
-def test_sigterm_while_writing_leaves_no_temp_file(checkpoint, image, tmp_path):
-    out = tmp_path / "out"
-    root = str(REPO)
-    result = subprocess.run([sys.executable, "-c", SIGTERM_MID_WRITE, root, str(image), "--out", str(out), "--checkpoint", str(checkpoint)],
-                            capture_output=True, text=True, timeout=300)
+def test_sigterm_while_writing_leaves_no_temp_file(real_runs):
+    work, runs = real_runs
+    result = runs["sigterm"]()
     assert result.returncode == 143, result.stderr
     assert "interrupted" in result.stderr and "Traceback" not in result.stderr
-    assert list(out.iterdir()) == []  # no output, no hidden .blob_seed0.ply.*.tmp
+    assert list((work / "sigterm-out").iterdir()) == []  # no output, no hidden .blob_seed0.ply.*.tmp
 
 
 def test_a_missing_local_looking_checkpoint_is_not_fetched_from_the_hub(image, tmp_path, capsys, monkeypatch):

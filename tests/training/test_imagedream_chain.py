@@ -2,11 +2,11 @@
 dd3g/testing/imagedream_fixture.py: corpus -> simulate -> distil a few steps with implicit verification -> export ->
 DD3GPipeline and `python -m dd3g` -> a standard 3DGS PLY. A checkpoint that loads but cannot run ends in one line."""
 
+import contextlib
 import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 
 import numpy as np
@@ -16,7 +16,7 @@ from PIL import Image
 from plyfile import PlyData
 
 from dd3g.pipeline import CheckpointError, DD3GPipeline
-from helpers import REPO, app_client, rgba_image, serve
+from helpers import REPO, app_client, rgba_image, serve, started
 from dd3g.testing.imagedream_fixture import write_tiny_imagedream
 from training import build_corpus, distill, simulate
 
@@ -68,40 +68,52 @@ def test_exported_latent_student_runs_in_the_pipeline(chain):
     torch.testing.assert_close(again.means[0], gaussians.means[0])
 
 
-def test_cli_writes_a_standard_3dgs_ply(chain, tmp_path):
+@pytest.fixture(scope="module")
+def cli_runs(chain, tmp_path_factory):
+    """This module's two `python -m dd3g` runs: the exported pipeline on an 80-px image with --seed 5 ("ply"), and a
+    copy of it without its VAE encoder, which loads but cannot run ("broken"). Each spends most of its time importing
+    on one core, so they run side by side, started together by the first test that asks for them.
+    -> (folder, {name: wait() -> CompletedProcess})"""
     root, _ = chain
-    image = tmp_path / "object.png"
-    rgba_image(80).save(image)
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    result = subprocess.run([sys.executable, "-m", "dd3g", str(image), "--out", str(tmp_path / "out"),
-                             "--checkpoint", str(root / "pipeline"), "--seed", "5"],
-                            capture_output=True, text=True, timeout=300, env=env)
+    work = tmp_path_factory.mktemp("imagedream-cli")
+    rgba_image(80).save(work / "object.png")
+    rgba_image(48).save(work / "small.png")
+    broken = work / "no-vae"
+    shutil.copytree(root / "pipeline", broken)
+    index = json.loads((broken / "model_index.json").read_text())
+    index["frame_encoder"] = [None, None]  # a latent student without its teacher's VAE encoder
+    (broken / "model_index.json").write_text(json.dumps(index))
+    cli = [sys.executable, "-m", "dd3g"]
+    commands = {
+        "ply": [*cli, str(work / "object.png"), "--out", str(work / "out"), "--checkpoint", str(root / "pipeline"), "--seed", "5"],
+        "broken": [*cli, str(work / "small.png"), "--out", str(work / "broken-out"), "--checkpoint", str(broken)],
+    }
+    with contextlib.ExitStack() as stack:
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        yield work, {name: stack.enter_context(started(command, env=env)) for name, command in commands.items()}
+
+
+def test_cli_writes_a_standard_3dgs_ply(chain, cli_runs):
+    root, _ = chain
+    work, runs = cli_runs
+    result = runs["ply"]()
     assert result.returncode == 0, result.stderr
-    ply = PlyData.read(str(tmp_path / "out" / "object_seed5.ply"))
+    ply = PlyData.read(str(work / "out" / "object_seed5.ply"))
     vertex = ply["vertex"]
     pipe = DD3GPipeline.from_pretrained(root / "pipeline")
     assert [p.name for p in vertex.properties] == GAUSSIAN_PLY_FIELDS  # (the count: by the comparison below)
     assert all(vertex.data.dtype[name] == np.float32 for name in GAUSSIAN_PLY_FIELDS)
     # The file holds the object the pipeline makes for that image and seed.
-    expected = pipe(str(image), seeds=[5]).gaussians[0]
+    expected = pipe(str(work / "object.png"), seeds=[5]).gaussians[0]
     xyz = np.stack([vertex[axis] for axis in "xyz"], axis=1)
     np.testing.assert_allclose(xyz, expected.means.numpy(), atol=1e-5)
 
 
-def test_checkpoint_that_loads_but_cannot_run_is_one_line(chain, tmp_path):
-    root, _ = chain
-    broken = tmp_path / "no-vae"
-    shutil.copytree(root / "pipeline", broken)
-    index = json.loads((broken / "model_index.json").read_text())
-    index["frame_encoder"] = [None, None]  # a latent student without its teacher's VAE encoder
-    (broken / "model_index.json").write_text(json.dumps(index))
+def test_checkpoint_that_loads_but_cannot_run_is_one_line(cli_runs):
+    work, runs = cli_runs
     with pytest.raises(CheckpointError, match="cannot run: .*VAE encoder"):
-        DD3GPipeline.from_pretrained(broken)
-    image = tmp_path / "object.png"
-    rgba_image(48).save(image)
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    result = subprocess.run([sys.executable, "-m", "dd3g", str(image), "--out", str(tmp_path / "out"), "--checkpoint", str(broken)],
-                            capture_output=True, text=True, timeout=300, env=env)
+        DD3GPipeline.from_pretrained(work / "no-vae")
+    result = runs["broken"]()
     lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert len(lines) == 1 and lines[0].startswith("error: ") and "VAE encoder" in lines[0], result.stderr
