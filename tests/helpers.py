@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import pytest
 import trimesh
 from PIL import Image
 
@@ -94,6 +95,19 @@ def started(command, **popen_kwargs):
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
+
+
+def set_up_with_the_module(name: str):
+    """An autouse fixture that sets the module fixture `name` up with the module's first test, if a test selected in
+    that module uses it. For fixtures that start processes (`started`): they run beside the module's other tests
+    instead of inside the one that waits for them. Assign it to a module-level name to use it."""
+
+    @pytest.fixture(scope="module", autouse=True, name=f"{name}_set_up_with_the_module")
+    def early(request):
+        if any(name in item.fixturenames for item in request.session.items if item.module is request.module):
+            request.getfixturevalue(name)
+
+    return early
 
 
 def checker_quad_glb(path, bump: bool = False, offset=(0.0, 0.0, 0.0)):

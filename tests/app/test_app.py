@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import io
 import logging
 import os
@@ -30,10 +31,46 @@ from plyfile import PlyData
 import app
 from dd3g.gaussians import Gaussians
 from dd3g.preprocess import PreprocessConfig, preprocess
-from helpers import app_client, rgba_image, serve, toy_pipeline
+from helpers import app_client, rgba_image, serve, set_up_with_the_module, started, toy_pipeline
 
 PLY_PROPERTIES = {"x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity", "scale_0", "scale_1", "scale_2",
                   "rot_0", "rot_1", "rot_2", "rot_3"}
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture(scope="module")
+def app_processes(tmp_path_factory):
+    """This module's two real `python app.py` processes. Their start-up (~15 s of imports on one core each) runs
+    beside the module's in-process tests: they start with its first test.
+    "no-checkpoint": DD3G_CHECKPOINT names a missing folder -> (that folder, wait() -> CompletedProcess);
+    "served": --checkpoint a toy pipeline, --device cpu, on a free port -> (process, url, its stderr log).
+    Both are killed at the end of the module if a test left them running."""
+    root = Path(app.__file__).resolve().parent
+    work = tmp_path_factory.mktemp("app-processes")
+    missing = work / "env-checkpoint"
+    checkpoint = work / "checkpoint"
+    toy_pipeline().save_pretrained(checkpoint)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = work / "app.log"
+    with contextlib.ExitStack() as stack:
+        env = {**os.environ, "DD3G_CHECKPOINT": str(missing), "PYTHONPATH": str(root)}
+        no_checkpoint = stack.enter_context(started([sys.executable, str(root / "app.py")], env=env))
+        with open(log, "w") as stderr:
+            served = subprocess.Popen(
+                [sys.executable, str(root / "app.py"), "--checkpoint", str(checkpoint), "--port", str(port), "--device", "cpu"],
+                cwd=root, env={**os.environ, "PYTHONPATH": str(root)}, stdout=subprocess.DEVNULL, stderr=stderr)
+        stack.callback(_kill, served)
+        yield {"no-checkpoint": (missing, no_checkpoint), "served": (served, f"http://127.0.0.1:{port}/", log)}
+
+
+_start_app_processes = set_up_with_the_module("app_processes")
 
 
 @pytest.fixture(scope="module")
@@ -219,16 +256,10 @@ def test_missing_checkpoint_is_a_message_not_a_traceback(tmp_path, capsys):
     assert not (Path(app.__file__).parent / "app.pyi").exists()
 
 
-def test_checkpoint_from_the_environment_at_start_up(tmp_path):
+def test_checkpoint_from_the_environment_at_start_up(app_processes):
     """The real start-up path: `python app.py` with DD3G_CHECKPOINT naming a missing folder."""
-    import os
-    import subprocess
-    import sys
-
-    missing = tmp_path / "env-checkpoint"
-    root = Path(app.__file__).resolve().parent
-    env = {**os.environ, "DD3G_CHECKPOINT": str(missing), "PYTHONPATH": str(root)}
-    proc = subprocess.run([sys.executable, str(root / "app.py")], env=env, capture_output=True, text=True, timeout=120)
+    missing, wait = app_processes["no-checkpoint"]
+    proc = wait(timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert str(missing) in proc.stderr and "Traceback" not in proc.stderr
 
@@ -444,20 +475,9 @@ def test_old_results_are_removed(running_app, image_file):
     assert second.is_dir() and second.parent == first.parent
 
 
-def test_results_are_removed_at_shutdown(tmp_path):
+def test_results_are_removed_at_shutdown(app_processes, tmp_path):
     """`python app.py` stopped by SIGTERM (as a service manager stops it) leaves no results behind."""
-    checkpoint = tmp_path / "checkpoint"
-    toy_pipeline().save_pretrained(checkpoint)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    url = f"http://127.0.0.1:{port}/"
-    root = Path(app.__file__).resolve().parent
-    log = tmp_path / "app.log"
-    with open(log, "w") as stderr:
-        proc = subprocess.Popen([sys.executable, str(root / "app.py"), "--checkpoint", str(checkpoint), "--port", str(port),
-                                 "--device", "cpu"], cwd=root, env={**os.environ, "PYTHONPATH": str(root)},
-                                stdout=subprocess.DEVNULL, stderr=stderr)
+    proc, url, log = app_processes["served"]
     try:
         deadline = time.time() + 120
         while time.time() < deadline and proc.poll() is None:
@@ -475,9 +495,7 @@ def test_results_are_removed_at_shutdown(tmp_path):
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0, log.read_text()
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        _kill(proc)
     assert not results.exists()
 
 
