@@ -6,7 +6,9 @@
     python benchmarks/latency.py --scale base --phase1 imagedream --device cuda   # a student distilled from ImageDream
 
 On a GPU the figure covers the image tokenizer and the student (preprocessing and file writing excluded),
-batch 1 and 8, steady state; "compiled" is torch.compile with CUDA graphs (mode="reduce-overhead").
+batch 1 and 8, steady state; "compiled" is torch.compile with CUDA graphs (mode="reduce-overhead"); mode "graph" is the
+whole call compiled (mode="default") and captured in one CUDA graph by hand, so that a call is a replay and nothing
+else on the host (`--modes reduce-overhead,graph` times both).
 On the CPU the figure is the whole pipeline call from an RGBA image file to a written PLY file.
 `--phase1 imagedream`: the student as distillation from ImageDream makes it (phase 1 = ImageDream's UNet with its
 image-prompt adapter, at the published sizes for `base`, the test fixture's for `base-small`), and the timed call
@@ -29,7 +31,8 @@ import torch.nn.functional as F
 from dd3g.cameras import ViewLayout
 from dd3g.models.image_tokenizer import EfficientNetLite0Tokenizer
 from dd3g.models.pepd import PEPD
-from dd3g.evaluation.timing import SDPA_BACKENDS, attention_backend, inductor_options, profile_kernels, time_samples
+from dd3g.evaluation.timing import (SDPA_BACKENDS, attention_backend, captured_graph, inductor_options, profile_kernels,
+                                   time_samples)
 from dd3g.testing import example_rgba, imagedream_parts, random_pipeline
 
 
@@ -92,6 +95,33 @@ def student_inputs(student, batch: int, device: torch.device, dtype: torch.dtype
     return images, noise, frame, cameras
 
 
+#: torch.compile's modes that keep their own CUDA graphs out, so that "graph:MODE" can capture the whole call in one.
+GRAPH_INNER_MODES = ("eager", "default", "max-autotune-no-cudagraphs")
+
+
+def check_modes(modes) -> None:
+    """Refuse a mode that cannot be timed, before any model is built."""
+    for mode in modes:
+        kind, sep, inner = mode.partition(":")
+        if kind == "graph":
+            if sep and inner not in GRAPH_INNER_MODES:
+                raise ValueError(f"mode {mode!r}: graph captures eager code or torch.compile without CUDA graphs of its "
+                                 f"own ({', '.join('graph:' + m for m in GRAPH_INNER_MODES)})")
+        elif sep or mode not in ("eager", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"):
+            raise ValueError(f"unknown mode {mode!r}: eager, a torch.compile mode, or graph[:{'|'.join(GRAPH_INNER_MODES)}]")
+
+
+def timed_callable(run, mode: str, example_args):
+    """`run` as `mode` times it: eager, torch.compile(mode), or "graph[:MODE]": torch.compile(MODE, default "default")
+    captured whole into one CUDA graph that each call replays (`captured_graph`: no guard checks or graph-tree books on
+    the host between calls, unlike "reduce-overhead"). Compiles and captures now for "graph", at the first call else."""
+    kind, _, inner = mode.partition(":")
+    if kind == "graph":
+        inner = inner or "default"
+        return captured_graph(run if inner == "eager" else torch.compile(run, mode=inner, fullgraph=False), *example_args)
+    return run if mode == "eager" else torch.compile(run, mode=mode, fullgraph=False)
+
+
 def gpu_latency(scale: str, device: torch.device, batches, repeats: int, compile_modes, profile: bool, channels_last: bool = False,
                 phase1: str = "mv-unet") -> list:
     dtype = torch.bfloat16
@@ -101,9 +131,9 @@ def gpu_latency(scale: str, device: torch.device, batches, repeats: int, compile
     for batch in batches:
         images, noise, frame, cameras = student_inputs(student, batch, device, dtype)
         for mode in compile_modes:
-            fn = run if mode == "eager" else torch.compile(run, mode=mode, fullgraph=False)
             t0 = time.perf_counter()
             with torch.inference_mode():
+                fn = timed_callable(run, mode, (images, noise, frame, cameras))
                 fn(images, noise, frame, cameras)  # compile / warm up
                 torch.cuda.synchronize()
                 warmup_s = time.perf_counter() - t0
@@ -146,7 +176,9 @@ def main(argv=None):
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--batches", default="1,8")
-    parser.add_argument("--modes", default="eager,reduce-overhead", help="eager and/or torch.compile modes")
+    parser.add_argument("--modes", default="eager,reduce-overhead",
+                        help="comma-separated: eager, torch.compile modes, graph[:MODE] (the whole call, compiled in MODE, "
+                             "default 'default', captured in one CUDA graph and replayed)")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--phase1", choices=("mv-unet", "imagedream"), default="mv-unet",
                         help="imagedream: the student distilled from ImageDream, with its CLIP and VAE encoders (module docstring)")
@@ -159,6 +191,7 @@ def main(argv=None):
     parser.add_argument("--json", help="write results here")
     args = parser.parse_args(argv)
     try:
+        check_modes(args.modes.split(","))
         inductor_options(args.inductor)  # refuse an unknown option before loading anything
     except ValueError as error:
         parser.error(str(error))

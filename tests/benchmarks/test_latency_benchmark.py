@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 
 from benchmarks import latency
@@ -33,3 +34,15 @@ def test_latent_space_student_pipeline_latency_runs_on_the_cpu():
     (it used to stop at "needs the teacher's VAE encoder")."""
     (row,) = latency.main(["--scale", "base-small", "--repeats", "1"])
     assert row["phase1"] == "mv-unet" and row["median_ms"] > 0
+
+
+def test_modes_that_cannot_be_timed_are_refused_before_a_model_is_built():
+    for modes in ("reduce-overhead,graph", "graph:max-autotune-no-cudagraphs,eager", "graph:eager,max-autotune"):
+        latency.check_modes(modes.split(","))
+    for modes, message in (("graph:reduce-overhead", "without CUDA graphs of its own"),  # a graph inside a graph
+                           ("graph:max-autotune", "without CUDA graphs of its own"),
+                           ("reduce_overhead", "unknown mode 'reduce_overhead'"), ("eager:default", "unknown mode")):
+        with pytest.raises(ValueError, match=message):
+            latency.check_modes(modes.split(","))
+    with pytest.raises(SystemExit):  # argparse's error: before anything is loaded
+        latency.main(["--scale", "base", "--device", "cuda", "--modes", "graph:reduce-overhead"])
