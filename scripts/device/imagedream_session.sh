@@ -126,7 +126,7 @@ elif [ "$stage" = latency-graph ]; then
     # kernels summed to 7.4-8.5 ms, so the before and after rows share one process here (and a second process runs them
     # in the other order). "graph" replays one hand-captured CUDA graph: no guards or graph-tree books on the host.
     lat="benchmarks/latency.py --repeats $(( repeats * 5 )) --scale $scale --device $device --batches 1 --channels-last --cudnn-benchmark"
-    step latency-graph 200 python3 $lat --modes ${modes_after%%,*},graph --profile --json "$OUT/latency-graph.json"
+    step latency-graph 260 python3 $lat --modes ${modes_after%%,*},graph --profile --json "$OUT/latency-graph.json"
     step latency-graph-reversed 150 python3 $lat --modes graph,${modes_after%%,*} --json "$OUT/latency-graph-reversed.json"
     [ -n "$SMOKE" ] || tuning_step latency-graph-autotune $(( $(left) - 10 )) python3 $lat --modes graph:max-autotune-no-cudagraphs --profile --json "$OUT/latency-graph-autotune.json"
 else
