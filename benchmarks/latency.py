@@ -142,6 +142,7 @@ def gpu_latency(scale: str, device: torch.device, batches, repeats: int, compile
                 "scale": scale, "phase1": phase1, "device": torch.cuda.get_device_name(device), "dtype": "bf16", "batch": batch,
                 "mode": mode + (" channels_last" if channels_last else ""),
                 "median_ms": statistics.median(samples), "ms_per_image": statistics.median(samples) / batch,
+                "min_ms": min(samples), "p90_ms": statistics.quantiles(samples, n=10)[-1] if len(samples) > 1 else samples[0],
                 "first_call_s": warmup_s, "params_M": params / 1e6, "gaussians": student.num_gaussians,
             }
             if profile and device.type == "cuda":  # where this mode's time goes on the GPU (kernels by kind)
