@@ -126,6 +126,12 @@ elif [ "$stage" = latency-graph ]; then
     # kernels summed to 7.4-8.5 ms, so the before and after rows share one process here (and a second process runs them
     # in the other order). "graph" replays one hand-captured CUDA graph: no guards or graph-tree books on the host.
     lat="benchmarks/latency.py --repeats $(( repeats * 5 )) --scale $scale --device $device --batches 1 --channels-last --cudnn-benchmark"
+    # captured_graph's own test first (a replay on new inputs equals the eager call), ~10 s: its first run on CUDA.
+    # pytest's wheels, if the machine lacks it: `pip download --no-deps --only-binary=:all: --python-version 3.12
+    # -d .wheels/pytest pytest pluggy iniconfig pygments` here, carried inside .wheels.
+    python3 -c "import pytest" 2>/dev/null || python3 -m pip install -q --no-index --find-links .wheels/pytest pytest \
+        || echo "no pytest: its test is skipped"
+    step gpu-tests 60 python3 -m pytest -q -p no:cacheprovider -m gpu tests/dd3g/evaluation/test_timing.py
     step latency-graph 260 python3 $lat --modes ${modes_after%%,*},graph --profile --json "$OUT/latency-graph.json"
     step latency-graph-reversed 150 python3 $lat --modes graph,${modes_after%%,*} --json "$OUT/latency-graph-reversed.json"
     [ -n "$SMOKE" ] || tuning_step latency-graph-autotune $(( $(left) - 10 )) python3 $lat --modes graph:max-autotune-no-cudagraphs --profile --json "$OUT/latency-graph-autotune.json"
