@@ -114,7 +114,7 @@ def captured_graph(fn, *example_args, warmup: int = 3):
     input tensors and replays it. Per call the host then launches one graph, where torch.compile's "reduce-overhead"
     mode also checks its guards and keeps its graph trees' books before every replay: host work that a timed call's
     wall includes while the GPU waits (in session 29 the `base` student's wall at batch 1 was 1.1-2.4 ms above the sum
-    of its kernels, 7.4-8.5 ms, with the same kernels varying 8.5-9.5 ms between processes).
+    of its kernels, 7.4-8.5 ms, and one model's wall varied 8.5-9.5 ms between processes on one machine).
 
     fn may be torch.compile'd (in a mode without CUDA graphs; it is compiled in the warm-up calls, before the capture).
     The outputs are the graph's own tensors, overwritten by the next call: copy what must outlive it. Tensor arguments
