@@ -18,6 +18,7 @@ also runs the encoders its pipeline carries: the CLIP image encoder (ViT-H/14 at
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import tempfile
@@ -29,6 +30,7 @@ import torch.nn.functional as F
 
 
 from dd3g.cameras import ViewLayout
+from dd3g.models.fused_projections import fuse_qkv_projections, unfuse_qkv_projections
 from dd3g.models.image_tokenizer import EfficientNetLite0Tokenizer
 from dd3g.models.pepd import PEPD
 from dd3g.evaluation.timing import (SDPA_BACKENDS, attention_backend, captured_graph, inductor_options, profile_kernels,
@@ -36,10 +38,23 @@ from dd3g.evaluation.timing import (SDPA_BACKENDS, attention_backend, captured_g
 from dd3g.testing import example_rgba, imagedream_parts, random_pipeline
 
 
-def cpu_pipeline_latency(scale: str, repeats: int, phase1: str = "mv-unet") -> dict:
-    """Warm process, RGBA file in, PLY file out (rembg, video and GLB excluded by construction)."""
+PROJECTIONS = ("separate", "fused")
+
+
+def set_projections(model: torch.nn.Module, projections: str) -> None:
+    """"fused": attention's q/k/v projections stacked into one matmul (`dd3g.models.fused_projections`); "separate":
+    as trained."""
+    if projections not in PROJECTIONS:
+        raise ValueError(f"unknown projections {projections!r}: {', '.join(PROJECTIONS)}")
+    (fuse_qkv_projections if projections == "fused" else unfuse_qkv_projections)(model)
+
+
+def cpu_pipeline_latency(scale: str, repeats: int, phase1: str = "mv-unet", projection_variants=("separate",)) -> list:
+    """Warm process, RGBA file in, PLY file out (rembg, video and GLB excluded by construction); a row per projection
+    variant, timed one after the other in this process."""
     pipe = random_pipeline(scale, phase1)
     pipe.set_progress_bar_config(disable=True)
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         image_path = Path(tmp) / "input.png"
         example_rgba().save(image_path)
@@ -48,8 +63,13 @@ def cpu_pipeline_latency(scale: str, repeats: int, phase1: str = "mv-unet") -> d
             g = pipe(str(image_path), seeds=[0]).gaussians
             g[0].save_ply(Path(tmp) / "out.ply")
 
-        samples = time_samples(once, repeats, torch.device("cpu"), warmup=1)
-    return {"scale": scale, "phase1": phase1, "device": f"cpu ({torch.get_num_threads()} threads)", "case": "RGBA file -> PLY file", "median_ms": statistics.median(samples), "samples_ms": samples}
+        for projections in projection_variants:
+            set_projections(pipe.student, projections)
+            samples = time_samples(once, repeats, torch.device("cpu"), warmup=1)
+            rows.append({"scale": scale, "phase1": phase1, "device": f"cpu ({torch.get_num_threads()} threads)",
+                         "case": "RGBA file -> PLY file", "projections": projections, "median_ms": statistics.median(samples),
+                         "min_ms": min(samples), "samples_ms": samples})
+    return rows
 
 
 def gpu_student(scale: str, device: torch.device, dtype: torch.dtype, channels_last: bool = False, phase1: str = "mv-unet"):
@@ -123,35 +143,36 @@ def timed_callable(run, mode: str, example_args):
 
 
 def gpu_latency(scale: str, device: torch.device, batches, repeats: int, compile_modes, profile: bool, channels_last: bool = False,
-                phase1: str = "mv-unet") -> list:
+                phase1: str = "mv-unet", projection_variants=("separate",)) -> list:
     dtype = torch.bfloat16
     student, run, _ = gpu_student(scale, device, dtype, channels_last, phase1)
     params = sum(p.numel() for p in student.parameters())
     rows = []
-    for batch in batches:
+    for batch, projections, mode in itertools.product(batches, projection_variants, compile_modes):
         images, noise, frame, cameras = student_inputs(student, batch, device, dtype)
-        for mode in compile_modes:
-            t0 = time.perf_counter()
+        set_projections(student, projections)
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            fn = timed_callable(run, mode, (images, noise, frame, cameras))
+            fn(images, noise, frame, cameras)  # compile / warm up
+            torch.cuda.synchronize()
+            warmup_s = time.perf_counter() - t0
+            samples = time_samples(lambda: fn(images, noise, frame, cameras), repeats, device, warmup=5)
+        row = {
+            "scale": scale, "phase1": phase1, "device": torch.cuda.get_device_name(device), "dtype": "bf16", "batch": batch,
+            "mode": mode + (" channels_last" if channels_last else ""), "projections": projections,
+            "median_ms": statistics.median(samples), "ms_per_image": statistics.median(samples) / batch,
+            "min_ms": min(samples), "p90_ms": statistics.quantiles(samples, n=10)[-1] if len(samples) > 1 else samples[0],
+            "first_call_s": warmup_s, "params_M": params / 1e6, "gaussians": student.num_gaussians,
+        }
+        if profile and device.type == "cuda":  # where this mode's time goes on the GPU (kernels by kind)
             with torch.inference_mode():
-                fn = timed_callable(run, mode, (images, noise, frame, cameras))
-                fn(images, noise, frame, cameras)  # compile / warm up
-                torch.cuda.synchronize()
-                warmup_s = time.perf_counter() - t0
-                samples = time_samples(lambda: fn(images, noise, frame, cameras), repeats, device, warmup=5)
-            row = {
-                "scale": scale, "phase1": phase1, "device": torch.cuda.get_device_name(device), "dtype": "bf16", "batch": batch,
-                "mode": mode + (" channels_last" if channels_last else ""),
-                "median_ms": statistics.median(samples), "ms_per_image": statistics.median(samples) / batch,
-                "min_ms": min(samples), "p90_ms": statistics.quantiles(samples, n=10)[-1] if len(samples) > 1 else samples[0],
-                "first_call_s": warmup_s, "params_M": params / 1e6, "gaussians": student.num_gaussians,
-            }
-            if profile and device.type == "cuda":  # where this mode's time goes on the GPU (kernels by kind)
-                with torch.inference_mode():
-                    row["profile"] = profile_kernels(lambda: fn(images, noise, frame, cameras), repeats=10)
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-        if profile and batch == batches[0]:
-            rows.append({"profile": profile_table(run, (images, noise, frame, cameras))})
+                row["profile"] = profile_kernels(lambda: fn(images, noise, frame, cameras), repeats=10)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    if profile:  # the eager call at the first batch, with the last projection variant
+        images, noise, frame, cameras = student_inputs(student, batches[0], device, dtype)
+        rows.append({"profile": profile_table(run, (images, noise, frame, cameras))})
     return rows
 
 
@@ -189,10 +210,16 @@ def main(argv=None):
     parser.add_argument("--cudnn-benchmark", action="store_true", help="cuDNN times its convolution algorithms once per shape")
     parser.add_argument("--inductor", action="append", default=[], metavar="KEY=VALUE",
                         help="a torch._inductor.config option for the compiled modes, e.g. coordinate_descent_tuning=True (repeatable)")
+    parser.add_argument("--projections", default="separate",
+                        help="comma-separated: separate (attention's q/k/v matmuls as trained), fused (stacked into one "
+                             "matmul per input, dd3g.models.fused_projections); 'separate,fused' times both in this process")
     parser.add_argument("--json", help="write results here")
     args = parser.parse_args(argv)
+    projection_variants = args.projections.split(",")
     try:
         check_modes(args.modes.split(","))
+        for projections in projection_variants:
+            set_projections(torch.nn.Module(), projections)  # refuse an unknown variant now
         inductor_options(args.inductor)  # refuse an unknown option before loading anything
     except ValueError as error:
         parser.error(str(error))
@@ -201,16 +228,16 @@ def main(argv=None):
     with attention_backend(args.sdpa_backend), inductor_options(args.inductor):
         if device.type == "cuda":
             rows = gpu_latency(args.scale, device, [int(b) for b in args.batches.split(",")], args.repeats, args.modes.split(","),
-                               args.profile, args.channels_last, args.phase1)
+                               args.profile, args.channels_last, args.phase1, projection_variants)
         else:
-            rows = [cpu_pipeline_latency(args.scale, args.repeats, args.phase1)]
+            rows = cpu_pipeline_latency(args.scale, args.repeats, args.phase1, projection_variants)
     for row in rows:
         if "median_ms" in row:
             row.update(sdpa_backend=args.sdpa_backend, cudnn_benchmark=args.cudnn_benchmark, inductor=args.inductor)
-    print("| scale | device | case | batch | mode | median ms | ms / image |\n|---|---|---|---|---|---|---|")
+    print("| scale | device | case | batch | mode | projections | median ms | ms / image |\n|---|---|---|---|---|---|---|---|")
     for r in rows:
         if "median_ms" in r:
-            print(f"| {r['scale']} | {r['device']} | {r.get('case', 'tokenizer + student, ' + r.get('dtype', ''))} | {r.get('batch', 1)} | {r.get('mode', 'eager')} | {r['median_ms']:.2f} | {r.get('ms_per_image', r['median_ms']):.2f} |")
+            print(f"| {r['scale']} | {r['device']} | {r.get('case', 'tokenizer + student, ' + r.get('dtype', ''))} | {r.get('batch', 1)} | {r.get('mode', 'eager')} | {r['projections']} | {r['median_ms']:.2f} | {r.get('ms_per_image', r['median_ms']):.2f} |")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     return rows

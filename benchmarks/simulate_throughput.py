@@ -40,6 +40,7 @@ import torch
 
 from dd3g.evaluation.timing import SDPA_BACKENDS, attention_backend, inductor_options, profile_kernels
 from dd3g.models.image_tokenizer import EfficientNetLite0Tokenizer
+from dd3g.models.fused_projections import fuse_qkv_projections
 from dd3g.models.mv_unet import MultiViewUNet
 from dd3g.teachers.tiny import TinyMVDMPipeline, TinyTeacher, training_scheduler
 
@@ -134,6 +135,8 @@ def main(argv=None):
                    help="CUDA: profile one K-step ODE of the last batch (kernel time by kind, top kernels)")
     p.add_argument("--inductor", action="append", default=[], metavar="KEY=VALUE",
                    help="a torch._inductor.config option for --compile, e.g. coordinate_descent_tuning=True (repeatable)")
+    p.add_argument("--fuse-qkv-projections", action="store_true",
+                   help="the UNet's attention projections stacked into one matmul per input (dd3g.models.fused_projections)")
     p.add_argument("--count-flops", action="store_true", help="also count one quadruple's FLOPs and report TFLOP/s")
     p.add_argument("--workdir", type=Path, default=None,
                    help="keep the random checkpoint here and reuse it (default: a temporary folder, removed after)")
@@ -152,6 +155,9 @@ def main(argv=None):
         flops = ode_flops(teacher, args.steps, guidance) if args.count_flops else None  # eager: the counter sees every op
         if args.channels_last:
             to_channels_last(teacher)
+        if args.fuse_qkv_projections:
+            for network in teacher.denoisers():
+                fuse_qkv_projections(network)
         if args.compile:
             teacher.compile(args.compile)
         rows = []
@@ -159,7 +165,7 @@ def main(argv=None):
             with torch.inference_mode(), attention_backend(args.sdpa_backend), inductor_options(args.inductor):
                 row = measure(teacher, batch, args.steps, guidance, args.repeats, device)
             row.update(teacher=args.teacher, dtype=args.dtype, compiled=args.compile or False, channels_last=args.channels_last,
-                       cudnn_benchmark=args.cudnn_benchmark, sdpa_backend=args.sdpa_backend, inductor=args.inductor, device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu")
+                       fused_qkv_projections=args.fuse_qkv_projections, cudnn_benchmark=args.cudnn_benchmark, sdpa_backend=args.sdpa_backend, inductor=args.inductor, device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu")
             if flops is not None:
                 row.update(tflop_per_quadruple=flops / 1e12, achieved_tflop_per_s=flops * row["quadruples_per_s"] / 1e12)
             rows.append(row)

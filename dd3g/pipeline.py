@@ -29,6 +29,7 @@ from .cameras import ViewLayout
 from .checkpoint_config import CheckpointError, check_checkpoint_configs, one_line, read_config
 from .gaussians import Gaussians
 from .input_view import match_input_view, photo_surface
+from .models.fused_projections import fuse_qkv_projections, unfuse_qkv_projections
 from .models.image_tokenizer import EfficientNetLite0Tokenizer
 from .models.input_encoders import ImagePromptEncoder, LatentFrameEncoder
 from .models.pepd import PEPD
@@ -129,6 +130,16 @@ class DD3GPipeline(DiffusionPipeline):
         if problem:  # it loads but could not run: say so now, in one line, not at the first image
             raise CheckpointError(f"checkpoint {path} cannot run: {problem}; re-export it with training/distill.py --export")
         return pipe
+
+    def fuse_qkv_projections(self) -> int:
+        """For inference: the student's attention projections stacked into one matmul per input (q, k and v in
+        self-attention; k and v in cross-attention), so a call runs fewer, wider matmuls for the same Gaussians
+        (`dd3g.models.fused_projections`). Checkpoints saved afterwards are unchanged. Returns the layers fused."""
+        return fuse_qkv_projections(self.student)
+
+    def unfuse_qkv_projections(self) -> int:
+        """Undo `fuse_qkv_projections` (needed before training the student); returns the layers unfused."""
+        return unfuse_qkv_projections(self.student)
 
     def missing_parts(self) -> Optional[str]:
         """Why this pipeline's student cannot run with the encoders it carries, or None."""

@@ -22,6 +22,7 @@ from diffusers.configuration_utils import register_to_config
 from torch import Tensor
 
 from ..cameras import Cameras
+from .fused_projections import FusableAttention
 
 # ---------------------------------------------------------------------------------------------------
 # Camera convention
@@ -127,12 +128,15 @@ def _heads_attention(q: Tensor, k: Tensor, v: Tensor, heads: int) -> Tensor:
 
 # Parallel to ImageDream's MemoryEfficientCrossAttention (bytedance/ImageDream, imagedream/ldm/modules/attention.py): module tree and
 # parameter names follow the published weights; keep them in step.
-class CrossAttention(nn.Module):
+class CrossAttention(FusableAttention):
     """ImageDream's attention: self-attention (no context) or cross-attention to [text tokens; ip tokens].
 
     With `ip_dim > 0` the last `ip_dim` context tokens are the image prompt: they get their own key/value
-    projections (`to_k_ip`, `to_v_ip`) and their attention output is added with weight `ip_weight`.
+    projections (`to_k_ip`, `to_v_ip`) and their attention output is added with weight `ip_weight`. The projections
+    can be stacked for inference (`dd3g.models.fused_projections`).
     """
+
+    extra_pairs = (("fused_kv_ip_weight", ("to_k_ip", "to_v_ip")),)
 
     def __init__(
         self,
@@ -158,17 +162,14 @@ class CrossAttention(nn.Module):
 
     def forward(self, x: Tensor, context: Optional[Tensor] = None) -> Tensor:
         # x: [B, T, D]; context: [B, M, D_ctx] (text tokens then ip_dim image tokens), None for self-attention
-        if context is None:
-            context = x
-            ip = None
-        elif self.ip_dim > 0:
+        ip = None
+        if context is not None and self.ip_dim > 0:
             context, ip = context[:, : -self.ip_dim], context[:, -self.ip_dim :]  # [B, M - ip, D], [B, ip, D]
-        else:
-            ip = None
-        q = self.to_q(x)  # [B, T, inner]
-        out = _heads_attention(q, self.to_k(context), self.to_v(context), self.heads)  # [B, T, inner]
+        q, k, v = self.project_qkv(x, context)  # [B, T, inner], [B, M, inner] x 2 (M = T without a context)
+        out = _heads_attention(q, k, v, self.heads)  # [B, T, inner]
         if ip is not None:
-            out = out + self.ip_weight * _heads_attention(q, self.to_k_ip(ip), self.to_v_ip(ip), self.heads)
+            k_ip, v_ip = self.project_pair("fused_kv_ip_weight", ip)  # [B, ip, inner] each
+            out = out + self.ip_weight * _heads_attention(q, k_ip, v_ip, self.heads)
         return self.to_out(out)  # [B, T, D]
 
 

@@ -62,6 +62,7 @@ from diffusers.models.embeddings import get_timestep_embedding
 from diffusers.utils import BaseOutput
 
 from dd3g.cameras import Cameras
+from dd3g.models.fused_projections import FusableAttention
 
 CAMERA_CONDITIONINGS = ("plucker", "matrix")
 PLUCKER_CHANNELS = 6
@@ -110,8 +111,9 @@ class ResBlock(nn.Module):
         return self.skip(x) + h  # [N, C_out, H, W]
 
 
-class Attention(nn.Module):
-    """Multi-head attention (self when ``context`` is None, else cross) through SDPA."""
+class Attention(FusableAttention):
+    """Multi-head attention (self when ``context`` is None, else cross) through SDPA; its projections can be stacked
+    for inference (`dd3g.models.fused_projections`)."""
 
     def __init__(self, query_dim: int, heads: int, head_dim: int, context_dim: Optional[int] = None,
                  dropout: float = 0.0):
@@ -125,11 +127,12 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, context: Optional[torch.Tensor] = None) -> torch.Tensor:
         # x: [B, T, D]; context: [B, M, D_ctx] or None (self-attention: M = T)
-        context = x if context is None else context
         b, t, _ = x.shape
-        q = self.to_q(x).view(b, t, self.heads, -1).transpose(1, 2)  # [B, heads, T, d]
-        k = self.to_k(context).view(b, context.shape[1], self.heads, -1).transpose(1, 2)  # [B, heads, M, d]
-        v = self.to_v(context).view(b, context.shape[1], self.heads, -1).transpose(1, 2)  # [B, heads, M, d]
+        q, k, v = self.project_qkv(x, context)  # [B, T, inner], [B, M, inner] x 2
+        m = k.shape[1]
+        q = q.view(b, t, self.heads, -1).transpose(1, 2)  # [B, heads, T, d]
+        k = k.view(b, m, self.heads, -1).transpose(1, 2)  # [B, heads, M, d]
+        v = v.view(b, m, self.heads, -1).transpose(1, 2)  # [B, heads, M, d]
         out = F.scaled_dot_product_attention(q, k, v)  # [B, heads, T, d]
         out = out.transpose(1, 2).reshape(b, t, -1)  # [B, T, heads * d]
         return self.to_out(out)  # [B, T, D]

@@ -16,8 +16,8 @@
 #                                                       # the tuning results stay in runs/inductor-cache on a warm machine,
 #                                                       # and the same command goes on from them
 #   bash scripts/device/imagedream_session.sh ode-pair      # the ODE at batch 32, before (compiled, default mode, with
-#                                                           # a profile of 2 steps: kernel time by kind) and after (CUDA
-#                                                           # graphs over each UNet call; batch 64), in one call
+#                                                           # a profile of 2 steps: kernel time by kind) and after (q/k/v
+#                                                           # stacked, `--fuse-qkv-projections`; batch 64), in one call
 #   bash scripts/device/imagedream_session.sh latency-pair  # `base` at batch 1, before (channels_last + CUDA graphs, with
 #                                                           # a profile) and after (+ cuDNN benchmark; max-autotune), in
 #                                                           # one call; max-autotune's tuning stays in runs/inductor-cache
@@ -28,8 +28,10 @@
 #                                                           # "before" row in the same call
 #   bash scripts/device/imagedream_session.sh latency-graph  # `base` at batch 1: CUDA graphs by reduce-overhead vs the
 #                                                           # whole call captured in one graph by hand (`--modes graph`),
-#                                                           # in one process, then in the other order; then that graph
-#                                                           # over max-autotune's kernels (seeded like latency-autotune)
+#                                                           # each with attention's projections separate and stacked
+#                                                           # (`--projections separate,fused`), in one process; then the
+#                                                           # graph rows in the other order; then, if time is left, the
+#                                                           # graph over max-autotune's kernels (seeded as latency-autotune)
 # Session 19 ran chain and speed as two calls: reduce-overhead's first call of the `base` student took 71 s, so the
 # 80-120 s each latency step had were too few (and 154 s were too few for the ODE's max-autotune); hence four calls.
 # Everything lands in $OUT (JSON and logs). Needs .wheels carried; no hub/ weights. The tuning stages also want the
@@ -102,7 +104,8 @@ elif [ "$stage" = autotune ]; then
 elif [ "$stage" = ode-pair ]; then
     profile_steps=$([ -n "$SMOKE" ] && echo 0 || echo 2)
     step ode-before 200 python3 $ode --compile --profile-steps $profile_steps --json "$OUT/ode-before.json"
-    step ode-graphs 170 python3 $ode --compile reduce-overhead --json "$OUT/ode-graphs.json"
+    # (session 27: CUDA graphs over each UNet call, `--compile reduce-overhead`, gained nothing here)
+    step ode-fused 170 python3 $ode --compile --fuse-qkv-projections --json "$OUT/ode-fused.json"
     step ode-batch64 170 python3 ${ode/--batches $batches/--batches $(( batches * 2 ))} --compile --json "$OUT/ode-batch64.json"
 elif [ "$stage" = latency-pair ]; then
     lat="benchmarks/latency.py --repeats $repeats --scale $scale --device $device --batches 1 --channels-last"
@@ -132,8 +135,10 @@ elif [ "$stage" = latency-graph ]; then
     python3 -c "import pytest" 2>/dev/null || python3 -m pip install -q --no-index --find-links .wheels/pytest pytest \
         || echo "no pytest: its test is skipped"
     step gpu-tests 60 python3 -m pytest -q -p no:cacheprovider -m gpu tests/dd3g/evaluation/test_timing.py
-    step latency-graph 260 python3 $lat --modes ${modes_after%%,*},graph --profile --json "$OUT/latency-graph.json"
-    step latency-graph-reversed 150 python3 $lat --modes graph,${modes_after%%,*} --json "$OUT/latency-graph-reversed.json"
+    # Session 30: q/k/v stacked into one matmul per input (dd3g.models.fused_projections) takes 48 of the forward's 259
+    # matmuls out; whether that shows on the GPU is what these rows measure (four compiles: ~70 s each).
+    step latency-graph 330 python3 $lat --modes ${modes_after%%,*},graph --projections separate,fused --profile --json "$OUT/latency-graph.json"
+    step latency-graph-reversed 170 python3 $lat --modes graph --projections fused,separate --json "$OUT/latency-graph-reversed.json"
     [ -n "$SMOKE" ] || tuning_step latency-graph-autotune $(( $(left) - 10 )) python3 $lat --modes graph:max-autotune-no-cudagraphs --profile --json "$OUT/latency-graph-autotune.json"
 else
     echo "unknown stage $stage: chain, latency, speed, autotune, ode-pair, latency-pair, latency-autotune or latency-graph" >&2; exit 2

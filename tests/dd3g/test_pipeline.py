@@ -85,6 +85,22 @@ def test_save_load_round_trip(pipe, saved):
     assert torch.equal(a.means, b.means) and torch.equal(a.opacity_logits, b.opacity_logits)
 
 
+def test_fused_projections_same_gaussians_and_saved_checkpoint_unchanged(saved, tmp_path):
+    pipe = DD3GPipeline.from_pretrained(saved)
+    image = rgba_image()
+    before = pipe(image, seeds=[3]).gaussians
+    assert pipe.fuse_qkv_projections() > 0
+    fused = pipe(image, seeds=[3]).gaussians
+    torch.testing.assert_close(fused.means, before.means, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fused.sh_dc, before.sh_dc, rtol=1e-5, atol=1e-5)
+    pipe.save_pretrained(tmp_path / "fused")  # the stacked copies are not weights: the same files as before
+    for name in ("student/diffusion_pytorch_model.safetensors",):
+        assert load_file(tmp_path / "fused" / name).keys() == load_file(saved / name).keys()
+    again = DD3GPipeline.from_pretrained(tmp_path / "fused")(image, seeds=[3]).gaussians
+    assert torch.equal(again.means, before.means)
+    assert pipe.unfuse_qkv_projections() == pipe.fuse_qkv_projections()
+
+
 def test_torch_dtype_and_to(saved):
     full = DD3GPipeline.from_pretrained(saved)
     half = DD3GPipeline.from_pretrained(saved, dtype=torch.bfloat16)  # diffusers 0.42 name (torch_dtype is deprecated)
