@@ -7,9 +7,10 @@ one of them. Self-attention stacks q, k and v; cross-attention, whose query read
 its keys, stacks k and v; ImageDream's image-prompt keys and values (to_k_ip, to_v_ip) are one more pair.
 
 The separate layers stay the model's parameters, so checkpoints keep their names and training its gradients. The
-stacked copy is a non-persistent buffer: `fuse_qkv_projections(model)` makes it after the weights are loaded (and
-follows the model's `.to()`), `unfuse_qkv_projections(model)` drops it. A fused layer refuses to run in training mode,
-where its copy would go stale as the parameters change.
+stacked copy is a non-persistent buffer: `fuse_qkv_projections(model)` makes it (it follows the model's `.to()` and
+is stacked again when `load_state_dict` loads new weights), `unfuse_qkv_projections(model)` drops it. A fused layer
+refuses to run in training mode, where its copy would go stale as the parameters change; so would it after the
+weights are edited in place, which calls for fusing again.
 """
 
 from __future__ import annotations
@@ -46,6 +47,10 @@ class FusableAttention(nn.Module):
 
     # (buffer name, layer names) of further projections that read one input together, e.g. ImageDream's ip pair
     extra_pairs: Tuple[Tuple[str, Tuple[str, str]], ...] = ()
+
+    def __init__(self):
+        super().__init__()
+        self.register_load_state_dict_post_hook(_stack_again_after_load)
 
     @property
     def is_fused(self) -> bool:
@@ -101,6 +106,11 @@ class FusableAttention(nn.Module):
         if weight is None:
             return layers[0](source), layers[1](source)
         return split_linear(source, weight, layers)
+
+
+def _stack_again_after_load(layer: FusableAttention, incompatible_keys) -> None:
+    if layer.is_fused:  # the stacked copy must hold the weights just loaded
+        layer.fuse_qkv_projections()
 
 
 def fuse_qkv_projections(model: nn.Module) -> int:

@@ -78,6 +78,18 @@ def test_stacked_unet_gives_the_same_output_in_fewer_matmuls(toy_unet):
     torch.testing.assert_close(again, before, rtol=0, atol=0)
 
 
+def test_weights_loaded_into_a_fused_model_are_used(toy_unet):
+    torch.manual_seed(1)
+    other = MultiViewUNet.preset("tiny", sample_size=16)
+    randomize_zero_layers(other)
+    with torch.no_grad():
+        expected = unet_call(other.eval())()
+    fuse_qkv_projections(toy_unet)
+    toy_unet.load_state_dict(other.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(unet_call(toy_unet)(), expected, rtol=1e-5, atol=1e-5)
+
+
 def test_self_attention_layer_given_a_context_of_its_width():
     torch.manual_seed(0)
     layer = Attention(16, heads=2, head_dim=8).eval()
