@@ -79,12 +79,27 @@ def profile_kernels(fn, repeats: int = 1, top: int = 25) -> dict:
             fn()
         torch.cuda.synchronize()
     wall_ms = (time.perf_counter() - start) * 1e3 / repeats  # the profiler's own overhead included
-    kernels = [(e.key, e.self_device_time_total / repeats) for e in prof.key_averages()
+    kernels = [(e.key, e.self_device_time_total, e.count) for e in prof.key_averages()
                if e.device_type == torch.autograd.DeviceType.CUDA and e.self_device_time_total > 0]
-    kernel_ms = sum(us for _, us in kernels) / 1e3
-    ranked = sorted(kernels, key=lambda kv: -kv[1])[:top]
-    return {"wall_ms_profiled": wall_ms, "kernel_ms": kernel_ms, "by_kind": kernel_time_by_kind(kernels),
-            "top_kernels": [{"name": name[:120], "kind": kernel_kind(name), "ms": us / 1e3} for name, us in ranked]}
+    return kernel_report(kernels, repeats, wall_ms, top)
+
+
+def kernel_report(kernels, repeats: int, wall_ms: float, top: int = 25) -> dict:
+    """kernels: (name, device microseconds, launches) of each kernel name, summed over `repeats` calls -> per call:
+    the kernels' summed ms, their launches, the wall's excess over the kernels spread over the launches (the host work
+    and gaps one more kernel costs, roughly), the time and launches by kind, and the `top` kernels by time."""
+    per_call = [(name, us / repeats, launches / repeats) for name, us, launches in kernels]
+    kernel_ms = sum(us for _, us, _ in per_call) / 1e3
+    launches = sum(n for _, _, n in per_call)
+    by_kind = kernel_time_by_kind([(name, us) for name, us, _ in per_call])
+    for name, _, n in per_call:
+        entry = by_kind[kernel_kind(name)]
+        entry["launches"] = entry.get("launches", 0) + n
+    ranked = sorted(per_call, key=lambda k: -k[1])[:top]
+    return {"wall_ms_profiled": wall_ms, "kernel_ms": kernel_ms, "kernel_launches": launches,
+            "excess_us_per_launch": (wall_ms - kernel_ms) * 1e3 / launches if launches else None, "by_kind": by_kind,
+            "top_kernels": [{"name": name[:120], "kind": kernel_kind(name), "ms": us / 1e3, "launches": n}
+                            for name, us, n in ranked]}
 
 
 def inductor_options(pairs) -> contextlib.AbstractContextManager:

@@ -49,6 +49,24 @@ def test_kernel_kinds_follow_the_names_cuda_libraries_and_inductor_give_their_ke
     assert sum(kind["share"] for kind in by_kind.values()) == pytest.approx(1.0)
 
 
+def test_kernel_report_is_per_call_with_launches_and_the_walls_excess_per_launch():
+    from dd3g.evaluation.timing import kernel_report
+
+    kernels = [  # (name, device us, launches) summed over 4 calls, as profile_kernels reads them from the profiler
+        ("nvjet_hsh_128x256_64x4_1x2_h_bz_coopA_NTN", 4000.0, 40),
+        ("triton_tem_fused_addmm_3", 2000.0, 8),
+        ("sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc", 6000.0, 12),
+    ]
+    report = kernel_report(kernels, repeats=4, wall_ms=4.0, top=2)
+    assert report["kernel_ms"] == pytest.approx(3.0)  # 12,000 us over 4 calls
+    assert report["kernel_launches"] == pytest.approx(15)  # 60 launches over 4 calls
+    assert report["excess_us_per_launch"] == pytest.approx(1000.0 / 15)  # (4.0 - 3.0) ms over 15 launches
+    assert report["by_kind"]["matmul"] == pytest.approx({"ms": 1.5, "share": 0.5, "launches": 12})
+    assert report["by_kind"]["convolution"]["launches"] == pytest.approx(3)
+    assert [k["kind"] for k in report["top_kernels"]] == ["convolution", "matmul"]
+    assert report["top_kernels"][0] == pytest.approx({"name": kernels[2][0], "kind": "convolution", "ms": 1.5, "launches": 3})
+
+
 def test_inductor_options_apply_inside_the_context_only_and_refuse_unknown_keys():
     import torch._inductor.config as inductor_config
 
