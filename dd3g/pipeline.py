@@ -132,9 +132,10 @@ class DD3GPipeline(DiffusionPipeline):
         return pipe
 
     def fuse_qkv_projections(self) -> int:
-        """For inference: the student's attention projections stacked into one matmul per input (q, k and v in
-        self-attention; k and v in cross-attention), so a call runs fewer, wider matmuls for the same Gaussians
-        (`dd3g.models.fused_projections`). Checkpoints saved afterwards are unchanged. Returns the layers fused."""
+        """For inference: the student's projections that read one tensor stacked into one matmul (q, k and v in
+        self-attention; k and v in cross-attention; in a multi-view UNet phase 1, every block's projection of the
+        shared context and time embedding), so a call runs fewer, wider matmuls for the same Gaussians
+        (`dd3g.models.fused_projections`). Checkpoints saved afterwards are unchanged. Returns the attention layers fused."""
         return fuse_qkv_projections(self.student)
 
     def unfuse_qkv_projections(self) -> int:

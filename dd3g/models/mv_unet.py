@@ -62,7 +62,7 @@ from diffusers.models.embeddings import get_timestep_embedding
 from diffusers.utils import BaseOutput
 
 from dd3g.cameras import Cameras
-from dd3g.models.fused_projections import FusableAttention
+from dd3g.models.fused_projections import FusableAttention, refuse_training, stack_weights
 
 CAMERA_CONDITIONINGS = ("plucker", "matrix")
 PLUCKER_CHANNELS = 6
@@ -102,11 +102,14 @@ class ResBlock(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
         self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
+        # (start, end) of this block's rows in the projection the UNet stacks for every ResBlock (None: not stacked)
+        self.stacked_rows: Optional[tuple] = None
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        # x: [N, C_in, H, W]; emb: [N, E]  (N = B * F)
+        # x: [N, C_in, H, W]; emb: [N, E], or [N, sum of C_out] already projected when the UNet stacked (N = B * F)
         h = self.conv1(F.silu(self.norm1(x)))  # [N, C_out, H, W]
-        h = h + self.emb_proj(F.silu(emb))[:, :, None, None]  # [N, C_out, H, W]
+        shift = self.emb_proj(F.silu(emb)) if self.stacked_rows is None else emb[:, slice(*self.stacked_rows)]
+        h = h + shift[:, :, None, None]  # [N, C_out, H, W]
         h = self.conv2(self.dropout(F.silu(self.norm2(h))))  # [N, C_out, H, W]
         return self.skip(x) + h  # [N, C_out, H, W]
 
@@ -241,6 +244,11 @@ class UNetLevel(nn.Module):
 # ---------------------------------------------------------------------------------------------------
 # The model
 # ---------------------------------------------------------------------------------------------------
+
+
+def _stack_again_after_load(unet: "MultiViewUNet", incompatible_keys) -> None:
+    if unet.conditioning_stacked:  # the stacked copies must hold the weights just loaded
+        unet.stack_conditioning_projections()
 
 
 class MultiViewUNet(ModelMixin, ConfigMixin):
@@ -429,6 +437,7 @@ class MultiViewUNet(ModelMixin, ConfigMixin):
         nn.init.zeros_(self.conv_out.bias)
 
         self.gradient_checkpointing = False
+        self.register_load_state_dict_post_hook(_stack_again_after_load)  # stacked projections follow loaded weights
 
     # -- construction ----------------------------------------------------------------------------------
 
@@ -503,6 +512,52 @@ class MultiViewUNet(ModelMixin, ConfigMixin):
 
     # -- forward -----------------------------------------------------------------------------------------
 
+    # -- stacked conditioning projections (inference) ------------------------------------------------
+    # Every ResBlock projects the same time embedding, and every cross-attention the same context, each with its own
+    # small matmul (at batch 1, 5 and 196 rows). Stacked, each group is one wider matmul that the forward runs once;
+    # each block then reads its own rows. Made by dd3g.models.fused_projections.fuse_qkv_projections.
+    STACKED_BUFFERS = ("stacked_emb_weight", "stacked_emb_bias", "stacked_context_weight")
+
+    @property
+    def conditioning_stacked(self) -> bool:
+        return "stacked_emb_weight" in self._buffers
+
+    def stack_conditioning_projections(self) -> None:
+        self.unstack_conditioning_projections()
+        resnets = [m for m in self.modules() if isinstance(m, ResBlock)]
+        cross = [m.attn2 for m in self.modules() if isinstance(m, BasicTransformerBlock3D)]
+        start = 0
+        for resnet in resnets:
+            resnet.stacked_rows = (start, start + resnet.emb_proj.out_features)
+            start = resnet.stacked_rows[1]
+        start = 0
+        for attention in cross:
+            keys, values = attention.to_k.out_features, attention.to_v.out_features
+            attention.stacked_context_rows = (start, start + keys, start + keys + values)
+            start += keys + values
+        projections = [r.emb_proj for r in resnets]
+        self.register_buffer("stacked_emb_weight", torch.cat([p.weight.detach() for p in projections]), persistent=False)
+        self.register_buffer("stacked_emb_bias", torch.cat([p.bias.detach() for p in projections]), persistent=False)
+        if cross:  # (a UNet without attention has no context projections)
+            self.register_buffer("stacked_context_weight", stack_weights([p for a in cross for p in (a.to_k, a.to_v)]),
+                                 persistent=False)
+
+    def unstack_conditioning_projections(self) -> None:
+        for name in self.STACKED_BUFFERS:
+            self._buffers.pop(name, None)
+        for module in self.modules():
+            if isinstance(module, ResBlock):
+                module.stacked_rows = None
+            elif isinstance(module, Attention):
+                module.stacked_context_rows = None
+
+    def _stacked_conditioning(self, emb: torch.Tensor, context: torch.Tensor):
+        refuse_training(self)
+        emb = F.linear(F.silu(emb), self.stacked_emb_weight, self.stacked_emb_bias)  # [N, sum C_out]
+        if "stacked_context_weight" in self._buffers:
+            context = F.linear(context, self.stacked_context_weight)  # [B, L, sum (k + v) rows]
+        return emb, context
+
     def _run(self, module: nn.Module, *args):
         if self.gradient_checkpointing and torch.is_grad_enabled():
             return self._gradient_checkpointing_func(module, *args)
@@ -566,6 +621,8 @@ class MultiViewUNet(ModelMixin, ConfigMixin):
                 raise ValueError(f"matrix camera must be [{b}, {f}, 16], got {tuple(camera.shape)}")
             emb = emb + self.camera_embedding(camera.reshape(n, CAMERA_MATRIX_DIM).to(dtype))  # [N, E]
         context = context.to(dtype)  # [B, L, D_ctx]
+        if self.conditioning_stacked:  # every block's projections of emb and of the context, one matmul each
+            emb, context = self._stacked_conditioning(emb, context)  # [N, sum C_out], [B, L, sum 2 x inner]
 
         # Encoder.
         x = self.conv_in(x)  # [N, C0, H, W]

@@ -135,8 +135,8 @@ elif [ "$stage" = latency-graph ]; then
     python3 -c "import pytest" 2>/dev/null || python3 -m pip install -q --no-index --find-links .wheels/pytest pytest \
         || echo "no pytest: its test is skipped"
     step gpu-tests 60 python3 -m pytest -q -p no:cacheprovider -m gpu tests/dd3g/evaluation/test_timing.py
-    # Session 30: q/k/v stacked into one matmul per input (dd3g.models.fused_projections) takes 48 of the forward's 259
-    # matmuls out; whether that shows on the GPU is what these rows measure. Four cold compiles of ~70-85 s in the first
+    # Session 30: projections that read one tensor stacked into one matmul (dd3g.models.fused_projections) take 84 of
+    # the forward's 259 matmuls out; whether that shows on the GPU is what these rows measure. Four cold compiles of ~70-85 s in the first
     # process (rows print as they finish, so a cut-off run still says what it timed); the second finds the graph rows'
     # kernels in inductor's cache (runs/inductor-cache) and should take well under its limit.
     step latency-graph 390 python3 $lat --modes ${modes_after%%,*},graph --projections separate,fused --profile --json "$OUT/latency-graph.json"

@@ -46,3 +46,10 @@ def test_modes_that_cannot_be_timed_are_refused_before_a_model_is_built():
             latency.check_modes(modes.split(","))
     with pytest.raises(SystemExit):  # argparse's error: before anything is loaded
         latency.main(["--scale", "base", "--device", "cuda", "--modes", "graph:reduce-overhead"])
+
+
+def test_projection_variants_are_timed_in_order_and_unknown_ones_refused_before_a_model_is_built():
+    rows = latency.main(["--scale", "base-small", "--repeats", "1", "--projections", "fused,separate"])
+    assert [row["projections"] for row in rows] == ["fused", "separate"]
+    with pytest.raises(SystemExit):  # argparse's error, before anything is loaded
+        latency.main(["--scale", "base", "--projections", "separate,stacked"])

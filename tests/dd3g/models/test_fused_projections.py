@@ -9,7 +9,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from dd3g.cameras import ViewLayout
 from dd3g.models.fused_projections import fuse_qkv_projections, stack_weights, unfuse_qkv_projections
 from dd3g.models.imagedream_unet import CrossAttention
-from dd3g.models.mv_unet import Attention, MultiViewUNet
+from dd3g.models.mv_unet import Attention, MultiViewUNet, ResBlock
 from dd3g.testing import imagedream_parts, randomize_zero_layers, toy_student
 
 MATMULS = {"mm", "addmm", "bmm"}
@@ -68,14 +68,28 @@ def test_stacked_unet_gives_the_same_output_in_fewer_matmuls(toy_unet):
     assert fuse_qkv_projections(toy_unet) == len(self_attention) + len(cross_attention)
     after, matmuls_after = run_counted(call)
     torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
-    # q, k, v: three matmuls -> one in self-attention; k, v: two -> one in cross-attention
-    assert matmuls_after == matmuls_before - 2 * len(self_attention) - len(cross_attention)
+    # q, k, v: three matmuls -> one in self-attention; every cross-attention's k and v, and every ResBlock's
+    # time-embedding projection, read one tensor: one matmul each for the whole UNet
+    resnets = [m for m in toy_unet.modules() if isinstance(m, ResBlock)]
+    assert matmuls_after == matmuls_before - 2 * len(self_attention) - (2 * len(cross_attention) - 1) - (len(resnets) - 1)
     assert set(toy_unet.state_dict()) == keys  # the stacked copies are not part of a checkpoint
 
     assert unfuse_qkv_projections(toy_unet) == len(self_attention) + len(cross_attention)
     again, matmuls_again = run_counted(call)
     assert matmuls_again == matmuls_before
     torch.testing.assert_close(again, before, rtol=0, atol=0)
+
+
+def test_a_unet_without_attention_stacks_its_time_embedding_projections_only():
+    torch.manual_seed(0)
+    unet = MultiViewUNet.preset("tiny", sample_size=16, attention_levels=(False,) * 4, mid_block_attention=False)
+    randomize_zero_layers(unet)
+    call = unet_call(unet.eval())
+    before, matmuls_before = run_counted(call)
+    assert fuse_qkv_projections(unet) == 0 and unet.conditioning_stacked
+    after, matmuls_after = run_counted(call)
+    torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
+    assert matmuls_after == matmuls_before - (sum(isinstance(m, ResBlock) for m in unet.modules()) - 1)
 
 
 def test_weights_loaded_into_a_fused_model_are_used(toy_unet):
