@@ -8,7 +8,8 @@
 On a GPU the figure covers the image tokenizer and the student (preprocessing and file writing excluded),
 batch 1 and 8, steady state; "compiled" is torch.compile with CUDA graphs (mode="reduce-overhead"); mode "graph" is the
 whole call compiled (mode="default") and captured in one CUDA graph by hand, so that a call is a replay and nothing
-else on the host (`--modes reduce-overhead,graph` times both).
+else on the host (`--modes reduce-overhead,graph` times both). `--projections separate,fused` times each mode with the
+projections as trained and stacked (`dd3g.models.fused_projections`), in one process.
 On the CPU the figure is the whole pipeline call from an RGBA image file to a written PLY file.
 `--phase1 imagedream`: the student as distillation from ImageDream makes it (phase 1 = ImageDream's UNet with its
 image-prompt adapter, at the published sizes for `base`, the test fixture's for `base-small`), and the timed call
@@ -42,8 +43,8 @@ PROJECTIONS = ("separate", "fused")
 
 
 def set_projections(model: torch.nn.Module, projections: str) -> None:
-    """"fused": attention's q/k/v projections stacked into one matmul (`dd3g.models.fused_projections`); "separate":
-    as trained."""
+    """"fused": projections that read one tensor stacked into one matmul (attention's q/k/v, and the multi-view UNet's
+    context and time-embedding projections: `dd3g.models.fused_projections`); "separate": as trained."""
     if projections not in PROJECTIONS:
         raise ValueError(f"unknown projections {projections!r}: {', '.join(PROJECTIONS)}")
     (fuse_qkv_projections if projections == "fused" else unfuse_qkv_projections)(model)
@@ -211,8 +212,9 @@ def main(argv=None):
     parser.add_argument("--inductor", action="append", default=[], metavar="KEY=VALUE",
                         help="a torch._inductor.config option for the compiled modes, e.g. coordinate_descent_tuning=True (repeatable)")
     parser.add_argument("--projections", default="separate",
-                        help="comma-separated: separate (attention's q/k/v matmuls as trained), fused (stacked into one "
-                             "matmul per input, dd3g.models.fused_projections); 'separate,fused' times both in this process")
+                        help="comma-separated: separate (the projections' matmuls as trained), fused (those that read one "
+                             "tensor stacked into one matmul, dd3g.models.fused_projections); 'separate,fused' times both "
+                             "in this process")
     parser.add_argument("--json", help="write results here")
     args = parser.parse_args(argv)
     projection_variants = args.projections.split(",")
