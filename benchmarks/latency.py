@@ -42,11 +42,17 @@ from dd3g.testing import example_rgba, imagedream_parts, random_pipeline
 PROJECTIONS = ("separate", "fused")
 
 
+def check_projections(variants) -> None:
+    """Refuse an unknown projection variant, before any model is built."""
+    for projections in variants:
+        if projections not in PROJECTIONS:
+            raise ValueError(f"unknown projections {projections!r}: {', '.join(PROJECTIONS)}")
+
+
 def set_projections(model: torch.nn.Module, projections: str) -> None:
     """"fused": projections that read one tensor stacked into one matmul (attention's q/k/v, and the multi-view UNet's
     context and time-embedding projections: `dd3g.models.fused_projections`); "separate": as trained."""
-    if projections not in PROJECTIONS:
-        raise ValueError(f"unknown projections {projections!r}: {', '.join(PROJECTIONS)}")
+    check_projections([projections])
     (fuse_qkv_projections if projections == "fused" else unfuse_qkv_projections)(model)
 
 
@@ -220,8 +226,7 @@ def main(argv=None):
     projection_variants = args.projections.split(",")
     try:
         check_modes(args.modes.split(","))
-        for projections in projection_variants:
-            set_projections(torch.nn.Module(), projections)  # refuse an unknown variant now
+        check_projections(projection_variants)
         inductor_options(args.inductor)  # refuse an unknown option before loading anything
     except ValueError as error:
         parser.error(str(error))

@@ -69,7 +69,8 @@ class FusableAttention(nn.Module):
 
     @property
     def is_fused(self) -> bool:
-        return any(buffer in self._buffers for buffer in self._fused_buffer_names())
+        stacked_by_model = self.stacked_context_rows is not None
+        return stacked_by_model or any(buffer in self._buffers for buffer in self._fused_buffer_names())
 
     def _fused_buffer_names(self) -> Tuple[str, ...]:
         return (FUSED_QKV, FUSED_KV, *(buffer for buffer, _ in self.extra_pairs))

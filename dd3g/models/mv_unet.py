@@ -62,7 +62,7 @@ from diffusers.models.embeddings import get_timestep_embedding
 from diffusers.utils import BaseOutput
 
 from dd3g.cameras import Cameras
-from dd3g.models.fused_projections import FusableAttention, refuse_training, stack_weights
+from dd3g.models.fused_projections import FUSED_KV, FusableAttention, refuse_training, stack_weights
 
 CAMERA_CONDITIONINGS = ("plucker", "matrix")
 PLUCKER_CHANNELS = 6
@@ -535,6 +535,7 @@ class MultiViewUNet(ModelMixin, ConfigMixin):
             keys, values = attention.to_k.out_features, attention.to_v.out_features
             attention.stacked_context_rows = (start, start + keys, start + keys + values)
             start += keys + values
+            attention._buffers.pop(FUSED_KV, None)  # its own k/v stack is not used once the UNet projects the context
         projections = [r.emb_proj for r in resnets]
         self.register_buffer("stacked_emb_weight", torch.cat([p.weight.detach() for p in projections]), persistent=False)
         self.register_buffer("stacked_emb_bias", torch.cat([p.bias.detach() for p in projections]), persistent=False)
