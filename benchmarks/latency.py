@@ -11,6 +11,9 @@ whole call compiled (mode="default") and captured in one CUDA graph by hand, so 
 else on the host (`--modes reduce-overhead,graph` times both). `--projections separate,fused` times each mode with the
 projections as trained and stacked (`dd3g.models.fused_projections`), in one process.
 On the CPU the figure is the whole pipeline call from an RGBA image file to a written PLY file.
+`--case pipeline` (GPU): the library call instead, `DD3GPipeline.generate_from_rgba` on an RGBA tensor (encoders, student
+and the input-view colour match; a `base` pipeline also carries a VAE encoder for its input frame), without and with
+`enable_cuda_graphs()`, and with the colour match off (the models alone, as the pipeline runs them).
 `--phase1 imagedream`: the student as distillation from ImageDream makes it (phase 1 = ImageDream's UNet with its
 image-prompt adapter, at the published sizes for `base`, the test fixture's for `base-small`), and the timed call
 also runs the encoders its pipeline carries: the CLIP image encoder (ViT-H/14 at 224 px) and the VAE encoder (256 px).
@@ -108,6 +111,40 @@ def gpu_student(scale: str, device: torch.device, dtype: torch.dtype, channels_l
         return g.means, g.log_scales, g.quats, g.opacity_logits, g.sh_dc
 
     return student, run, size
+
+
+def gpu_pipeline_latency(scale: str, device: torch.device, repeats: int, channels_last: bool = False, phase1: str = "mv-unet",
+                         projection_variants=("separate",)) -> list:
+    """`DD3GPipeline.generate_from_rgba` at batch 1, bf16: a row per projection variant x (eager, CUDA graphs) x colour
+    match (on, off), in this process."""
+    pipe = random_pipeline(scale, phase1).to(device, torch.bfloat16)
+    if channels_last:
+        for model in (pipe.student, pipe.image_encoder, pipe.frame_encoder, pipe.prompt_encoder):
+            if model is not None:
+                model.to(memory_format=torch.channels_last)
+    rgba = pipe.prepare_image(example_rgba()).rgba[None]  # [1, 4, S, S]
+    noise = pipe.draw_noise(1, seeds=[0])  # [1, V, C, H, W]
+    rows = []
+    for projections in projection_variants:
+        (pipe.fuse_qkv_projections if projections == "fused" else pipe.unfuse_qkv_projections)()
+        for graphs in (False, True):
+            pipe.enable_cuda_graphs() if graphs else pipe.disable_cuda_graphs()
+            for match in (True, False):
+                pipe.register_to_config(match_input_view=match)
+                t0 = time.perf_counter()
+                pipe.generate_from_rgba(rgba, noise, [0])  # compiles and captures, with graphs
+                torch.cuda.synchronize()
+                first_s = time.perf_counter() - t0
+                samples = time_samples(lambda: pipe.generate_from_rgba(rgba, noise, [0]), repeats, device, warmup=5)
+                row = {"scale": scale, "phase1": phase1, "device": torch.cuda.get_device_name(device), "dtype": "bf16", "batch": 1,
+                       "case": "generate_from_rgba" + ("" if match else ", no colour match"),
+                       "mode": ("cuda graphs" if graphs else "eager") + (" channels_last" if channels_last else ""),
+                       "projections": projections, "median_ms": statistics.median(samples), "min_ms": min(samples),
+                       "p90_ms": statistics.quantiles(samples, n=10)[-1] if len(samples) > 1 else samples[0],
+                       "first_call_s": first_s}
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    return rows
 
 
 def student_inputs(student, batch: int, device: torch.device, dtype: torch.dtype):
@@ -221,6 +258,9 @@ def main(argv=None):
                         help="comma-separated: separate (the projections' matmuls as trained), fused (those that read one "
                              "tensor stacked into one matmul, dd3g.models.fused_projections); 'separate,fused' times both "
                              "in this process")
+    parser.add_argument("--case", choices=("student", "pipeline"), default="student",
+                        help="on a GPU: the tokenizer + student call (modes above), or the pipeline's generate_from_rgba "
+                             "without and with enable_cuda_graphs() (module docstring)")
     parser.add_argument("--json", help="write results here")
     args = parser.parse_args(argv)
     projection_variants = args.projections.split(",")
@@ -231,9 +271,13 @@ def main(argv=None):
     except ValueError as error:
         parser.error(str(error))
     device = torch.device(args.device)
+    if args.case == "pipeline" and device.type != "cuda":
+        parser.error("--case pipeline is for a GPU (on the CPU the figure is already the whole pipeline call)")
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
     with attention_backend(args.sdpa_backend), inductor_options(args.inductor):
-        if device.type == "cuda":
+        if device.type == "cuda" and args.case == "pipeline":
+            rows = gpu_pipeline_latency(args.scale, device, args.repeats, args.channels_last, args.phase1, projection_variants)
+        elif device.type == "cuda":
             rows = gpu_latency(args.scale, device, [int(b) for b in args.batches.split(",")], args.repeats, args.modes.split(","),
                                args.profile, args.channels_last, args.phase1, projection_variants)
         else:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from ..cuda_graphs import captured_graph  # noqa: F401  (the benchmarks time it from here)
+
 SDPA_BACKENDS = ("auto", "cudnn", "flash", "efficient", "math")
 
 
@@ -122,54 +124,6 @@ def inductor_options(pairs) -> contextlib.AbstractContextManager:
         except (ValueError, SyntaxError):
             options[key] = text
     return inductor_config.patch(options) if options else contextlib.nullcontext()
-
-
-def captured_graph(fn, *example_args, warmup: int = 3):
-    """fn(*args) captured once into one CUDA graph: a callable that copies its tensor arguments into the graph's own
-    input tensors and replays it. Per call the host then launches one graph, where torch.compile's "reduce-overhead"
-    mode also checks its guards and keeps its graph trees' books before every replay: host work that a timed call's
-    wall includes while the GPU waits (in session 29 the `base` student's wall at batch 1 was 1.1-2.4 ms above the sum
-    of its kernels, 7.4-8.5 ms, and one model's wall varied 8.5-9.5 ms between processes on one machine).
-
-    fn may be torch.compile'd (in a mode without CUDA graphs; it is compiled in the warm-up calls, before the capture).
-    The outputs are the graph's own tensors, overwritten by the next call: copy what must outlive it. Tensor arguments
-    must keep their shapes and dtypes; any other argument is part of the graph (e.g. the cameras) and must be the same
-    object at every call. Capture needs CUDA; a CPU tensor is refused here, before any work."""
-    tensors = [a for a in example_args if torch.is_tensor(a)]
-    if not tensors or any(t.device.type != "cuda" for t in tensors):
-        got = ", ".join(str(t.device) for t in tensors) if tensors else "no tensors"
-        raise ValueError(f"captured_graph needs CUDA tensor arguments (CUDA graphs exist only on CUDA devices); got {got}")
-    static_args = [a.clone() if torch.is_tensor(a) else a for a in example_args]
-    side = torch.cuda.Stream(tensors[0].device)  # warm-up off the default stream, as capture requires
-    side.wait_stream(torch.cuda.current_stream(tensors[0].device))
-    with torch.cuda.stream(side):
-        for _ in range(warmup):  # compiles, lets cuDNN pick its algorithms, settles the allocator
-            fn(*static_args)
-    torch.cuda.current_stream(tensors[0].device).wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        outputs = fn(*static_args)
-
-    def replay(*args):
-        if len(args) != len(static_args):
-            raise TypeError(f"the captured call takes {len(static_args)} arguments, got {len(args)}")
-        for i, (static, arg) in enumerate(zip(static_args, args)):
-            if torch.is_tensor(static):
-                if not torch.is_tensor(arg) or arg.shape != static.shape or arg.dtype != static.dtype:
-                    raise ValueError(f"argument {i}: the graph was captured for a {static.dtype} tensor of shape "
-                                     f"{tuple(static.shape)}, got {_describe(arg)}")
-                static.copy_(arg)
-            elif arg is not static:
-                raise ValueError(f"argument {i} ({type(arg).__name__}) is part of the captured graph: pass the object "
-                                 "it was captured with")
-        graph.replay()
-        return outputs
-
-    return replay
-
-
-def _describe(value) -> str:
-    return f"a {value.dtype} tensor of shape {tuple(value.shape)}" if torch.is_tensor(value) else type(value).__name__
 
 
 def time_samples(fn, repeats: int, device: torch.device, warmup: int = 3) -> list[float]:

@@ -32,14 +32,19 @@
 #                                                           # (`--projections separate,fused`), in one process; then the
 #                                                           # graph rows in the other order; then, if time is left, the
 #                                                           # graph over max-autotune's kernels (seeded as latency-autotune)
+#   bash scripts/device/imagedream_session.sh pipeline-graphs  # the library call: the CUDA-graph tests (dd3g.cuda_graphs),
+#                                                           # then DD3GPipeline.generate_from_rgba at `base`, batch 1,
+#                                                           # eager against enable_cuda_graphs() (stacked projections)
 # Session 19 ran chain and speed as two calls: reduce-overhead's first call of the `base` student took 71 s, so the
 # 80-120 s each latency step had were too few (and 154 s were too few for the ODE's max-autotune); hence four calls.
-# Everything lands in $OUT (JSON and logs). Needs .wheels carried; no hub/ weights. The tuning stages also want the
+# Everything lands in $OUT (JSON and logs). Needs .wheels carried, and of hub/ only efficientnet-lite0 (the tokenizer):
+# a copy in .gpu/hub/, carried, with DD3G_HUB=$PWD/.gpu/hub. The tuning stages also want the
 # last autotune-cache.tgz they brought back, copied to .gpu/autotune-cache.tgz and carried. After a call, make the
 # next one at once: a machine left idle ~30 s is given back, and the next call starts cold. SMOKE=1 rehearses it on a
 # CPU at toy sizes (imagedream-tiny, base-small).
 set -eo pipefail
-stage=${1:?chain, latency, speed, autotune, ode-pair, latency-pair, latency-autotune or latency-graph}
+stages="chain, latency, speed, autotune, ode-pair, latency-pair, latency-autotune, latency-graph or pipeline-graphs"
+stage=${1:?$stages}
 start=$(date +%s)
 budget=${CHUNK_SECONDS:-570}
 export PYTHONPATH=$PWD TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 PYTHONUNBUFFERED=1 TORCHINDUCTOR_CACHE_DIR=$PWD/runs/inductor-cache
@@ -134,7 +139,7 @@ elif [ "$stage" = latency-graph ]; then
     # -d .wheels/pytest pytest pluggy iniconfig pygments` here, carried inside .wheels.
     python3 -c "import pytest" 2>/dev/null || python3 -m pip install -q --no-index --find-links .wheels/pytest pytest \
         || echo "no pytest: its test is skipped"
-    step gpu-tests 60 python3 -m pytest -q -p no:cacheprovider -m gpu tests/dd3g/evaluation/test_timing.py
+    step gpu-tests 60 python3 -m pytest -q -p no:cacheprovider -m gpu tests/dd3g/test_cuda_graphs.py -k captured_graph
     # Session 30: projections that read one tensor stacked into one matmul (dd3g.models.fused_projections) take 84 of
     # the forward's 259 matmuls out; whether that shows on the GPU is what these rows measure. Four cold compiles of ~70-85 s in the first
     # process (rows print as they finish, so a cut-off run still says what it timed); the second finds the graph rows'
@@ -142,7 +147,15 @@ elif [ "$stage" = latency-graph ]; then
     step latency-graph 390 python3 $lat --modes ${modes_after%%,*},graph --projections separate,fused --profile --json "$OUT/latency-graph.json"
     step latency-graph-reversed 120 python3 $lat --modes graph --projections fused,separate --json "$OUT/latency-graph-reversed.json"
     [ -n "$SMOKE" ] || tuning_step latency-graph-autotune $(( $(left) - 10 )) python3 $lat --modes graph:max-autotune-no-cudagraphs --profile --json "$OUT/latency-graph-autotune.json"
+elif [ "$stage" = pipeline-graphs ]; then
+    python3 -c "import pytest" 2>/dev/null || python3 -m pip install -q --no-index --find-links .wheels/pytest pytest \
+        || echo "no pytest: its tests are skipped"
+    step gpu-tests 150 python3 -m pytest -q -p no:cacheprovider -m gpu tests/dd3g/test_cuda_graphs.py
+    # session 31: the graph over the stacked projections timed 7.55 ms for tokenizer + student; this is what a library
+    # user gets (with the base pipeline's VAE encoder for the input frame, and the colour match on and off)
+    [ -n "$SMOKE" ] || step pipeline-graphs 300 python3 benchmarks/latency.py --case pipeline --repeats $(( repeats * 5 )) \
+        --scale $scale --device $device --channels-last --cudnn-benchmark --projections fused --json "$OUT/pipeline-graphs.json"
 else
-    echo "unknown stage $stage: chain, latency, speed, autotune, ode-pair, latency-pair, latency-autotune or latency-graph" >&2; exit 2
+    echo "unknown stage $stage: $stages" >&2; exit 2
 fi
 ls -la "$OUT"; echo "$stage took $(( $(date +%s) - start )) s"

@@ -81,36 +81,3 @@ def test_inductor_options_apply_inside_the_context_only_and_refuse_unknown_keys(
         inductor_options(["no_such_option=1"])
     with pytest.raises(ValueError, match="expected KEY=VALUE"):
         inductor_options(["freezing"])
-
-
-def test_captured_graph_refuses_cpu_tensors_before_any_work():
-    from dd3g.evaluation.timing import captured_graph
-
-    calls = []
-    with pytest.raises(ValueError, match="needs CUDA tensor arguments .* got cpu"):
-        captured_graph(lambda x: calls.append(x), torch.zeros(2))
-    with pytest.raises(ValueError, match="got no tensors"):
-        captured_graph(lambda x: calls.append(x), 3)
-    assert calls == []
-
-
-@pytest.mark.gpu
-def test_captured_graph_replays_the_call_on_new_inputs_and_refuses_what_it_was_not_captured_for():
-    from dd3g.evaluation.timing import captured_graph
-
-    device = torch.device("cuda")
-    weight = torch.randn(16, 16, device=device)
-    scale = {"by": 2.0}  # a non-tensor argument: part of the graph
-
-    def forward(x, options):  # x [B, 16]
-        return torch.relu(x @ weight) * options["by"]
-
-    example = torch.randn(4, 16, device=device)
-    replay = captured_graph(forward, example, scale)
-    for _ in range(2):
-        x = torch.randn(4, 16, device=device)
-        torch.testing.assert_close(replay(x, scale), forward(x, scale))
-    with pytest.raises(ValueError, match=r"captured for a torch.float32 tensor of shape \(4, 16\), got .* \(8, 16\)"):
-        replay(torch.randn(8, 16, device=device), scale)
-    with pytest.raises(ValueError, match="part of the captured graph"):
-        replay(example, {"by": 2.0})
