@@ -39,6 +39,7 @@ from dd3g.models.image_tokenizer import EfficientNetLite0Tokenizer
 from dd3g.models.pepd import PEPD
 from dd3g.evaluation.timing import (SDPA_BACKENDS, attention_backend, captured_graph, inductor_options, profile_kernels,
                                    time_samples)
+from dd3g.pipeline import PIPELINE_GRAPH_COMPILE_MODES
 from dd3g.testing import example_rgba, imagedream_parts, random_pipeline
 
 
@@ -159,8 +160,10 @@ def student_inputs(student, batch: int, device: torch.device, dtype: torch.dtype
     return images, noise, frame, cameras
 
 
-#: torch.compile's modes that keep their own CUDA graphs out, so that "graph:MODE" can capture the whole call in one.
-GRAPH_INNER_MODES = ("eager", "default", "max-autotune-no-cudagraphs")
+#: the modes "graph:MODE" compiles the call in before capturing it whole, as `DD3GPipeline.enable_cuda_graphs` does:
+#: compiled (eager code copies constants from the host mid-forward, which a capture refuses: session 31) and without
+#: CUDA graphs of their own.
+GRAPH_INNER_MODES = PIPELINE_GRAPH_COMPILE_MODES
 
 
 def check_modes(modes) -> None:
@@ -169,8 +172,9 @@ def check_modes(modes) -> None:
         kind, sep, inner = mode.partition(":")
         if kind == "graph":
             if sep and inner not in GRAPH_INNER_MODES:
-                raise ValueError(f"mode {mode!r}: graph captures eager code or torch.compile without CUDA graphs of its "
-                                 f"own ({', '.join('graph:' + m for m in GRAPH_INNER_MODES)})")
+                raise ValueError(f"mode {mode!r}: graph captures torch.compile's code without CUDA graphs of its own "
+                                 f"({', '.join('graph:' + m for m in GRAPH_INNER_MODES)}); eager code cannot be captured "
+                                 "(the models copy constants from the host in their forward)")
         elif sep or mode not in ("eager", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"):
             raise ValueError(f"unknown mode {mode!r}: eager, a torch.compile mode, or graph[:{'|'.join(GRAPH_INNER_MODES)}]")
 
@@ -182,7 +186,7 @@ def timed_callable(run, mode: str, example_args):
     kind, _, inner = mode.partition(":")
     if kind == "graph":
         inner = inner or "default"
-        return captured_graph(run if inner == "eager" else torch.compile(run, mode=inner, fullgraph=False), *example_args)
+        return captured_graph(torch.compile(run, mode=inner, fullgraph=False), *example_args)
     return run if mode == "eager" else torch.compile(run, mode=mode, fullgraph=False)
 
 

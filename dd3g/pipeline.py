@@ -45,6 +45,8 @@ DEFAULT_CHECKPOINT = REPOSITORY_HUB / "dd3g-tiny"  # the repository's copy; from
 # the photo surface's side in exported pipelines: the 256-px views the real-scan evaluation scores (0 in the class
 # default, so a checkpoint saved before the setting existed serves as it did)
 EXPORTED_PHOTO_SURFACE_SIZE = 256
+# torch.compile modes enable_cuda_graphs captures: compiled, without CUDA graphs of their own
+PIPELINE_GRAPH_COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")
 # from_pretrained's keyword arguments that choose what to fetch from the Hub
 HUB_DOWNLOAD_KWARGS = ("cache_dir", "force_download", "proxies", "local_files_only", "token", "revision", "variant")
 
@@ -153,11 +155,16 @@ class DD3GPipeline(DiffusionPipeline):
     def enable_cuda_graphs(self, compile_mode: Optional[str] = "default", max_graphs: int = 8) -> None:
         """For latency on a GPU: the tokenizer and student (the encoders included) compiled with `compile_mode` and
         captured into one CUDA graph per batch shape, which each call replays (`dd3g.cuda_graphs.GraphedCall`). The
-        host then launches one graph instead of hundreds of kernels: on one H200 the `base` student's call took 7.9 ms
-        this way against 10.3 ms with torch.compile's "reduce-overhead" (7.55 ms with `fuse_qkv_projections()` too;
-        benchmarks/README.md). The first call at each new number of images or samples compiles and captures (about
-        80 s at `base`); the same Gaussians come out as without. Moving the pipeline (`to`), fusing or unfusing, or
-        loading weights into a component drops the graphs; they are captured again at the next call."""
+        host then launches one graph instead of hundreds of kernels. On one H200, bf16, batch 1, `base` with stacked
+        projections (`fuse_qkv_projections()`): `generate_from_rgba` 15.4 ms without the input-view colour match and
+        20.6 ms with it, against 40.3 and 82.8 ms eager (benchmarks/README.md). The first call at each new number of
+        images or samples compiles and captures (about 90 s at `base`). Moving the pipeline (`to`), fusing or unfusing,
+        or loading weights into a component drops the graphs; they are captured again at the next call."""
+        if compile_mode not in PIPELINE_GRAPH_COMPILE_MODES:
+            raise ValueError(f"compile_mode must be one of {PIPELINE_GRAPH_COMPILE_MODES}, got {compile_mode!r}: the models "
+                             "copy small constants from the host in their forward (camera axes, the timestep), which a CUDA "
+                             "graph cannot capture from eager code (torch.compile folds them in), and a mode with CUDA "
+                             "graphs of its own cannot be captured inside one")
         device = self._execution_device
         if device.type != "cuda":
             raise ValueError(f"CUDA graphs need the pipeline on a CUDA device (pipe.to('cuda') first); it runs on {device}")

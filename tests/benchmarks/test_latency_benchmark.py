@@ -37,10 +37,11 @@ def test_latent_space_student_pipeline_latency_runs_on_the_cpu():
 
 
 def test_modes_that_cannot_be_timed_are_refused_before_a_model_is_built():
-    for modes in ("reduce-overhead,graph", "graph:max-autotune-no-cudagraphs,eager", "graph:eager,max-autotune"):
+    for modes in ("reduce-overhead,graph", "graph:max-autotune-no-cudagraphs,eager", "graph:default,max-autotune"):
         latency.check_modes(modes.split(","))
     for modes, message in (("graph:reduce-overhead", "without CUDA graphs of its own"),  # a graph inside a graph
                            ("graph:max-autotune", "without CUDA graphs of its own"),
+                           ("graph:eager", "eager code cannot be captured"),
                            ("reduce_overhead", "unknown mode 'reduce_overhead'"), ("eager:default", "unknown mode")):
         with pytest.raises(ValueError, match=message):
             latency.check_modes(modes.split(","))

@@ -86,21 +86,24 @@ def test_enable_cuda_graphs_on_a_cpu_pipeline_is_refused_and_leaves_it_as_it_was
     before = pipe(image, seeds=[3]).gaussians
     with pytest.raises(ValueError, match=r"CUDA graphs need the pipeline on a CUDA device \(pipe.to\('cuda'\) first\); it runs on cpu"):
         pipe.enable_cuda_graphs()
+    with pytest.raises(ValueError, match="cannot capture from eager code"):
+        pipe.enable_cuda_graphs(compile_mode=None)
+    with pytest.raises(ValueError, match="cannot be captured inside one"):
+        pipe.enable_cuda_graphs(compile_mode="reduce-overhead")
     assert torch.equal(pipe(image, seeds=[3]).gaussians.means, before.means)
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("compile_mode", [None, "default"])
-def test_cuda_graphs_give_the_pipelines_gaussians_for_new_images_elevations_and_batch_sizes(compile_mode):
+def test_cuda_graphs_give_the_pipelines_gaussians_for_new_images_elevations_and_batch_sizes():
     pipe = toy_pipeline().to("cuda")
     images = [rgba_image(seed=0), rgba_image(seed=1)]
     eager = [pipe(images[0], seeds=[3]).gaussians, pipe(images[1], seeds=[5], elevation_deg=20.0).gaussians,
              pipe(images, num_samples=2, seeds=[1, 2, 3, 4]).gaussians]
-    pipe.enable_cuda_graphs(compile_mode)
+    pipe.enable_cuda_graphs()
     graphed = [pipe(images[0], seeds=[3]).gaussians, pipe(images[1], seeds=[5], elevation_deg=20.0).gaussians,
                pipe(images, num_samples=2, seeds=[1, 2, 3, 4]).gaussians]
     assert len(pipe._graphed_student) == 2  # one graph for one image and sample, one for two images x two samples
-    tolerance = {"atol": 1e-5, "rtol": 1e-5} if compile_mode is None else {"atol": 1e-3, "rtol": 1e-3}
+    tolerance = {"atol": 1e-3, "rtol": 1e-3}  # compiled kernels round differently
     for want, got in zip(eager, graphed):
         for name in ("means", "log_scales", "quats", "opacity_logits", "sh_dc"):
             torch.testing.assert_close(getattr(got, name), getattr(want, name), **tolerance)
