@@ -107,7 +107,8 @@ class GraphedCall:
         else:
             if len(self._graphs) >= self.max_graphs:
                 self._graphs.popitem(last=False)
-            weights = [t for m in self.modules for t in (*m.parameters(), *m.buffers())]
+            # their storage, not the Parameter objects: Module.to() swaps a parameter's .data, freeing the old one
+            weights = [t.detach() for m in self.modules for t in (*m.parameters(), *m.buffers())]
             self._graphs[key] = (captured_graph(self.fn, *args), weights)
         outputs = self._graphs[key][0](*args)
         return tuple(None if t is None else t.clone() for t in outputs)

@@ -151,6 +151,7 @@ class DD3GPipeline(DiffusionPipeline):
     # ------------------------------------------------------------------ CUDA graphs
     _graphed_student: Optional[GraphedCall] = None
     _graph_hooks: tuple = ()
+    _graph_device_dtype: Optional[tuple] = None  # (device, dtype), see _graph_target
 
     def enable_cuda_graphs(self, compile_mode: Optional[str] = "default", max_graphs: int = 8) -> None:
         """For latency on a GPU: the tokenizer and student (the encoders included) compiled with `compile_mode` and
@@ -175,6 +176,7 @@ class DD3GPipeline(DiffusionPipeline):
         if any(m.training for m in parts):
             raise ValueError("CUDA graphs are for inference: put the pipeline's models in eval mode first")
         self.disable_cuda_graphs()
+        self._graph_device_dtype = None
         graphed = GraphedCall(self._student_tensors, compile_mode, max_graphs, state=parts)
         # weights loaded into any component replace tensors the graphs read (a fused model restacks its projections)
         self._graph_hooks = tuple(module.register_load_state_dict_post_hook(lambda *_: graphed.clear())
@@ -188,8 +190,19 @@ class DD3GPipeline(DiffusionPipeline):
         self._graph_hooks, self._graphed_student = (), None
 
     def _drop_cuda_graphs(self) -> None:
+        self._graph_device_dtype = None
         if self._graphed_student is not None:
             self._graphed_student.clear()
+
+    def _graph_target(self) -> tuple:
+        """(device, dtype) the graphs run at, looked up at the first call after enabling or moving the pipeline."""
+        if self._graph_device_dtype is None:
+            device = self._execution_device
+            if device.type != "cuda" or self.student.device.type != "cuda":
+                raise ValueError(f"CUDA graphs are enabled but the pipeline runs on {device}: move it back to CUDA or "
+                                 "call disable_cuda_graphs()")
+            self._graph_device_dtype = (device, self.student.dtype)
+        return self._graph_device_dtype
 
     def to(self, *args, **kwargs):
         self._drop_cuda_graphs()  # the graphs read the weights where they were
@@ -266,7 +279,8 @@ class DD3GPipeline(DiffusionPipeline):
         [0, 1], noise [S', V, C, H, W]; elevation_deg: the input views' elevation, one number or [S'] (default:
         the pipeline's). Evaluation feeds training-distribution images here. detail_rgba [I, 4, D, D]: the same
         images at the photo surface's side (default: rgba itself)."""
-        device, dtype = self._execution_device, self.student.dtype
+        # diffusers' lookups walk every module (~10 ms a call on a 2-core CPU): with graphs, done once per move
+        device, dtype = self._graph_target() if self._graphed_student is not None else (self._execution_device, self.student.dtype)
         count = noise.shape[0]
         index = torch.as_tensor(list(sample_images), dtype=torch.long)  # [S'] each sample's image
         elevation = float(self.config.elevation_deg) if elevation_deg is None else elevation_deg
@@ -275,9 +289,6 @@ class DD3GPipeline(DiffusionPipeline):
             student_fields = self._student_tensors(rgba, index, noise.to(device, dtype), cameras.viewmats.to(device),
                                                    cameras.Ks.to(device))
         else:
-            if device.type != "cuda" or self.student.device.type != "cuda":
-                raise ValueError(f"CUDA graphs are enabled but the pipeline runs on {device}: move it back to CUDA or "
-                                 "call disable_cuda_graphs()")
             student_fields = self._graphed_student(rgba.to(device), index.to(device), noise.to(device, dtype),
                                                    cameras.viewmats.to(device), cameras.Ks.to(device))
         student_dtype = student_fields[0].dtype
