@@ -158,7 +158,8 @@ class DD3GPipeline(DiffusionPipeline):
         captured into one CUDA graph per batch shape, which each call replays (`dd3g.cuda_graphs.GraphedCall`). The
         host then launches one graph instead of hundreds of kernels. On one H200, bf16, batch 1, `base` with stacked
         projections (`fuse_qkv_projections()`): `generate_from_rgba` 15.4 ms without the input-view colour match and
-        20.6 ms with it, against 40.3 and 82.8 ms eager (benchmarks/README.md). The first call at each new number of
+        20.6 ms with it, against 40.3 and 82.8 ms eager (benchmarks/README.md; measured while every call still looked
+        the device and dtype up, 10-14 ms of host work on a 2-core CPU, since done once per move). The first call at each new number of
         images or samples compiles and captures (about 90 s at `base`). Moving the pipeline (`to`), fusing or unfusing,
         or loading weights into a component drops the graphs; they are captured again at the next call."""
         if compile_mode not in PIPELINE_GRAPH_COMPILE_MODES:
