@@ -13,11 +13,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 from pathlib import Path
 
 import torch
 
+from dd3g.evaluation.timing import time_samples
 from dd3g.testing import example_rgba, random_pipeline
 
 
@@ -36,13 +36,7 @@ class StandInGraph:
 
 
 def median_ms(fn, repeats: int) -> float:
-    fn()
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(samples)
+    return statistics.median(time_samples(fn, repeats, torch.device("cpu"), warmup=1))
 
 
 def graph_path(scale: str):
